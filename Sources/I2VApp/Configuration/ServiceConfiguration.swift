@@ -1,0 +1,85 @@
+import Configuration
+import Foundation
+
+/// Everything the service reads from its environment, read once at start (SPEC §5).
+///
+/// Keys are read under the `i2v` scope, so `apiKeys` is the environment variable `I2V_API_KEYS`.
+public struct ServiceConfiguration: Sendable {
+    public var host: String
+    public var port: Int
+    /// Plain keys from `I2V_API_KEYS`; empty means "use (or generate) the key kept in the data dir".
+    public var apiKeys: [String]
+    public var dataDirectory: URL
+    public var databaseURL: String?
+    public var publicURL: String
+    public var maxConcurrent: Int
+    public var maxQueued: Int
+    public var videoTTL: Duration
+    public var taskRetention: Duration
+    public var sweepInterval: Duration
+    public var imageTimeout: Duration
+    public var imageMaxBytes: Int
+    public var imageMaxPixels: Int
+    public var allowPrivateImageHosts: Bool
+    public var maxBodyBytes: Int
+    public var submitsPerMinute: Int
+    public var maxAttempts: Int
+    public var shutdownGrace: Duration
+    public var cancelGrace: Duration
+    public var modelPath: String?
+    public var device: String?
+    public var pythonExecutable: String
+    public var cpuOffload: Bool
+    public var vaeTiling: Bool
+    public var docsAssetsDirectory: URL
+    public var logLevel: String
+
+    public init(reader: ConfigReader) {
+        let config = reader.scoped(to: "i2v")
+        self.host = config.string(forKey: "host", default: "0.0.0.0")
+        self.port = config.int(forKey: "port", default: 8088)
+        self.apiKeys = (config.string(forKey: "apiKeys", isSecret: true) ?? "")
+            .split(separator: ",")
+            .map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty }
+        self.dataDirectory = URL(
+            fileURLWithPath: config.string(forKey: "dataDir", default: "./data"),
+            isDirectory: true
+        ).standardizedFileURL
+        self.databaseURL = config.string(forKey: "databaseUrl", isSecret: true).flatMap { $0.isEmpty ? nil : $0 }
+        let publicURL = config.string(forKey: "publicUrl", default: "http://localhost:8088")
+        self.publicURL = publicURL.hasSuffix("/") ? String(publicURL.dropLast()) : publicURL
+        self.maxConcurrent = max(1, config.int(forKey: "maxConcurrent", default: 2))
+        self.maxQueued = max(1, config.int(forKey: "maxQueued", default: 100))
+        self.videoTTL = .seconds(max(1, config.double(forKey: "videoTtlSeconds", default: 3600)))
+        self.taskRetention = .seconds(max(1, config.double(forKey: "taskRetentionSeconds", default: 86400)))
+        self.sweepInterval = .seconds(max(0.05, config.double(forKey: "sweepIntervalSeconds", default: 30)))
+        self.imageTimeout = .seconds(max(0.1, config.double(forKey: "imageTimeoutSeconds", default: 15)))
+        self.imageMaxBytes = max(1, config.int(forKey: "imageMaxBytes", default: 20_971_520))
+        self.imageMaxPixels = max(1, config.int(forKey: "imageMaxPixels", default: 40_000_000))
+        self.allowPrivateImageHosts = config.bool(forKey: "allowPrivateImageHosts", default: false)
+        self.maxBodyBytes = max(1024, config.int(forKey: "maxBodyBytes", default: 65_536))
+        self.submitsPerMinute = max(0, config.int(forKey: "submitsPerMinute", default: 120))
+        self.maxAttempts = max(1, config.int(forKey: "maxAttempts", default: 2))
+        self.shutdownGrace = .seconds(max(0, config.double(forKey: "shutdownGraceSeconds", default: 30)))
+        self.cancelGrace = .seconds(max(0.1, config.double(forKey: "cancelGraceSeconds", default: 30)))
+        self.modelPath = config.string(forKey: "modelPath").flatMap { $0.isEmpty ? nil : $0 }
+        self.device = config.string(forKey: "device").flatMap { $0.isEmpty ? nil : $0 }
+        self.pythonExecutable = config.string(forKey: "python", default: ".venv/bin/python")
+        self.cpuOffload = config.bool(forKey: "cpuOffload", default: false)
+        self.vaeTiling = config.bool(forKey: "vaeTiling", default: false)
+        self.docsAssetsDirectory = URL(
+            fileURLWithPath: config.string(forKey: "docsAssetsDir", default: ".swagger-ui"),
+            isDirectory: true
+        ).standardizedFileURL
+        self.logLevel = config.string(forKey: "logLevel", default: "info")
+    }
+
+    public var inputsDirectory: URL { dataDirectory.appending(path: "inputs", directoryHint: .isDirectory) }
+    public var videosDirectory: URL { dataDirectory.appending(path: "videos", directoryHint: .isDirectory) }
+    public var databaseFile: URL { dataDirectory.appending(path: "tasks.sqlite") }
+    /// Where the demo checkpoint is built when `I2V_MODEL_PATH` is not set.
+    public var demoModelDirectory: URL {
+        dataDirectory.appending(path: "models/wan2.1-i2v-demo", directoryHint: .isDirectory)
+    }
+}

@@ -1,0 +1,57 @@
+import Hummingbird
+import HTTPTypes
+import Logging
+
+/// Gives every error the service's JSON error body, and logs the ones that are the server's fault:
+/// otherwise Hummingbird answers an unexpected error with an empty 500 and logs nothing.
+struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as APIError {
+            if error.status.code >= 500 {
+                context.logger.error("request failed", metadata: ["status": "\(error.status.code)", "reason": "\(error.reason)"])
+            }
+            throw error
+        } catch let error as RequestValidationError {
+            throw error
+        } catch let error as HTTPError {
+            throw APIError(error.status, Self.reason(for: error.status), headers: error.headers)
+        } catch let error as any HTTPResponseError {
+            throw APIError(error.status, Self.reason(for: error.status))
+        } catch {
+            context.logger.error("unhandled error", metadata: ["error": "\(String(reflecting: error))", "path": "\(request.uri.path)"])
+            throw APIError(.internalServerError, "internal server error")
+        }
+    }
+
+    private static func reason(for status: HTTPResponse.Status) -> String {
+        switch status {
+        case .notFound: "not found"
+        case .methodNotAllowed: "method not allowed"
+        case .contentTooLarge: "request body too large"
+        case .badRequest: "bad request"
+        default: status.reasonPhrase.isEmpty ? "error \(status.code)" : status.reasonPhrase.lowercased()
+        }
+    }
+}
+
+extension Request {
+    /// The body parsed as JSON, capped at `limit` bytes (413 beyond it), 422 when it is not JSON.
+    func jsonBody(limit: Int, context: some RequestContext) async throws -> JSONValue {
+        var request = self
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.collectBody(upTo: limit)
+        } catch let error as any HTTPResponseError where error.status == .contentTooLarge {
+            throw APIError(.contentTooLarge, "request body is larger than \(limit) bytes")
+        }
+        do {
+            return try JSONValue.parse(buffer.readableBytesView)
+        } catch {
+            throw RequestValidationError(issues: [
+                ValidationIssue("json_invalid", field: nil, "JSON decode error", input: nil)
+            ])
+        }
+    }
+}

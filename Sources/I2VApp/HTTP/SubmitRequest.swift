@@ -1,0 +1,193 @@
+import Foundation
+import ImageIntake
+
+/// Wan's recommended negative prompt, the reference service's default.
+let defaultNegativePrompt =
+    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, messy background, three legs, many people in the background, walking backwards"
+
+/// A `/video/submit` body that passed validation (SPEC §3 field table). Validation is complete and ours:
+/// every rule on both sides of its bound, lengths in Unicode scalars (as Python counts them), types and
+/// `null` told apart, unknown fields ignored.
+struct SubmitRequest: Sendable, Equatable {
+    var imageURL: String
+    var prompt: String
+    var model: String
+    var imageSize: ImageSizeRequest
+    var numFrames: Int
+    var guidanceScale: Double
+    var inferSteps: Int
+    var seed: Int?
+    var negativePrompt: String
+
+    /// The frame count Wan makes for a request: `num_frames // 4 * 4 + 1`.
+    var effectiveFrames: Int { numFrames / 4 * 4 + 1 }
+
+    static let imageSizes: [String: ImageSizeRequest] = [
+        "auto": .auto,
+        "480x832": .fixed(width: 480, height: 832),
+        "832x480": .fixed(width: 832, height: 480),
+    ]
+
+    static func validate(_ body: JSONValue, modelIDs: [String], defaultModel: String) throws(RequestValidationError) -> SubmitRequest {
+        guard case .object(let fields) = body else {
+            throw RequestValidationError(issues: [
+                ValidationIssue("model_attributes_type", field: nil, "Input should be a valid dictionary or object to extract fields from", input: body)
+            ])
+        }
+        var reader = FieldReader(fields: fields)
+        let imageURL = reader.url("image_url")
+        let prompt = reader.string("prompt", minLength: 10, maxLength: 500, default: nil)
+        let model = reader.choice("model", among: modelIDs, default: defaultModel)
+        let size = reader.string("image_size", minLength: nil, maxLength: nil, default: "auto").flatMap { value -> ImageSizeRequest? in
+            if let size = imageSizes[value] { return size }
+            reader.issues.append(ValidationIssue("literal_error", field: "image_size", "Input should be 'auto', '480x832' or '832x480'", input: .string(value)))
+            return nil
+        }
+        let numFrames = reader.integer("num_frames", in: 24...120, default: 81)
+        let guidance = reader.number("guidance_scale", in: 1.0...20.0, default: 3.0)
+        let steps = reader.integer("infer_steps", in: 20...100, default: 30)
+        let seed = reader.optionalInteger("seed", in: 0...2_147_483_647)
+        let negative = reader.string("negative_prompt", minLength: 0, maxLength: 500, default: defaultNegativePrompt)
+        guard reader.issues.isEmpty, let imageURL, let prompt, let model, let size, let numFrames, let guidance, let steps, let negative else {
+            throw RequestValidationError(issues: reader.issues)
+        }
+        return SubmitRequest(
+            imageURL: imageURL,
+            prompt: prompt,
+            model: model,
+            imageSize: size,
+            numFrames: numFrames,
+            guidanceScale: guidance,
+            inferSteps: steps,
+            seed: seed ?? nil,
+            negativePrompt: negative
+        )
+    }
+
+    /// The `requestId` body of `/video/status` and `/video/cancel`: a string of exactly 32 characters.
+    static func requestID(_ body: JSONValue) throws(RequestValidationError) -> String {
+        guard case .object(let fields) = body else {
+            throw RequestValidationError(issues: [
+                ValidationIssue("model_attributes_type", field: nil, "Input should be a valid dictionary or object to extract fields from", input: body)
+            ])
+        }
+        var reader = FieldReader(fields: fields)
+        guard let id = reader.string("requestId", minLength: 32, maxLength: 32, default: nil), reader.issues.isEmpty else {
+            throw RequestValidationError(issues: reader.issues)
+        }
+        return id
+    }
+}
+
+/// Reads one field at a time, collecting every problem so a client sees all of them in one answer.
+private struct FieldReader {
+    let fields: [String: JSONValue]
+    var issues: [ValidationIssue] = []
+
+    private mutating func missing(_ name: String) {
+        issues.append(ValidationIssue("missing", field: name, "Field required", input: nil))
+    }
+
+    mutating func string(_ name: String, minLength: Int?, maxLength: Int?, default defaultValue: String?) -> String? {
+        guard let value = fields[name] else {
+            if defaultValue == nil { missing(name) }
+            return defaultValue
+        }
+        guard case .string(let string) = value else {
+            issues.append(ValidationIssue("string_type", field: name, "Input should be a valid string", input: value))
+            return nil
+        }
+        let length = string.unicodeScalars.count
+        if let minLength, length < minLength {
+            let unit = minLength == 1 ? "character" : "characters"
+            issues.append(ValidationIssue("string_too_short", field: name, "String should have at least \(minLength) \(unit)", input: value))
+            return nil
+        }
+        if let maxLength, length > maxLength {
+            let unit = maxLength == 1 ? "character" : "characters"
+            issues.append(ValidationIssue("string_too_long", field: name, "String should have at most \(maxLength) \(unit)", input: value))
+            return nil
+        }
+        return string
+    }
+
+    mutating func url(_ name: String) -> String? {
+        guard let string = string(name, minLength: 1, maxLength: 2083, default: nil) else { return nil }
+        guard let components = URLComponents(string: string), let scheme = components.scheme?.lowercased() else {
+            issues.append(ValidationIssue("url_parsing", field: name, "Input should be a valid URL, relative URL without a base", input: .string(string)))
+            return nil
+        }
+        guard scheme == "http" || scheme == "https" else {
+            issues.append(ValidationIssue("url_scheme", field: name, "URL scheme should be 'http' or 'https'", input: .string(string)))
+            return nil
+        }
+        guard let host = components.host, !host.isEmpty else {
+            issues.append(ValidationIssue("url_parsing", field: name, "Input should be a valid URL, empty host", input: .string(string)))
+            return nil
+        }
+        return string
+    }
+
+    mutating func choice(_ name: String, among choices: [String], default defaultValue: String) -> String? {
+        guard let raw = string(name, minLength: nil, maxLength: nil, default: defaultValue) else { return nil }
+        if let match = choices.first(where: { $0.lowercased() == raw.lowercased() }) { return match }
+        let listed = choices.map { "'\($0)'" }.joined(separator: ", ")
+        issues.append(ValidationIssue("enum", field: name, "Input should be one of the served models: \(listed)", input: .string(raw)))
+        return nil
+    }
+
+    private mutating func numeric(_ name: String, _ value: JSONValue, integer: Bool) -> Double? {
+        switch value {
+        case .integer(let int):
+            return Double(int)
+        case .number(let double) where !integer:
+            return double
+        case .number(let double) where double.rounded() == double && abs(double) < 1e15:
+            return double
+        case .number:
+            issues.append(ValidationIssue("int_from_float", field: name, "Input should be a valid integer, got a number with a fractional part", input: value))
+            return nil
+        default:
+            let message = integer ? "Input should be a valid integer" : "Input should be a valid number"
+            issues.append(ValidationIssue(integer ? "int_type" : "float_type", field: name, message, input: value))
+            return nil
+        }
+    }
+
+    private mutating func bounded(_ name: String, _ number: Double, _ range: ClosedRange<Double>, _ input: JSONValue, format: (Double) -> String) -> Bool {
+        if number < range.lowerBound {
+            issues.append(ValidationIssue("greater_than_equal", field: name, "Input should be greater than or equal to \(format(range.lowerBound))", input: input))
+            return false
+        }
+        if number > range.upperBound {
+            issues.append(ValidationIssue("less_than_equal", field: name, "Input should be less than or equal to \(format(range.upperBound))", input: input))
+            return false
+        }
+        return true
+    }
+
+    mutating func integer(_ name: String, in range: ClosedRange<Int>, default defaultValue: Int) -> Int? {
+        guard let value = fields[name] else { return defaultValue }
+        guard let number = numeric(name, value, integer: true) else { return nil }
+        let ok = bounded(name, number, Double(range.lowerBound)...Double(range.upperBound), value) { String(Int($0)) }
+        return ok ? Int(number) : nil
+    }
+
+    /// `seed` is the one field where `null` means "not given": the reference service declares it Optional.
+    mutating func optionalInteger(_ name: String, in range: ClosedRange<Int>) -> Int?? {
+        guard let value = fields[name], value != .null else { return .some(nil) }
+        guard let number = numeric(name, value, integer: true) else { return nil }
+        let ok = bounded(name, number, Double(range.lowerBound)...Double(range.upperBound), value) { String(Int($0)) }
+        return ok ? .some(Int(number)) : nil
+    }
+
+    mutating func number(_ name: String, in range: ClosedRange<Double>, default defaultValue: Double) -> Double? {
+        guard let value = fields[name] else { return defaultValue }
+        guard let number = numeric(name, value, integer: false) else { return nil }
+        guard number.isFinite else {
+            issues.append(ValidationIssue("finite_number", field: name, "Input should be a finite number", input: value))
+            return nil
+        }
+        return bounded(name, number, range, value) { String($0) } ? number : nil
+    }
+}

@@ -1,0 +1,383 @@
+import Foundation
+import GRDB
+
+/// The default task store: one SQLite file in the data dir, WAL mode, versioned migrations.
+public struct SQLiteTaskStore: TaskStore {
+    private let database: DatabasePool
+
+    public init(path: String) throws {
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(10)
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+        }
+        self.database = try DatabasePool(path: path, configuration: configuration)
+        try Self.migrator.migrate(database)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1: tasks") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE tasks (
+                        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                        id TEXT NOT NULL UNIQUE,
+                        owner_key_hash TEXT NOT NULL,
+                        status TEXT NOT NULL,
+                        model TEXT NOT NULL,
+                        prompt TEXT NOT NULL,
+                        negative_prompt TEXT NOT NULL,
+                        width INTEGER NOT NULL,
+                        height INTEGER NOT NULL,
+                        num_frames INTEGER NOT NULL,
+                        guidance_scale REAL NOT NULL,
+                        infer_steps INTEGER NOT NULL,
+                        seed INTEGER NOT NULL,
+                        input_path TEXT NOT NULL,
+                        fetch_seconds REAL NOT NULL DEFAULT 0,
+                        decode_seconds REAL NOT NULL DEFAULT 0,
+                        png_seconds REAL NOT NULL DEFAULT 0,
+                        reason TEXT,
+                        attempts INTEGER NOT NULL DEFAULT 0,
+                        cancel_requested INTEGER NOT NULL DEFAULT 0,
+                        progress_step INTEGER,
+                        progress_total INTEGER,
+                        video_name TEXT,
+                        result_width INTEGER,
+                        result_height INTEGER,
+                        result_frames INTEGER,
+                        result_fps INTEGER,
+                        inference_seconds REAL,
+                        encode_seconds REAL,
+                        video_expired INTEGER NOT NULL DEFAULT 0,
+                        created_at REAL NOT NULL,
+                        started_at REAL,
+                        finished_at REAL
+                    );
+                    CREATE INDEX tasks_status_seq ON tasks(status, seq);
+                    CREATE INDEX tasks_finished_at ON tasks(finished_at) WHERE finished_at IS NOT NULL;
+                    """
+            )
+        }
+        return migrator
+    }
+
+    public func enqueue(_ task: TaskRecord, maxQueued: Int) async throws {
+        try await database.write { db in
+            let queued = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM tasks WHERE status = 'InQueue'") ?? 0
+            guard queued < maxQueued else { throw QueueFullError(queued: queued) }
+            let p = task.parameters
+            try db.execute(
+                sql: """
+                    INSERT INTO tasks (id, owner_key_hash, status, model, prompt, negative_prompt, width, height,
+                        num_frames, guidance_scale, infer_steps, seed, input_path, fetch_seconds, decode_seconds,
+                        png_seconds, created_at)
+                    VALUES (?, ?, 'InQueue', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    task.id, task.ownerKeyHash, p.model, p.prompt, p.negativePrompt, p.width, p.height,
+                    p.numFrames, p.guidanceScale, p.inferSteps, p.seed, task.inputPath, task.intake.fetch,
+                    task.intake.decode, task.intake.encode, task.createdAt.timeIntervalSince1970,
+                ]
+            )
+        }
+    }
+
+    public func task(id: String) async throws -> TaskRecord? {
+        try await database.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM tasks WHERE id = ?", arguments: [id]).map(Self.record)
+        }
+    }
+
+    public func queuePosition(id: String) async throws -> Int? {
+        try await database.read { db in
+            try Int.fetchOne(
+                db,
+                sql: """
+                    SELECT (SELECT COUNT(*) FROM tasks AS ahead WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq)
+                    FROM tasks AS t WHERE t.id = ? AND t.status = 'InQueue'
+                    """,
+                arguments: [id]
+            )
+        }
+    }
+
+    public func counts() async throws -> QueueCounts {
+        try await database.read { db in
+            let row = try Row.fetchOne(
+                db,
+                sql: """
+                    SELECT COALESCE(SUM(status = 'InQueue'), 0) AS queued,
+                           COALESCE(SUM(status = 'InProgress'), 0) AS running
+                    FROM tasks WHERE status IN ('InQueue', 'InProgress')
+                    """
+            )
+            return QueueCounts(queued: row?["queued"] ?? 0, running: row?["running"] ?? 0)
+        }
+    }
+
+    public func claimNext() async throws -> TaskRecord? {
+        try await database.write { db in
+            guard
+                let id = try String.fetchOne(
+                    db,
+                    sql: "SELECT id FROM tasks WHERE status = 'InQueue' ORDER BY seq LIMIT 1"
+                )
+            else { return nil }
+            try db.execute(
+                sql: """
+                    UPDATE tasks SET status = 'InProgress', attempts = attempts + 1, started_at = ?,
+                        progress_step = 0, progress_total = infer_steps, reason = NULL
+                    WHERE id = ?
+                    """,
+                arguments: [Date().timeIntervalSince1970, id]
+            )
+            return try Row.fetchOne(db, sql: "SELECT * FROM tasks WHERE id = ?", arguments: [id]).map(Self.record)
+        }
+    }
+
+    public func recordProgress(id: String, step: Int, total: Int) async throws {
+        try await database.write { db in
+            try db.execute(
+                sql: "UPDATE tasks SET progress_step = ?, progress_total = ? WHERE id = ? AND status = 'InProgress'",
+                arguments: [step, total, id]
+            )
+        }
+    }
+
+    @discardableResult
+    public func finish(id: String, outcome: TaskOutcome) async throws -> Bool {
+        try await database.write { db in
+            let now = Date().timeIntervalSince1970
+            switch outcome {
+            case .succeeded(let result):
+                try db.execute(
+                    sql: """
+                        UPDATE tasks SET status = 'Succeed', finished_at = ?, reason = NULL, video_name = ?,
+                            result_width = ?, result_height = ?, result_frames = ?, result_fps = ?,
+                            inference_seconds = ?, encode_seconds = ?, progress_step = NULL, progress_total = NULL
+                        WHERE id = ? AND status = 'InProgress'
+                        """,
+                    arguments: [
+                        now, result.videoName, result.width, result.height, result.numFrames, result.fps,
+                        result.inferenceSeconds, result.encodeSeconds, id,
+                    ]
+                )
+            case .failed(let reason), .cancelled(let reason):
+                let status: TaskStatus = if case .failed = outcome { .failed } else { .cancelled }
+                try db.execute(
+                    sql: """
+                        UPDATE tasks SET status = ?, finished_at = ?, reason = ?, progress_step = NULL,
+                            progress_total = NULL
+                        WHERE id = ? AND status = 'InProgress'
+                        """,
+                    arguments: [status.rawValue, now, reason, id]
+                )
+            }
+            return db.changesCount > 0
+        }
+    }
+
+    public func cancel(id: String, ownerKeyHash: String) async throws -> CancelOutcome {
+        try await database.write { db in
+            guard
+                let row = try Row.fetchOne(
+                    db,
+                    sql: "SELECT status, owner_key_hash FROM tasks WHERE id = ?",
+                    arguments: [id]
+                ),
+                (row["owner_key_hash"] as String) == ownerKeyHash,
+                let status = TaskStatus(rawValue: row["status"])
+            else { return .notFound }
+            switch status {
+            case .inQueue:
+                try db.execute(
+                    sql: """
+                        UPDATE tasks SET status = 'Cancelled', reason = 'cancelled by the client', finished_at = ?,
+                            cancel_requested = 1
+                        WHERE id = ?
+                        """,
+                    arguments: [Date().timeIntervalSince1970, id]
+                )
+                return .cancelledQueued
+            case .inProgress:
+                try db.execute(sql: "UPDATE tasks SET cancel_requested = 1 WHERE id = ?", arguments: [id])
+                return .cancelRequested
+            case .cancelled:
+                return .alreadyCancelled
+            case .succeed, .failed:
+                return .alreadyFinished(status)
+            }
+        }
+    }
+
+    public func requeue(id: String, maxAttempts: Int, reason: String, countAttempt: Bool) async throws
+        -> RequeueOutcome
+    {
+        try await database.write { db in try Self.requeue(db, id: id, maxAttempts: maxAttempts, reason: reason, countAttempt: countAttempt) }
+    }
+
+    private static func requeue(_ db: Database, id: String, maxAttempts: Int, reason: String, countAttempt: Bool)
+        throws -> RequeueOutcome
+    {
+        guard
+            let row = try Row.fetchOne(
+                db,
+                sql: "SELECT attempts, cancel_requested FROM tasks WHERE id = ? AND status = 'InProgress'",
+                arguments: [id]
+            )
+        else { return .notRunning }
+        let attempts: Int = row["attempts"]
+        let cancelRequested: Bool = row["cancel_requested"]
+        let now = Date().timeIntervalSince1970
+        if cancelRequested {
+            // The client asked for it to stop; putting it back would run it against their will.
+            try db.execute(
+                sql: """
+                    UPDATE tasks SET status = 'Cancelled', reason = 'cancelled by the client', finished_at = ?,
+                        progress_step = NULL, progress_total = NULL
+                    WHERE id = ?
+                    """,
+                arguments: [now, id]
+            )
+            return .failed(reason: "cancelled by the client")
+        }
+        if countAttempt && attempts >= maxAttempts {
+            let failure = "\(reason); gave up after \(attempts) attempt\(attempts == 1 ? "" : "s")"
+            try db.execute(
+                sql: """
+                    UPDATE tasks SET status = 'Failed', reason = ?, finished_at = ?, progress_step = NULL,
+                        progress_total = NULL
+                    WHERE id = ?
+                    """,
+                arguments: [failure, now, id]
+            )
+            return .failed(reason: failure)
+        }
+        try db.execute(
+            sql: """
+                UPDATE tasks SET status = 'InQueue', started_at = NULL, progress_step = NULL, progress_total = NULL,
+                    attempts = attempts - ?
+                WHERE id = ?
+                """,
+            arguments: [countAttempt ? 0 : 1, id]
+        )
+        return .requeued
+    }
+
+    public func recoverInterrupted(maxAttempts: Int) async throws -> [String: RequeueOutcome] {
+        try await database.write { db in
+            let ids = try String.fetchAll(db, sql: "SELECT id FROM tasks WHERE status = 'InProgress' ORDER BY seq")
+            var outcomes: [String: RequeueOutcome] = [:]
+            for id in ids {
+                outcomes[id] = try Self.requeue(
+                    db,
+                    id: id,
+                    maxAttempts: maxAttempts,
+                    reason: "the service stopped while the task was running",
+                    countAttempt: true
+                )
+            }
+            return outcomes
+        }
+    }
+
+    public func tasksWithVideosFinished(before: Date) async throws -> [TaskRecord] {
+        try await database.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT * FROM tasks WHERE status = 'Succeed' AND video_expired = 0 AND finished_at < ?
+                    ORDER BY finished_at
+                    """,
+                arguments: [before.timeIntervalSince1970]
+            ).map(Self.record)
+        }
+    }
+
+    public func markVideoExpired(id: String) async throws {
+        try await database.write { db in
+            try db.execute(sql: "UPDATE tasks SET video_expired = 1 WHERE id = ?", arguments: [id])
+        }
+    }
+
+    public func deleteTasks(finishedBefore: Date) async throws -> [TaskRecord] {
+        try await database.write { db in
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT * FROM tasks WHERE status IN ('Succeed', 'Failed', 'Cancelled') AND finished_at < ?
+                    """,
+                arguments: [finishedBefore.timeIntervalSince1970]
+            ).map(Self.record)
+            try db.execute(
+                sql: """
+                    DELETE FROM tasks WHERE status IN ('Succeed', 'Failed', 'Cancelled') AND finished_at < ?
+                    """,
+                arguments: [finishedBefore.timeIntervalSince1970]
+            )
+            return rows
+        }
+    }
+
+    public func referencedFileNames() async throws -> Set<String> {
+        try await database.read { db in
+            var names = Set<String>()
+            for row in try Row.fetchAll(db, sql: "SELECT input_path, video_name FROM tasks") {
+                if let input: String = row["input_path"] {
+                    names.insert((input as NSString).lastPathComponent)
+                }
+                if let video: String = row["video_name"] { names.insert("\(video).mp4") }
+            }
+            return names
+        }
+    }
+
+    public func ping() async throws {
+        _ = try await database.read { db in try Int.fetchOne(db, sql: "SELECT 1") }
+    }
+
+    private static func record(_ row: Row) -> TaskRecord {
+        let parameters = TaskParameters(
+            model: row["model"],
+            prompt: row["prompt"],
+            negativePrompt: row["negative_prompt"],
+            width: row["width"],
+            height: row["height"],
+            numFrames: row["num_frames"],
+            guidanceScale: row["guidance_scale"],
+            inferSteps: row["infer_steps"],
+            seed: row["seed"]
+        )
+        var record = TaskRecord(
+            id: row["id"],
+            ownerKeyHash: row["owner_key_hash"],
+            parameters: parameters,
+            inputPath: row["input_path"],
+            intake: IntakeTimings(fetch: row["fetch_seconds"], decode: row["decode_seconds"], encode: row["png_seconds"]),
+            createdAt: Date(timeIntervalSince1970: row["created_at"])
+        )
+        record.status = TaskStatus(rawValue: row["status"]) ?? .failed
+        record.reason = row["reason"]
+        record.attempts = row["attempts"]
+        record.cancelRequested = row["cancel_requested"]
+        record.progressStep = row["progress_step"]
+        record.progressTotal = row["progress_total"]
+        record.videoExpired = row["video_expired"]
+        record.startedAt = (row["started_at"] as Double?).map(Date.init(timeIntervalSince1970:))
+        record.finishedAt = (row["finished_at"] as Double?).map(Date.init(timeIntervalSince1970:))
+        if let videoName: String = row["video_name"] {
+            record.result = TaskResult(
+                videoName: videoName,
+                width: row["result_width"],
+                height: row["result_height"],
+                numFrames: row["result_frames"],
+                fps: row["result_fps"],
+                inferenceSeconds: row["inference_seconds"],
+                encodeSeconds: row["encode_seconds"] ?? 0
+            )
+        }
+        return record
+    }
+}

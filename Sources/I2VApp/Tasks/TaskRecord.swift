@@ -1,0 +1,128 @@
+import Foundation
+
+public enum TaskStatus: String, Codable, Sendable, CaseIterable {
+    case inQueue = "InQueue"
+    case inProgress = "InProgress"
+    case succeed = "Succeed"
+    case failed = "Failed"
+    case cancelled = "Cancelled"
+
+    public var isTerminal: Bool {
+        switch self {
+        case .inQueue, .inProgress: false
+        case .succeed, .failed, .cancelled: true
+        }
+    }
+}
+
+/// What a client asked for, after validation and resolution planning.
+public struct TaskParameters: Codable, Sendable, Equatable {
+    public var model: String
+    public var prompt: String
+    public var negativePrompt: String
+    public var width: Int
+    public var height: Int
+    /// Frames the model will make (`4k+1`), not the raw `num_frames` of the request.
+    public var numFrames: Int
+    public var guidanceScale: Double
+    public var inferSteps: Int
+    public var seed: Int
+}
+
+/// Seconds spent in each phase of image intake; kept for the logs and the benchmarks.
+public struct IntakeTimings: Codable, Sendable, Equatable {
+    public var fetch: Double
+    /// Decode, orientation, cover resize and crop: libvips runs them as one streaming pipeline.
+    public var decode: Double
+    /// Encoding the prepared PNG.
+    public var encode: Double
+    public init(fetch: Double = 0, decode: Double = 0, encode: Double = 0) {
+        self.fetch = fetch
+        self.decode = decode
+        self.encode = encode
+    }
+}
+
+public struct TaskResult: Codable, Sendable, Equatable {
+    public var videoName: String
+    public var width: Int
+    public var height: Int
+    public var numFrames: Int
+    public var fps: Int
+    public var inferenceSeconds: Double
+    public var encodeSeconds: Double
+}
+
+/// One row of the task store. The store is the truth; every other view of a task is derived from it.
+public struct TaskRecord: Sendable, Equatable {
+    public var id: String
+    public var ownerKeyHash: String
+    public var status: TaskStatus
+    public var parameters: TaskParameters
+    public var inputPath: String
+    public var intake: IntakeTimings
+    public var reason: String?
+    public var attempts: Int
+    public var cancelRequested: Bool
+    public var progressStep: Int?
+    public var progressTotal: Int?
+    public var result: TaskResult?
+    public var videoExpired: Bool
+    public var createdAt: Date
+    public var startedAt: Date?
+    public var finishedAt: Date?
+
+    public init(
+        id: String,
+        ownerKeyHash: String,
+        parameters: TaskParameters,
+        inputPath: String,
+        intake: IntakeTimings,
+        createdAt: Date = Date()
+    ) {
+        self.id = id
+        self.ownerKeyHash = ownerKeyHash
+        self.status = .inQueue
+        self.parameters = parameters
+        self.inputPath = inputPath
+        self.intake = intake
+        self.reason = nil
+        self.attempts = 0
+        self.cancelRequested = false
+        self.progressStep = nil
+        self.progressTotal = nil
+        self.result = nil
+        self.videoExpired = false
+        self.createdAt = createdAt
+        self.startedAt = nil
+        self.finishedAt = nil
+    }
+}
+
+/// What the scheduler learns when a task leaves the worker.
+public enum TaskOutcome: Sendable, Equatable {
+    case succeeded(TaskResult)
+    case failed(reason: String)
+    case cancelled(reason: String)
+}
+
+public enum CancelOutcome: Sendable, Equatable {
+    /// A queued task was cancelled at once.
+    case cancelledQueued
+    /// A running task was asked to stop; the worker confirms later.
+    case cancelRequested
+    case alreadyCancelled
+    case alreadyFinished(TaskStatus)
+    case notFound
+}
+
+public enum RequeueOutcome: Sendable, Equatable {
+    case requeued
+    case failed(reason: String)
+    case notRunning
+}
+
+public struct QueueCounts: Sendable, Equatable {
+    public var queued: Int
+    public var running: Int
+}

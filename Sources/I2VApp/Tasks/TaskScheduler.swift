@@ -1,0 +1,279 @@
+import Foundation
+import CoreMetrics
+import Logging
+import Metrics
+import ServiceLifecycle
+
+/// Moves tasks from the store's queue to the worker, FIFO, never more than `maxConcurrent` at once, and
+/// records how each one ends. Everything it knows is in the store, so a restart picks up where it left off.
+public actor TaskScheduler: Service {
+    public struct Configuration: Sendable {
+        public var maxConcurrent: Int
+        public var maxAttempts: Int
+        public var cancelGrace: Duration
+        public var shutdownGrace: Duration
+        public var videosDirectory: URL
+    }
+
+    private struct RunningJob {
+        var cancels: AsyncStream<Void>.Continuation
+        var stoppingForShutdown = false
+    }
+
+    private let store: any TaskStore
+    private let worker: any InferenceWorker
+    private let signal: SchedulerSignal
+    private let configuration: Configuration
+    private let metrics: ServiceMetrics
+    private let logger: Logger
+    private var running: [String: RunningJob] = [:]
+    private var accepting = true
+
+    public init(
+        store: any TaskStore,
+        worker: any InferenceWorker,
+        signal: SchedulerSignal,
+        configuration: Configuration,
+        metrics: ServiceMetrics,
+        logger: Logger
+    ) {
+        self.store = store
+        self.worker = worker
+        self.signal = signal
+        self.configuration = configuration
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    /// Called by the cancel endpoint after the store marked a running task for cancellation.
+    public func cancelRunning(taskID: String) {
+        running[taskID]?.cancels.yield()
+    }
+
+    public func run() async throws {
+        let recovered = try await store.recoverInterrupted(maxAttempts: configuration.maxAttempts)
+        for (id, outcome) in recovered.sorted(by: { $0.key < $1.key }) {
+            logger.warning("task was running when the service stopped", metadata: ["requestId": "\(id)", "outcome": "\(outcome)"])
+            if case .failed = outcome { metrics.recordOutcome(.failed) }
+        }
+        await updateGauges()
+
+        await withGracefulShutdownHandler {
+            await withDiscardingTaskGroup { group in
+                // A slow tick as well as the wake-ups, so a missed wake-up can delay work but never strand it.
+                let signal = self.signal
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: .seconds(1))
+                        signal.wake()
+                    }
+                }
+                for await _ in self.signal.wakeups() {
+                    guard self.accepting else { break }
+                    await self.dispatch(into: &group)
+                }
+                await self.drain()
+                // Jobs still following a worker that did not answer are abandoned here; drain() has
+                // already put their tasks back in the queue.
+                group.cancelAll()
+            }
+        } onGracefulShutdown: {
+            Task { await self.stopAccepting() }
+        }
+    }
+
+    private func stopAccepting() {
+        accepting = false
+        signal.wake()
+    }
+
+    private func dispatch(into group: inout DiscardingTaskGroup) async {
+        guard await worker.readiness() != nil else { return }
+        while accepting && running.count < configuration.maxConcurrent {
+            let claimed: TaskRecord?
+            do {
+                claimed = try await store.claimNext()
+            } catch {
+                logger.error("could not claim the next task", metadata: ["error": "\(error)"])
+                return
+            }
+            guard let task = claimed else { break }
+            let (cancels, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+            running[task.id] = RunningJob(cancels: continuation)
+            group.addTask { await self.execute(task, cancels: cancels) }
+        }
+        await updateGauges()
+    }
+
+    /// Lets running jobs finish within the shutdown grace, then stops them and puts them back in the queue.
+    private func drain() async {
+        guard !running.isEmpty else { return }
+        logger.info("waiting for running tasks before shutdown", metadata: ["running": "\(running.count)", "grace": "\(configuration.shutdownGrace)"])
+        let deadline = ContinuousClock.now + configuration.shutdownGrace
+        while !running.isEmpty && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        guard !running.isEmpty else { return }
+        for id in running.keys {
+            running[id]?.stoppingForShutdown = true
+            running[id]?.cancels.yield()
+        }
+        let cancelDeadline = ContinuousClock.now + configuration.cancelGrace
+        while !running.isEmpty && ContinuousClock.now < cancelDeadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        for id in running.keys {
+            _ = try? await store.requeue(id: id, maxAttempts: configuration.maxAttempts, reason: "service shutdown", countAttempt: false)
+        }
+    }
+
+    private func execute(_ task: TaskRecord, cancels: AsyncStream<Void>) async {
+        var logger = self.logger
+        logger[metadataKey: "requestId"] = "\(task.id)"
+        let videoName = RandomIdentifier.hex128()
+        let outputPath = configuration.videosDirectory.appending(path: "\(videoName).mp4").path
+        let p = task.parameters
+        let job = WorkerJob(
+            taskID: task.id,
+            imagePath: task.inputPath,
+            prompt: p.prompt,
+            negativePrompt: p.negativePrompt,
+            width: p.width,
+            height: p.height,
+            numFrames: p.numFrames,
+            inferSteps: p.inferSteps,
+            guidanceScale: p.guidanceScale,
+            seed: p.seed,
+            outputPath: outputPath
+        )
+        logger.info("task started", metadata: ["attempt": "\(task.attempts)", "size": "\(p.width)x\(p.height)", "frames": "\(p.numFrames)", "steps": "\(p.inferSteps)"])
+
+        let end: JobEnd
+        do {
+            let updates = try await worker.start(job)
+            end = await follow(updates, task: task, cancels: cancels, logger: logger)
+        } catch {
+            end = .workerLost(reason: "\(error)", restartedByUs: true)
+        }
+        await record(end, task: task, videoName: videoName, logger: logger)
+        running.removeValue(forKey: task.id)
+        await updateGauges()
+        signal.wake()
+    }
+
+    /// Follows one job's updates to its end, and turns a client's cancel into a worker cancel with a
+    /// deadline: a worker that does not stop within the grace is restarted.
+    private func follow(
+        _ updates: AsyncStream<JobUpdate>,
+        task: TaskRecord,
+        cancels: AsyncStream<Void>,
+        logger: Logger
+    ) async -> JobEnd {
+        let worker = self.worker
+        let grace = configuration.cancelGrace
+        let store = self.store
+        let metrics = self.metrics
+        return await withTaskGroup(of: JobEnd?.self) { group in
+            group.addTask {
+                for await _ in cancels {
+                    logger.info("cancelling running task")
+                    await worker.cancel(taskID: task.id)
+                    try? await Task.sleep(for: grace)
+                    if Task.isCancelled { return nil }
+                    await worker.restart(reason: "task \(task.id) did not stop within \(grace) of its cancel")
+                    return nil
+                }
+                return nil
+            }
+            group.addTask {
+                var lastStep = ContinuousClock.now
+                for await update in updates {
+                    switch update {
+                    case .progress(let step, let total):
+                        let now = ContinuousClock.now
+                        metrics.stepLatency.record(duration: now - lastStep)
+                        lastStep = now
+                        try? await store.recordProgress(id: task.id, step: step, total: total)
+                    case .finished(let end):
+                        return end
+                    }
+                }
+                return .workerLost(reason: "the inference worker stopped reporting", restartedByUs: false)
+            }
+            var result: JobEnd = .workerLost(reason: "no result", restartedByUs: false)
+            for await end in group {
+                if let end {
+                    result = end
+                    group.cancelAll()
+                    break
+                }
+            }
+            return result
+        }
+    }
+
+    private func record(_ end: JobEnd, task: TaskRecord, videoName: String, logger: Logger) async {
+        let stoppingForShutdown = running[task.id]?.stoppingForShutdown ?? false
+        do {
+            switch end {
+            case .done(let done):
+                let result = TaskResult(
+                    videoName: videoName,
+                    width: done.width,
+                    height: done.height,
+                    numFrames: done.numFrames,
+                    fps: done.fps,
+                    inferenceSeconds: done.inferenceSeconds,
+                    encodeSeconds: done.encodeSeconds ?? 0
+                )
+                if try await store.finish(id: task.id, outcome: .succeeded(result)) {
+                    metrics.inferenceLatency.recordSeconds(done.inferenceSeconds)
+                    metrics.encodeLatency.recordSeconds(done.encodeSeconds ?? 0)
+                    metrics.recordOutcome(.succeed)
+                    logger.info("task succeeded", metadata: ["inference_seconds": "\(done.inferenceSeconds)", "video": "\(videoName).mp4"])
+                }
+                removeFile(task.inputPath)
+            case .failed(.cancelled, _) where stoppingForShutdown:
+                _ = try await store.requeue(id: task.id, maxAttempts: configuration.maxAttempts, reason: "service shutdown", countAttempt: false)
+                logger.info("task put back in the queue for the next start")
+            case .failed(.cancelled, _):
+                try await store.finish(id: task.id, outcome: .cancelled(reason: "cancelled by the client"))
+                metrics.recordOutcome(.cancelled)
+                logger.info("task cancelled while running")
+                removeFile(task.inputPath)
+            case .failed(let kind, let message):
+                let reason = switch kind {
+                case .oom: message.lowercased().contains("out of memory") ? message : "out of memory: \(message); lower the resolution (image_size) or num_frames"
+                case .badInput: "bad input: \(message)"
+                default: "inference failed: \(message)"
+                }
+                try await store.finish(id: task.id, outcome: .failed(reason: reason))
+                metrics.recordOutcome(.failed)
+                logger.warning("task failed", metadata: ["kind": "\(kind.rawValue)", "reason": "\(reason)"])
+                removeFile(task.inputPath)
+            case .workerLost(let reason, let restartedByUs):
+                let outcome = try await store.requeue(
+                    id: task.id,
+                    maxAttempts: configuration.maxAttempts,
+                    reason: reason,
+                    countAttempt: !restartedByUs && !stoppingForShutdown
+                )
+                logger.warning("task lost its worker", metadata: ["reason": "\(reason)", "outcome": "\(outcome)"])
+                if case .failed(let why) = outcome {
+                    metrics.recordOutcome(why.hasPrefix("cancelled") ? .cancelled : .failed)
+                    removeFile(task.inputPath)
+                }
+            }
+        } catch {
+            logger.error("could not record the task's end", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func removeFile(_ path: String) {
+        try? FileManager.default.removeItem(atPath: path)
+    }
+
+    private func updateGauges() async {
+        if let counts = try? await store.counts() { metrics.updateQueue(counts) }
+    }
+}

@@ -1,0 +1,217 @@
+import Foundation
+
+/// The line-delimited JSON protocol of `worker/protocol/PROTOCOL.md`, server side.
+public enum WorkerProtocol {
+    public static let version = 1
+}
+
+public struct WorkerModelInfo: Codable, Sendable, Equatable {
+    public var id: String
+    public var nativeArea: Int
+    public var sizeMultiple: Int
+    public var fps: Int
+
+    enum CodingKeys: String, CodingKey {
+        case id
+        case nativeArea = "native_area"
+        case sizeMultiple = "size_multiple"
+        case fps
+    }
+}
+
+public struct WorkerMemory: Codable, Sendable, Equatable {
+    public var freeBytes: Int?
+    public var bytesPerToken: Int?
+
+    enum CodingKeys: String, CodingKey {
+        case freeBytes = "free_bytes"
+        case bytesPerToken = "bytes_per_token"
+    }
+}
+
+public struct WorkerReady: Codable, Sendable, Equatable {
+    public var `protocol`: Int
+    public var model: WorkerModelInfo
+    public var device: String
+    public var dtype: String
+    public var slots: Int
+    public var memory: WorkerMemory?
+}
+
+public enum WorkerErrorKind: String, Codable, Sendable {
+    case oom
+    case badInput = "bad_input"
+    case cancelled
+    case `internal`
+}
+
+public struct WorkerDone: Codable, Sendable, Equatable {
+    public var taskID: String
+    public var path: String
+    public var width: Int
+    public var height: Int
+    public var numFrames: Int
+    public var fps: Int
+    public var seed: Int
+    public var inferenceSeconds: Double
+    public var encodeSeconds: Double?
+
+    enum CodingKeys: String, CodingKey {
+        case taskID = "task_id"
+        case path, width, height
+        case numFrames = "num_frames"
+        case fps, seed
+        case inferenceSeconds = "inference_seconds"
+        case encodeSeconds = "encode_seconds"
+    }
+}
+
+/// Messages the worker writes on its stdout.
+public enum WorkerEvent: Sendable, Equatable {
+    case ready(WorkerReady)
+    case progress(taskID: String, step: Int, totalSteps: Int)
+    case done(WorkerDone)
+    case error(taskID: String?, kind: WorkerErrorKind, message: String)
+    case fatal(message: String)
+}
+
+extension WorkerEvent: Codable {
+    enum CodingKeys: String, CodingKey {
+        case type
+        case taskID = "task_id"
+        case step
+        case totalSteps = "total_steps"
+        case kind
+        case message
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let type = try container.decode(String.self, forKey: .type)
+        switch type {
+        case "ready":
+            self = .ready(try WorkerReady(from: decoder))
+        case "progress":
+            self = .progress(
+                taskID: try container.decode(String.self, forKey: .taskID),
+                step: try container.decode(Int.self, forKey: .step),
+                totalSteps: try container.decode(Int.self, forKey: .totalSteps)
+            )
+        case "done":
+            self = .done(try WorkerDone(from: decoder))
+        case "error":
+            self = .error(
+                taskID: try container.decodeIfPresent(String.self, forKey: .taskID),
+                kind: (try? container.decode(WorkerErrorKind.self, forKey: .kind)) ?? .internal,
+                message: try container.decode(String.self, forKey: .message)
+            )
+        case "fatal":
+            self = .fatal(message: try container.decode(String.self, forKey: .message))
+        default:
+            throw DecodingError.dataCorruptedError(
+                forKey: .type,
+                in: container,
+                debugDescription: "unknown worker message type \(type)"
+            )
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        switch self {
+        case .ready(let ready):
+            try container.encode("ready", forKey: .type)
+            try ready.encode(to: encoder)
+        case .progress(let taskID, let step, let totalSteps):
+            try container.encode("progress", forKey: .type)
+            try container.encode(taskID, forKey: .taskID)
+            try container.encode(step, forKey: .step)
+            try container.encode(totalSteps, forKey: .totalSteps)
+        case .done(let done):
+            try container.encode("done", forKey: .type)
+            try done.encode(to: encoder)
+        case .error(let taskID, let kind, let message):
+            try container.encode("error", forKey: .type)
+            try container.encode(taskID, forKey: .taskID)
+            try container.encode(kind, forKey: .kind)
+            try container.encode(message, forKey: .message)
+        case .fatal(let message):
+            try container.encode("fatal", forKey: .type)
+            try container.encode(message, forKey: .message)
+        }
+    }
+}
+
+/// A job as the worker receives it in a `run` message.
+public struct WorkerJob: Codable, Sendable, Equatable {
+    public var taskID: String
+    public var imagePath: String
+    public var prompt: String
+    public var negativePrompt: String
+    public var width: Int
+    public var height: Int
+    public var numFrames: Int
+    public var inferSteps: Int
+    public var guidanceScale: Double
+    public var seed: Int
+    public var outputPath: String
+
+    enum CodingKeys: String, CodingKey {
+        case taskID = "task_id"
+        case imagePath = "image_path"
+        case prompt
+        case negativePrompt = "negative_prompt"
+        case width, height
+        case numFrames = "num_frames"
+        case inferSteps = "infer_steps"
+        case guidanceScale = "guidance_scale"
+        case seed
+        case outputPath = "output_path"
+    }
+}
+
+/// Messages the server writes on the worker's stdin.
+public enum WorkerCommand: Sendable, Equatable {
+    case run(WorkerJob)
+    case cancel(taskID: String)
+    case shutdown
+}
+
+extension WorkerCommand: Codable {
+    enum CodingKeys: String, CodingKey {
+        case type
+        case taskID = "task_id"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        switch try container.decode(String.self, forKey: .type) {
+        case "run": self = .run(try WorkerJob(from: decoder))
+        case "cancel": self = .cancel(taskID: try container.decode(String.self, forKey: .taskID))
+        case "shutdown": self = .shutdown
+        case let other:
+            throw DecodingError.dataCorruptedError(forKey: .type, in: container, debugDescription: "unknown command \(other)")
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        switch self {
+        case .run(let job):
+            try container.encode("run", forKey: .type)
+            try job.encode(to: encoder)
+        case .cancel(let taskID):
+            try container.encode("cancel", forKey: .type)
+            try container.encode(taskID, forKey: .taskID)
+        case .shutdown:
+            try container.encode("shutdown", forKey: .type)
+        }
+    }
+
+    /// One protocol line, newline included.
+    public func line() throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try encoder.encode(self), as: UTF8.self) + "\n"
+    }
+}

@@ -1,0 +1,23 @@
+import Foundation
+import Yams
+
+/// The service's contract, `openapi.yaml`, which the server serves as `/openapi.json`.
+public enum OpenAPIDocument {
+    public static func yaml() throws -> String {
+        guard let url = Bundle.module.url(forResource: "openapi", withExtension: "yaml") else {
+            throw CocoaError(.fileNoSuchFile)
+        }
+        return try String(contentsOf: url, encoding: .utf8)
+    }
+
+    /// The document as JSON bytes, keys sorted so the output is stable.
+    public static func json() throws -> [UInt8] {
+        let object = try Yams.load(yaml: yaml()) ?? [:]
+        return Array(try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))
+    }
+
+    /// The document as a dictionary, for tests that compare it with the routes.
+    public static func object() throws -> [String: Any] {
+        (try Yams.load(yaml: yaml()) as? [String: Any]) ?? [:]
+    }
+}

@@ -1,0 +1,42 @@
+import Configuration
+import Foundation
+import Hummingbird
+import I2VApp
+
+@main
+struct I2VServer {
+    static let usage = """
+        usage: i2v-server [serve]
+
+          serve   run the API, the queue and the inference worker in one process tree (default)
+          api     API only, for multi-node deployments on PostgreSQL (not available yet)
+          worker  inference worker only, for multi-node deployments on PostgreSQL (not available yet)
+
+        Configuration is read from I2V_* environment variables; see README.md.
+        """
+
+    static func main() async throws {
+        let command = CommandLine.arguments.dropFirst().first ?? "serve"
+        switch command {
+        case "serve":
+            break
+        case "-h", "--help", "help":
+            print(usage)
+            return
+        case "api", "worker":
+            FileHandle.standardError.write(Data("i2v-server \(command): multi-node roles need the PostgreSQL store, which this build does not have yet; use `serve`\n".utf8))
+            exit(2)
+        default:
+            FileHandle.standardError.write(Data("unknown command \(command)\n\n\(usage)\n".utf8))
+            exit(2)
+        }
+        let reader = ConfigReader(providers: [EnvironmentVariablesProvider()])
+        do {
+            let app = try await buildApplication(reader: reader)
+            try await app.runService()
+        } catch let problem as ConfigurationProblem {
+            FileHandle.standardError.write(Data("i2v-server: \(problem)\n".utf8))
+            exit(1)
+        }
+    }
+}

@@ -1,0 +1,109 @@
+import Foundation
+@testable import I2VApp
+
+/// A stand-in for the Python worker in unit tests: it "runs" a job by sleeping per step, reports
+/// progress, honours cancel at the next step, and writes a small file where the video goes.
+actor FakeWorker: InferenceWorker {
+    var stepDuration: Duration
+    var isReady: Bool
+    var ignoresCancel = false
+    private(set) var running: Set<String> = []
+    private(set) var maxConcurrent = 0
+    private(set) var started: [String] = []
+    private var cancelled: Set<String> = []
+    private var lost: [String: AsyncStream<JobUpdate>.Continuation] = [:]
+    private(set) var restarts: [String] = []
+    private var signal: SchedulerSignal?
+
+    init(stepDuration: Duration = .milliseconds(5), ready: Bool = true) {
+        self.stepDuration = stepDuration
+        self.isReady = ready
+    }
+
+    func attach(_ signal: SchedulerSignal) { self.signal = signal }
+
+    func setReady(_ ready: Bool) {
+        isReady = ready
+        signal?.wake()
+    }
+
+    func setStepDuration(_ duration: Duration) { stepDuration = duration }
+    func setIgnoresCancel(_ value: Bool) { ignoresCancel = value }
+
+    func readiness() -> WorkerReady? {
+        guard isReady else { return nil }
+        return WorkerReady(
+            protocol: 1,
+            model: WorkerModelInfo(id: "test-model", nativeArea: 15_360, sizeMultiple: 16, fps: 16),
+            device: "cpu",
+            dtype: "float32",
+            slots: 2,
+            memory: nil
+        )
+    }
+
+    func start(_ job: WorkerJob) throws -> AsyncStream<JobUpdate> {
+        guard isReady else { throw WorkerUnavailableError(reason: "not ready") }
+        let (stream, continuation) = AsyncStream.makeStream(of: JobUpdate.self)
+        running.insert(job.taskID)
+        started.append(job.taskID)
+        maxConcurrent = max(maxConcurrent, running.count)
+        lost[job.taskID] = continuation
+        let step = stepDuration
+        Task { await self.perform(job, step: step, continuation: continuation) }
+        return stream
+    }
+
+    private func perform(_ job: WorkerJob, step: Duration, continuation: AsyncStream<JobUpdate>.Continuation) async {
+        let clock = ContinuousClock()
+        let began = clock.now
+        for index in 1...job.inferSteps {
+            try? await Task.sleep(for: step)
+            guard lost[job.taskID] != nil else { return }
+            if cancelled.contains(job.taskID) && !ignoresCancel {
+                finish(job.taskID, .failed(kind: .cancelled, message: "cancelled at step \(index)"))
+                return
+            }
+            continuation.yield(.progress(step: index, totalSteps: job.inferSteps))
+        }
+        FileManager.default.createFile(atPath: job.outputPath, contents: Data("fake mp4 for \(job.taskID)".utf8))
+        let elapsed = clock.now - began
+        finish(
+            job.taskID,
+            .done(
+                WorkerDone(
+                    taskID: job.taskID,
+                    path: job.outputPath,
+                    width: job.width,
+                    height: job.height,
+                    numFrames: job.numFrames,
+                    fps: 16,
+                    seed: job.seed,
+                    inferenceSeconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
+                    encodeSeconds: 0
+                )
+            )
+        )
+    }
+
+    private func finish(_ taskID: String, _ end: JobEnd) {
+        running.remove(taskID)
+        guard let continuation = lost.removeValue(forKey: taskID) else { return }
+        continuation.yield(.finished(end))
+        continuation.finish()
+    }
+
+    func cancel(taskID: String) {
+        cancelled.insert(taskID)
+    }
+
+    func restart(reason: String) {
+        restarts.append(reason)
+        for id in Array(lost.keys) { finish(id, .workerLost(reason: reason, restartedByUs: true)) }
+    }
+
+    /// Simulates the worker process dying under its jobs.
+    func crash() {
+        for id in Array(lost.keys) { finish(id, .workerLost(reason: "the inference worker exited (signal 9)", restartedByUs: false)) }
+    }
+}

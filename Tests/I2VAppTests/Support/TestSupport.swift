@@ -1,0 +1,131 @@
+import AsyncHTTPClient
+import Configuration
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import NIOCore
+import Testing
+@testable import I2VApp
+
+enum TestKeys {
+    static let alice = "alice-test-key-0123456789"
+    static let bob = "bob-test-key-9876543210"
+}
+
+/// A fresh data dir per test, removed afterwards.
+struct TemporaryDirectory: ~Copyable {
+    let url: URL
+    init() throws {
+        url = FileManager.default.temporaryDirectory.appending(path: "i2v-test-\(UUID().uuidString)", directoryHint: .isDirectory)
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(at: url) }
+}
+
+/// The service's configuration as a test sets it: in-memory values, loopback images allowed.
+func testConfiguration(dataDir: URL, _ values: [String: ConfigValue] = [:]) -> ServiceConfiguration {
+    var all: [AbsoluteConfigKey: ConfigValue] = [
+        "i2v.host": "127.0.0.1",
+        "i2v.port": 0,
+        "i2v.apiKeys": .init(stringLiteral: "\(TestKeys.alice),\(TestKeys.bob)"),
+        "i2v.dataDir": .init(stringLiteral: dataDir.path),
+        "i2v.publicUrl": "http://localhost:8088",
+        "i2v.allowPrivateImageHosts": true,
+        "i2v.imageTimeoutSeconds": 5,
+        "i2v.docsAssetsDir": .init(stringLiteral: repositoryRoot.appending(path: ".swagger-ui").path),
+        "i2v.logLevel": "warning",
+        "i2v.cancelGraceSeconds": 5,
+        "i2v.shutdownGraceSeconds": 0,
+    ]
+    for (key, value) in values { all[AbsoluteConfigKey(key.split(separator: ".").map(String.init))] = value }
+    return ServiceConfiguration(reader: ConfigReader(provider: InMemoryProvider(values: all)))
+}
+
+let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().deletingLastPathComponent()
+
+let fixtureImage: [UInt8] = {
+    let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appending(path: "Fixtures/landscape-320x180.png")
+    return Array((try? Data(contentsOf: url)) ?? Data())
+}()
+
+/// A loopback HTTP server that serves the fixture image (and whatever else a test adds), so submits
+/// download a real image over real HTTP.
+func withImageServer<T: Sendable>(
+    _ configure: @Sendable (Router<BasicRequestContext>) -> Void = { _ in },
+    _ body: @Sendable (_ baseURL: String) async throws -> T
+) async throws -> T {
+    let router = Router()
+    router.get("image.png") { _, _ in
+        Response(status: .ok, headers: [.contentType: "image/png"], body: .init(byteBuffer: ByteBuffer(bytes: fixtureImage)))
+    }
+    configure(router)
+    let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)))
+    return try await app.test(.live) { client in
+        try await body("http://127.0.0.1:\(client.port!)")
+    }
+}
+
+extension TestClientProtocol {
+    @discardableResult
+    func post(_ path: String, key: String? = TestKeys.alice, json: String) async throws -> TestResponse {
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if let key { headers[.authorization] = "Bearer \(key)" }
+        return try await execute(uri: path, method: .post, headers: headers, body: ByteBuffer(string: json))
+    }
+
+    func submit(imageURL: String, key: String = TestKeys.alice, extra: String = "") async throws -> String {
+        let response = try await post(
+            "/video/submit",
+            key: key,
+            json: #"{"image_url":"\#(imageURL)","prompt":"A dancing cat in the style of Van Gogh","infer_steps":20,"num_frames":24\#(extra)}"#
+        )
+        #expect(response.status == .accepted, "submit answered \(response.status): \(String(buffer: response.body))")
+        let object = try response.jsonObject()
+        return object["requestId"] as? String ?? ""
+    }
+
+    func status(_ id: String, key: String = TestKeys.alice) async throws -> [String: Any] {
+        let response = try await post("/video/status", key: key, json: #"{"requestId":"\#(id)"}"#)
+        #expect(response.status == .ok, "status answered \(response.status): \(String(buffer: response.body))")
+        return try response.jsonObject()
+    }
+
+    /// Polls until the task reaches `status` (or any terminal state), within `timeout`.
+    func waitFor(_ id: String, status wanted: String, key: String = TestKeys.alice, timeout: Duration = .seconds(60)) async throws -> [String: Any] {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let body = try await status(id, key: key)
+            let current = body["status"] as? String ?? ""
+            if current == wanted || ["Succeed", "Failed", "Cancelled"].contains(current) || ContinuousClock.now > deadline {
+                return body
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+}
+
+extension TestResponse {
+    func jsonObject() throws -> [String: Any] {
+        (try JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any]) ?? [:]
+    }
+
+    var failureReason: String? {
+        guard let object = try? jsonObject(), let detail = object["detail"] as? [String: Any] else { return nil }
+        return detail["reason"] as? String
+    }
+
+    var validationIssues: [[String: Any]] {
+        guard let object = try? jsonObject() else { return [] }
+        return object["detail"] as? [[String: Any]] ?? []
+    }
+}
+
+/// Builds the app with a fake worker and the given settings.
+func makeTestApp(dataDir: URL, worker: FakeWorker, _ values: [String: ConfigValue] = [:]) async throws -> some ApplicationProtocol {
+    try await buildApplication(
+        configuration: testConfiguration(dataDir: dataDir, values),
+        overrides: AppOverrides(worker: worker, catalog: ModelCatalog(models: [ServedModel(id: "test-model", nativeArea: 15_360)]))
+    )
+}
