@@ -1,7 +1,9 @@
 # i2v-server — the commands of SPEC §8. Every target installs what it needs first.
 SHELL := /bin/bash
 SWIFT_BUILD_FLAGS ?=
-RELEASE_BIN := .build/release/i2v-server
+# Release builds get their own scratch path so they never hold the lock of the debug build in .build.
+RELEASE_FLAGS := -c release --scratch-path .build-release
+RELEASE_BIN := .build-release/release/i2v-server
 
 .PHONY: run test test-python build build-release python-env swagger-ui system-deps system-deps-test system-deps-bench bench clean-data
 
@@ -26,7 +28,7 @@ build: system-deps
 	swift build $(SWIFT_BUILD_FLAGS)
 
 build-release: system-deps
-	swift build -c release $(SWIFT_BUILD_FLAGS)
+	swift build $(RELEASE_FLAGS) $(SWIFT_BUILD_FLAGS)
 
 python-env:
 	scripts/python-env.sh

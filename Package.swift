@@ -6,6 +6,9 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("MemberImportVisibility"),
 ]
 
+// Tests import what they use through @testable modules; member-import checks only add noise there.
+let testSwiftSettings: [SwiftSetting] = [.enableUpcomingFeature("ExistentialAny")]
+
 let package = Package(
     name: "i2v-server",
     platforms: [.macOS(.v15)],
@@ -81,11 +84,14 @@ let package = Package(
             name: "I2VAppTests",
             dependencies: [
                 "I2VApp",
+                "ImageIntake",
+                "I2VOpenAPI",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             exclude: ["Fixtures"],
-            swiftSettings: swiftSettings
+            swiftSettings: testSwiftSettings
         ),
         .testTarget(
             name: "ImageIntakeTests",

@@ -51,18 +51,18 @@ public struct ServiceConfiguration: Sendable {
         self.publicURL = publicURL.hasSuffix("/") ? String(publicURL.dropLast()) : publicURL
         self.maxConcurrent = max(1, config.int(forKey: "maxConcurrent", default: 2))
         self.maxQueued = max(1, config.int(forKey: "maxQueued", default: 100))
-        self.videoTTL = .seconds(max(1, config.double(forKey: "videoTtlSeconds", default: 3600)))
-        self.taskRetention = .seconds(max(1, config.double(forKey: "taskRetentionSeconds", default: 86400)))
-        self.sweepInterval = .seconds(max(0.05, config.double(forKey: "sweepIntervalSeconds", default: 30)))
-        self.imageTimeout = .seconds(max(0.1, config.double(forKey: "imageTimeoutSeconds", default: 15)))
+        self.videoTTL = .seconds(max(1, config.seconds(forKey: "videoTtlSeconds", default: 3600)))
+        self.taskRetention = .seconds(max(1, config.seconds(forKey: "taskRetentionSeconds", default: 86400)))
+        self.sweepInterval = .seconds(max(0.05, config.seconds(forKey: "sweepIntervalSeconds", default: 30)))
+        self.imageTimeout = .seconds(max(0.1, config.seconds(forKey: "imageTimeoutSeconds", default: 15)))
         self.imageMaxBytes = max(1, config.int(forKey: "imageMaxBytes", default: 20_971_520))
         self.imageMaxPixels = max(1, config.int(forKey: "imageMaxPixels", default: 40_000_000))
         self.allowPrivateImageHosts = config.bool(forKey: "allowPrivateImageHosts", default: false)
         self.maxBodyBytes = max(1024, config.int(forKey: "maxBodyBytes", default: 65_536))
         self.submitsPerMinute = max(0, config.int(forKey: "submitsPerMinute", default: 120))
         self.maxAttempts = max(1, config.int(forKey: "maxAttempts", default: 2))
-        self.shutdownGrace = .seconds(max(0, config.double(forKey: "shutdownGraceSeconds", default: 30)))
-        self.cancelGrace = .seconds(max(0.1, config.double(forKey: "cancelGraceSeconds", default: 30)))
+        self.shutdownGrace = .seconds(max(0, config.seconds(forKey: "shutdownGraceSeconds", default: 30)))
+        self.cancelGrace = .seconds(max(0.1, config.seconds(forKey: "cancelGraceSeconds", default: 30)))
         self.modelPath = config.string(forKey: "modelPath").flatMap { $0.isEmpty ? nil : $0 }
         self.device = config.string(forKey: "device").flatMap { $0.isEmpty ? nil : $0 }
         self.pythonExecutable = config.string(forKey: "python", default: ".venv/bin/python")
@@ -81,5 +81,12 @@ public struct ServiceConfiguration: Sendable {
     /// Where the demo checkpoint is built when `I2V_MODEL_PATH` is not set.
     public var demoModelDirectory: URL {
         dataDirectory.appending(path: "models/wan2.1-i2v-demo", directoryHint: .isDirectory)
+    }
+}
+
+extension ConfigReader {
+    /// A number of seconds, written either as an integer or with a fraction (`15`, `0.5`).
+    func seconds(forKey key: ConfigKey, default defaultValue: Double) -> Double {
+        double(forKey: key) ?? int(forKey: key).map(Double.init) ?? defaultValue
     }
 }

@@ -27,6 +27,13 @@ public struct WorkerMemory: Codable, Sendable, Equatable {
         case freeBytes = "free_bytes"
         case bytesPerToken = "bytes_per_token"
     }
+
+    /// Unknown values are written as `null`, as the protocol spells them, rather than left out.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(freeBytes, forKey: .freeBytes)
+        try container.encode(bytesPerToken, forKey: .bytesPerToken)
+    }
 }
 
 public struct WorkerReady: Codable, Sendable, Equatable {

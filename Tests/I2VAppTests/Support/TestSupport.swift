@@ -75,11 +75,11 @@ extension TestClientProtocol {
         return try await execute(uri: path, method: .post, headers: headers, body: ByteBuffer(string: json))
     }
 
-    func submit(imageURL: String, key: String = TestKeys.alice, extra: String = "") async throws -> String {
+    func submit(imageURL: String, key: String = TestKeys.alice, extra: String = "", frames: Int = 24) async throws -> String {
         let response = try await post(
             "/video/submit",
             key: key,
-            json: #"{"image_url":"\#(imageURL)","prompt":"A dancing cat in the style of Van Gogh","infer_steps":20,"num_frames":24\#(extra)}"#
+            json: #"{"image_url":"\#(imageURL)","prompt":"A dancing cat in the style of Van Gogh","infer_steps":20,"num_frames":\#(frames)\#(extra)}"#
         )
         #expect(response.status == .accepted, "submit answered \(response.status): \(String(buffer: response.body))")
         let object = try response.jsonObject()

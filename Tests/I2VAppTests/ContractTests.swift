@@ -1,0 +1,152 @@
+import Foundation
+import Configuration
+import Logging
+import ImageIntake
+import Hummingbird
+import HummingbirdTesting
+import I2VOpenAPI
+import NIOCore
+import Testing
+@testable import I2VApp
+
+/// The OpenAPI document is the contract: the served routes, the document and the worker protocol agree.
+@Suite struct ContractTests {
+    /// Routes the router serves, as "METHOD /path" with `{name}` captures.
+    static func servedRoutes() throws -> Set<String> {
+        let directory = try TemporaryDirectory()
+        let configuration = testConfiguration(dataDir: directory.url)
+        let store = try SQLiteTaskStore(path: directory.url.appending(path: "tasks.sqlite").path)
+        let signal = SchedulerSignal()
+        let worker = FakeWorker()
+        let metrics = ServiceMetrics()
+        let catalog = ModelCatalog(models: [ServedModel(id: "m", nativeArea: 15_360)])
+        let scheduler = TaskScheduler(
+            store: store, worker: worker, signal: signal,
+            configuration: .init(maxConcurrent: 1, maxAttempts: 1, cancelGrace: .seconds(1), shutdownGrace: .seconds(1), videosDirectory: directory.url),
+            metrics: metrics, logger: .init(label: "test")
+        )
+        let router = try buildRouter(
+            configuration: configuration,
+            video: VideoController(
+                store: store, scheduler: scheduler, signal: signal, worker: worker,
+                intake: .init(configuration: .init(), logger: .init(label: "test")), catalog: catalog,
+                rateLimiter: SubmitRateLimiter(perMinute: 0), metrics: metrics, configuration: configuration
+            ),
+            operations: OperationsController(store: store, worker: worker, supervisor: nil, catalog: catalog, metrics: metrics),
+            keyring: APIKeyring(keys: ["k"]),
+            logger: .init(label: "test")
+        )
+        var routes = Set(router.routes.map { route in
+            let path = route.path.components.map { component -> String in
+                let text = "\(component)"
+                return text.hasPrefix(":") ? "{\(text.dropFirst())}" : text
+            }.joined(separator: "/")
+            return "\(route.method.rawValue) /\(path)"
+        })
+        // Served by the file middlewares rather than routes.
+        routes.formUnion(["GET /videos/{file}", "HEAD /videos/{file}", "GET /docs/{asset}"])
+        // Our own initializer script is one of the docs assets.
+        routes.remove("GET /docs/swagger-initializer.js")
+        return routes
+    }
+
+    static func documentedRoutes() throws -> Set<String> {
+        let paths = try #require(try OpenAPIDocument.object()["paths"] as? [String: [String: Any]])
+        var routes = Set<String>()
+        for (path, operations) in paths {
+            for method in operations.keys where ["get", "post", "head", "put", "delete", "patch"].contains(method) {
+                routes.insert("\(method.uppercased()) \(path)")
+            }
+        }
+        return routes
+    }
+
+    @Test func everyServedRouteIsDocumentedAndEveryDocumentedRouteIsServed() throws {
+        let served = try Self.servedRoutes()
+        let documented = try Self.documentedRoutes()
+        #expect(served.subtracting(documented).isEmpty, "served but not in openapi.yaml: \(served.subtracting(documented))")
+        #expect(documented.subtracting(served).isEmpty, "in openapi.yaml but not served: \(documented.subtracting(served))")
+    }
+
+    @Test func everyDocumentedRouteAnswers() async throws {
+        let directory = try TemporaryDirectory()
+        let app = try await makeTestApp(dataDir: directory.url, worker: FakeWorker())
+        let videoName = String(repeating: "ab", count: 16)
+        try FileManager.default.createDirectory(at: directory.url.appending(path: "videos"), withIntermediateDirectories: true)
+        try Data("x".utf8).write(to: directory.url.appending(path: "videos/\(videoName).mp4"))
+        let hasDocs = FileManager.default.fileExists(atPath: repositoryRoot.appending(path: ".swagger-ui/swagger-ui-bundle.js").path)
+        try await app.test(.router) { client in
+            for route in try Self.documentedRoutes().sorted() {
+                let parts = route.split(separator: " ", maxSplits: 1)
+                let method = HTTPRequest.Method(rawValue: String(parts[0]))!
+                let path = String(parts[1])
+                    .replacingOccurrences(of: "{file}", with: "\(videoName).mp4")
+                    .replacingOccurrences(of: "{asset}", with: "swagger-ui.css")
+                let response: TestResponse
+                if method == .post {
+                    response = try await client.post(path, json: #"{"requestId":"\#(String(repeating: "0", count: 32))"}"#)
+                } else {
+                    response = try await client.execute(uri: path, method: method)
+                }
+                if path.hasPrefix("/docs") && !hasDocs { continue }
+                // Each answers with one of the statuses the document lists for it (never an unlisted 404/405/500).
+                let document = try OpenAPIDocument.object()
+                let operation = ((document["paths"] as? [String: Any])?[String(parts[1])] as? [String: Any])?[String(parts[0]).lowercased()] as? [String: Any]
+                let listed = Set(((operation?["responses"] as? [String: Any]) ?? [:]).keys)
+                #expect(listed.contains(String(response.status.code)), "\(route) answered \(response.status.code), listed \(listed)")
+            }
+        }
+    }
+
+    @Test func servedDocumentIsTheYamlContract() async throws {
+        let directory = try TemporaryDirectory()
+        let app = try await makeTestApp(dataDir: directory.url, worker: FakeWorker())
+        try await app.test(.router) { client in
+            let response = try await client.execute(uri: "/openapi.json", method: .get)
+            #expect(response.status == .ok)
+            let served = try JSONSerialization.jsonObject(with: Data(buffer: response.body)) as? NSDictionary
+            let yaml = try OpenAPIDocument.object() as NSDictionary
+            #expect(served == yaml)
+            #expect((served?["openapi"] as? String)?.hasPrefix("3.1") == true)
+        }
+    }
+
+    /// README and SPEC list the same routes as the document.
+    @Test func readmeAndSpecNameEveryOperation() throws {
+        let readme = try String(contentsOf: repositoryRoot.appending(path: "README.md"), encoding: .utf8)
+        for route in try Self.documentedRoutes() where !route.hasPrefix("HEAD") {
+            let path = String(route.split(separator: " ")[1])
+                .replacingOccurrences(of: "{file}", with: "")
+                .replacingOccurrences(of: "{asset}", with: "")
+            #expect(readme.contains(path), "README.md does not mention \(path)")
+        }
+        let spec = repositoryRoot.deletingLastPathComponent().appending(path: "shared/SPEC.md")
+        if let text = try? String(contentsOf: spec, encoding: .utf8) {
+            for path in ["/video/submit", "/video/status", "/video/cancel", "/videos/", "/docs", "/openapi.json", "/models", "/health", "/ready", "/metrics"] {
+                #expect(text.contains(path), "SPEC.md does not mention \(path)")
+            }
+        }
+    }
+
+    @Test func workerProtocolFixturesRoundTrip() throws {
+        let fixtures = repositoryRoot.appending(path: "worker/protocol/fixtures.jsonl")
+        let lines = try String(contentsOf: fixtures, encoding: .utf8).split(whereSeparator: \.isNewline)
+        #expect(lines.count >= 10)
+        var kinds = Set<String>()
+        for line in lines {
+            let entry = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+            let message = try JSONSerialization.data(withJSONObject: entry["message"]!)
+            let original = try JSONSerialization.jsonObject(with: message) as? NSDictionary
+            let encoded: Data
+            if entry["direction"] as? String == "from_worker" {
+                encoded = try JSONEncoder().encode(try JSONDecoder().decode(WorkerEvent.self, from: message))
+            } else {
+                encoded = try JSONEncoder().encode(try JSONDecoder().decode(WorkerCommand.self, from: message))
+            }
+            let roundTripped = try JSONSerialization.jsonObject(with: encoded) as? NSDictionary
+            #expect(roundTripped == original, "\(entry["name"] ?? "")")
+            kinds.insert((original?["type"] as? String) ?? "")
+        }
+        #expect(kinds == ["ready", "progress", "done", "error", "fatal", "run", "cancel", "shutdown"])
+    }
+}

@@ -1,0 +1,308 @@
+import Foundation
+import Configuration
+import Logging
+import ImageIntake
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import NIOCore
+import Testing
+@testable import I2VApp
+
+/// Task lifecycle with a test double for the worker: queue positions, the concurrency cap, cancel,
+/// results, downloads and expiry.
+@Suite struct LifecycleTests {
+    @Test func submitRunsToSucceedAndTheVideoDownloadsWithRanges() async throws {
+        let directory = try TemporaryDirectory()
+        let app = try await makeTestApp(dataDir: directory.url, worker: FakeWorker())
+        try await withImageServer { base in
+            try await app.test(.router) { client in
+                let id = try await client.submit(imageURL: "\(base)/image.png", extra: #","seed":1234"#, frames: 50)
+                let done = try await client.waitFor(id, status: "Succeed")
+                #expect(done["status"] as? String == "Succeed")
+                #expect(done["reason"] == nil && done["queue_position"] == nil && done["progress"] == nil)
+                let results = try #require(done["results"] as? [String: Any])
+                #expect(results["seed"] as? Int == 1234)
+                #expect(results["num_frames"] as? Int == 49)
+                #expect(results["fps"] as? Int == 16)
+                // 320×180 on a 15360-pixel model: h = floor(round(sqrt(15360*180/320))/16)*16 = 80, w = 160.
+                #expect(results["width"] as? Int == 160 && results["height"] as? Int == 80)
+                #expect((results["timings"] as? [String: Any])?["inference"] is Double)
+                let url = try #require(((results["videos"] as? [[String: Any]])?.first?["url"]) as? String)
+                #expect(url.hasPrefix("http://localhost:8088/videos/") && url.hasSuffix(".mp4"))
+                let path = String(url.dropFirst("http://localhost:8088".count))
+
+                let whole = try await client.execute(uri: path, method: .get)
+                #expect(whole.status == .ok)
+                #expect(whole.headers[.contentType] == "video/mp4")
+                let content = String(buffer: whole.body)
+                #expect(content == "fake mp4 for \(id)")
+                #expect(whole.headers[.contentLength] == String(content.utf8.count))
+
+                let part = try await client.execute(uri: path, method: .get, headers: [.range: "bytes=5-7"])
+                #expect(part.status == .partialContent)
+                #expect(String(buffer: part.body) == "mp4")
+                #expect(part.headers[.contentRange] == "bytes 5-7/\(content.utf8.count)")
+
+                let head = try await client.execute(uri: path, method: .head)
+                #expect(head.status == .ok)
+                #expect(head.headers[.contentLength] == String(content.utf8.count))
+                #expect(head.body.readableBytes == 0)
+
+                // The prepared input is not kept once the task ended.
+                #expect(!FileManager.default.fileExists(atPath: directory.url.appending(path: "inputs/\(id).png").path))
+            }
+        }
+    }
+
+    @Test func randomSeedIsReportedNotNull() async throws {
+        let directory = try TemporaryDirectory()
+        let app = try await makeTestApp(dataDir: directory.url, worker: FakeWorker())
+        try await withImageServer { base in
+            try await app.test(.router) { client in
+                let id = try await client.submit(imageURL: "\(base)/image.png")
+                let done = try await client.waitFor(id, status: "Succeed")
+                let seed = try #require((done["results"] as? [String: Any])?["seed"] as? Int)
+                #expect((0...2_147_483_647).contains(seed))
+            }
+        }
+    }
+
+    @Test func videoNamesThatAreNotOursAre404() async throws {
+        let directory = try TemporaryDirectory()
+        try Data("secret".utf8).write(to: directory.url.appending(path: "tasks.secret"))
+        let app = try await makeTestApp(dataDir: directory.url, worker: FakeWorker())
+        try await app.test(.router) { client in
+            for path in [
+                "/videos/../tasks.sqlite", "/videos/%2e%2e/tasks.secret", "/videos/\(String(repeating: "a", count: 32)).mp4",
+                "/videos/\(String(repeating: "A", count: 32)).mp4", "/videos/x.mp4", "/videos/", "/videos",
+                "/videos/\(String(repeating: "a", count: 32)).mp4.tmp",
+            ] {
+                let response = try await client.execute(uri: path, method: .get)
+                #expect(response.status == .notFound, "\(path)")
+                #expect(!String(buffer: response.body).contains("secret"))
+            }
+        }
+    }
+
+    @Test func twentyConcurrentSubmitsNeverRunMoreThanTheCap() async throws {
+        let directory = try TemporaryDirectory()
+        let worker = FakeWorker(stepDuration: .milliseconds(4), ready: false)
+        let app = try await makeTestApp(dataDir: directory.url, worker: worker, ["i2v.maxConcurrent": 2])
+        try await withImageServer { base in
+            try await app.test(.router) { client in
+                let ids = try await withThrowingTaskGroup(of: String.self) { group in
+                    for _ in 0..<20 { group.addTask { try await client.submit(imageURL: "\(base)/image.png") } }
+                    return try await group.reduce(into: [String]()) { $0.append($1) }
+                }
+                #expect(Set(ids).count == 20)
+                // Nothing runs while the worker is not ready: positions are 1...20, each once.
+                var positions: [Int] = []
+                for id in ids {
+                    let status = try await client.status(id)
+                    #expect(status["status"] as? String == "InQueue")
+                    positions.append(status["queue_position"] as? Int ?? -1)
+                }
+                #expect(positions.sorted() == Array(1...20))
+
+                await worker.setReady(true)
+                var sawProgress = false
+                for id in ids {
+                    while true {
+                        let status = try await client.status(id)
+                        if let progress = status["progress"] as? [String: Any] {
+                            sawProgress = true
+                            #expect(progress["total_steps"] as? Int == 20)
+                            #expect(status["queue_position"] == nil)
+                        }
+                        if status["status"] as? String == "Succeed" { break }
+                        try await Task.sleep(for: .milliseconds(10))
+                    }
+                }
+                #expect(sawProgress)
+                #expect(await worker.maxConcurrent == 2)
+                // FIFO: the worker started them in the order the queue gave them.
+                let started = await worker.started
+                let order = ids.sorted { a, b in positions[ids.firstIndex(of: a)!] < positions[ids.firstIndex(of: b)!] }
+                #expect(started == order)
+            }
+        }
+    }
+
+    @Test func cancelQueuedRunningAndFinishedTasks() async throws {
+        let directory = try TemporaryDirectory()
+        let worker = FakeWorker(stepDuration: .milliseconds(50))
+        let app = try await makeTestApp(dataDir: directory.url, worker: worker, ["i2v.maxConcurrent": 1])
+        try await withImageServer { base in
+            try await app.test(.router) { client in
+                let running = try await client.submit(imageURL: "\(base)/image.png")
+                let queued = try await client.submit(imageURL: "\(base)/image.png")
+                _ = try await client.waitFor(running, status: "InProgress")
+
+                let cancelQueued = try await client.post("/video/cancel", json: #"{"requestId":"\#(queued)"}"#)
+                #expect(cancelQueued.status == .ok)
+                #expect(try cancelQueued.jsonObject()["status"] as? String == "Succeed")
+                let queuedStatus = try await client.status(queued)
+                #expect(queuedStatus["status"] as? String == "Cancelled")
+                #expect((queuedStatus["reason"] as? String)?.contains("cancel") == true)
+
+                let cancelRunning = try await client.post("/video/cancel", json: #"{"requestId":"\#(running)"}"#)
+                #expect(cancelRunning.status == .ok)
+                let runningStatus = try await client.waitFor(running, status: "Cancelled", timeout: .seconds(5))
+                #expect(runningStatus["status"] as? String == "Cancelled")
+                #expect(runningStatus["results"] == nil)
+                #expect(await worker.running.isEmpty)
+
+                let again = try await client.post("/video/cancel", json: #"{"requestId":"\#(running)"}"#)
+                #expect(again.status == .ok)
+
+                // The freed slot takes the next task, which can succeed; cancelling it then is 400.
+                let next = try await client.submit(imageURL: "\(base)/image.png")
+                await worker.setStepDuration(.milliseconds(2))
+                #expect(try await client.waitFor(next, status: "Succeed")["status"] as? String == "Succeed")
+                let late = try await client.post("/video/cancel", json: #"{"requestId":"\#(next)"}"#)
+                #expect(late.status == .badRequest)
+                #expect(late.failureReason?.contains("succeeded") == true)
+            }
+        }
+    }
+
+    @Test func aWorkerThatIgnoresCancelIsRestartedWithinTheGrace() async throws {
+        let directory = try TemporaryDirectory()
+        let worker = FakeWorker(stepDuration: .milliseconds(100))
+        await worker.setIgnoresCancel(true)
+        let app = try await makeTestApp(dataDir: directory.url, worker: worker, ["i2v.cancelGraceSeconds": 0.3])
+        try await withImageServer { base in
+            try await app.test(.router) { client in
+                let id = try await client.submit(imageURL: "\(base)/image.png")
+                _ = try await client.waitFor(id, status: "InProgress")
+                #expect(try await client.post("/video/cancel", json: #"{"requestId":"\#(id)"}"#).status == .ok)
+                let status = try await client.waitFor(id, status: "Cancelled", timeout: .seconds(5))
+                #expect(status["status"] as? String == "Cancelled")
+                #expect(await worker.restarts.count == 1)
+            }
+        }
+    }
+
+    @Test func aCrashedWorkersTaskIsRequeuedOnceThenFailed() async throws {
+        let directory = try TemporaryDirectory()
+        let worker = FakeWorker(stepDuration: .milliseconds(50))
+        let app = try await makeTestApp(dataDir: directory.url, worker: worker, ["i2v.maxAttempts": 2])
+        try await withImageServer { base in
+            try await app.test(.router) { client in
+                let id = try await client.submit(imageURL: "\(base)/image.png")
+                _ = try await client.waitFor(id, status: "InProgress")
+                await worker.crash()
+                // Requeued and claimed again (second attempt).
+                try await Task.sleep(for: .milliseconds(200))
+                _ = try await client.waitFor(id, status: "InProgress")
+                await worker.crash()
+                let failed = try await client.waitFor(id, status: "Failed", timeout: .seconds(5))
+                #expect(failed["status"] as? String == "Failed")
+                let reason = try #require(failed["reason"] as? String)
+                #expect(reason.contains("exited") && reason.contains("2 attempts"))
+            }
+        }
+    }
+
+    @Test func fullQueueIs429WithRetryAfterAndLosesNothing() async throws {
+        let directory = try TemporaryDirectory()
+        let app = try await makeTestApp(dataDir: directory.url, worker: FakeWorker(ready: false), ["i2v.maxQueued": 2])
+        try await withImageServer { base in
+            try await app.test(.router) { client in
+                let first = try await client.submit(imageURL: "\(base)/image.png")
+                let second = try await client.submit(imageURL: "\(base)/image.png")
+                let refused = try await client.post("/video/submit", json: SubmitValidationTests.body([:], imageURL: "\(base)/image.png"))
+                #expect(refused.status == .tooManyRequests)
+                #expect(Int(refused.headers[.retryAfter] ?? "") ?? 0 > 0)
+                #expect(refused.failureReason?.contains("queue is full") == true)
+                #expect(try await client.status(first)["queue_position"] as? Int == 1)
+                #expect(try await client.status(second)["queue_position"] as? Int == 2)
+                let inputs = try FileManager.default.contentsOfDirectory(atPath: directory.url.appending(path: "inputs").path)
+                #expect(inputs.count == 2)
+            }
+        }
+    }
+
+    @Test func perKeyRateLimitIs429() async throws {
+        let directory = try TemporaryDirectory()
+        let app = try await makeTestApp(dataDir: directory.url, worker: FakeWorker(ready: false), ["i2v.submitsPerMinute": 2])
+        try await withImageServer { base in
+            try await app.test(.router) { client in
+                _ = try await client.submit(imageURL: "\(base)/image.png")
+                _ = try await client.submit(imageURL: "\(base)/image.png")
+                let limited = try await client.post("/video/submit", json: SubmitValidationTests.body([:], imageURL: "\(base)/image.png"))
+                #expect(limited.status == .tooManyRequests)
+                #expect(Int(limited.headers[.retryAfter] ?? "") ?? 0 > 0)
+                // Another key has its own budget.
+                _ = try await client.submit(imageURL: "\(base)/image.png", key: TestKeys.bob)
+            }
+        }
+    }
+
+    @Test func badImagesAre400WithTheirReason() async throws {
+        let directory = try TemporaryDirectory()
+        let app = try await makeTestApp(dataDir: directory.url, worker: FakeWorker(ready: false))
+        try await withImageServer({ router in
+            router.get("missing.png") { _, _ in Response(status: .notFound) }
+            router.get("page.html") { _, _ in
+                Response(status: .ok, headers: [.contentType: "text/html"], body: .init(byteBuffer: ByteBuffer(string: "<html>hello</html>")))
+            }
+        }) { base in
+            try await app.test(.router) { client in
+                for (path, words) in [("/missing.png", "404"), ("/page.html", "not a decodable image")] {
+                    let response = try await client.post("/video/submit", json: SubmitValidationTests.body([:], imageURL: "\(base)\(path)"))
+                    #expect(response.status == .badRequest, "\(path)")
+                    #expect(response.failureReason?.contains(words) == true, "\(path): \(response.failureReason ?? "")")
+                    #expect((try response.jsonObject()["detail"] as? [String: Any])?["status"] as? String == "Failed")
+                }
+                let metrics = try await client.execute(uri: "/metrics", method: .get)
+                #expect(String(buffer: metrics.body).contains("i2v_image_failures_total"))
+            }
+        }
+    }
+
+    @Test func privateImageHostsAreRefusedByDefault() async throws {
+        let directory = try TemporaryDirectory()
+        let app = try await makeTestApp(dataDir: directory.url, worker: FakeWorker(ready: false), ["i2v.allowPrivateImageHosts": false])
+        try await withImageServer { base in
+            try await app.test(.router) { client in
+                for url in ["\(base)/image.png", "http://localhost/image.png", "http://169.254.169.254/latest/meta-data", "http://2130706433/", "http://[::1]/x.png"] {
+                    let response = try await client.post("/video/submit", json: SubmitValidationTests.body([:], imageURL: url))
+                    #expect(response.status == .badRequest, "\(url)")
+                    #expect(response.failureReason?.contains("blocked") == true, "\(url): \(response.failureReason ?? "")")
+                }
+            }
+        }
+    }
+
+    @Test func expiredVideosAreDeletedAndReportedAsExpired() async throws {
+        let directory = try TemporaryDirectory()
+        let app = try await makeTestApp(
+            dataDir: directory.url,
+            worker: FakeWorker(),
+            ["i2v.videoTtlSeconds": 1, "i2v.sweepIntervalSeconds": 0.2]
+        )
+        try await withImageServer { base in
+            try await app.test(.router) { client in
+                let id = try await client.submit(imageURL: "\(base)/image.png")
+                let done = try await client.waitFor(id, status: "Succeed")
+                let url = try #require((((done["results"] as? [String: Any])?["videos"] as? [[String: Any]])?.first?["url"]) as? String)
+                let path = String(url.dropFirst("http://localhost:8088".count))
+                #expect(try await client.execute(uri: path, method: .get).status == .ok)
+                let deadline = ContinuousClock.now + .seconds(10)
+                var status: [String: Any] = [:]
+                repeat {
+                    try await Task.sleep(for: .milliseconds(200))
+                    status = try await client.status(id)
+                } while status["reason"] == nil && ContinuousClock.now < deadline
+                #expect(status["status"] as? String == "Succeed")
+                #expect(status["reason"] as? String == "video expired")
+                #expect(((status["results"] as? [String: Any])?["videos"] as? [Any])?.isEmpty == true)
+                #expect(try await client.execute(uri: path, method: .get).status == .notFound)
+                let videos = try FileManager.default.contentsOfDirectory(atPath: directory.url.appending(path: "videos").path)
+                #expect(videos.isEmpty)
+            }
+        }
+    }
+}

@@ -1,0 +1,38 @@
+import Foundation
+import Configuration
+import Logging
+import ImageIntake
+import Hummingbird
+import HummingbirdTesting
+import Testing
+@testable import I2VApp
+
+/// The store is the truth: stopping the app mid-queue and starting it again on the same SQLite file
+/// finishes every task.
+@Suite struct RestartTests {
+    @Test func stopMidQueueThenEverythingFinishesAfterRestart() async throws {
+        let directory = try TemporaryDirectory()
+        let ids = try await withImageServer { base in
+            let slow = FakeWorker(stepDuration: .milliseconds(200))
+            let first = try await makeTestApp(dataDir: directory.url, worker: slow, ["i2v.maxConcurrent": 1, "i2v.shutdownGraceSeconds": 0])
+            let ids = try await first.test(.router) { client in
+                var ids: [String] = []
+                for _ in 0..<4 { ids.append(try await client.submit(imageURL: "\(base)/image.png")) }
+                _ = try await client.waitFor(ids[0], status: "InProgress")
+                return ids
+            }
+            // The app has stopped (its services shut down gracefully) with one task running, three queued.
+            let fast = FakeWorker(stepDuration: .milliseconds(1))
+            let second = try await makeTestApp(dataDir: directory.url, worker: fast, ["i2v.maxConcurrent": 2])
+            try await second.test(.router) { client in
+                for id in ids {
+                    let status = try await client.waitFor(id, status: "Succeed", timeout: .seconds(30))
+                    #expect(status["status"] as? String == "Succeed", "\(id): \(status)")
+                }
+            }
+            #expect(Set(await fast.started) == Set(ids))
+            return ids
+        }
+        #expect(ids.count == 4)
+    }
+}
