@@ -27,7 +27,14 @@ struct OperationsController: Sendable {
         }
         return JSONBody.response(
             status: .ok,
-            value: ReadyBody(status: "ready", model: ready.model.id, device: ready.device, dtype: ready.dtype, slots: ready.slots)
+            value: ReadyBody(
+                status: "ready",
+                model: ready.model.id,
+                device: ready.device,
+                dtype: ready.dtype,
+                slots: ready.slots,
+                workerPid: await supervisor?.workerProcessID()
+            )
         )
     }
 
@@ -54,6 +61,11 @@ struct OperationsController: Sendable {
         var device: String
         var dtype: String
         var slots: Int
+        var workerPid: Int32?
+        enum CodingKeys: String, CodingKey {
+            case status, model, device, dtype, slots
+            case workerPid = "worker_pid"
+        }
     }
 
     struct ModelBody: Encodable {

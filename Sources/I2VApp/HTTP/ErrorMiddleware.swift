@@ -9,7 +9,7 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         do {
             return try await next(request, context)
         } catch let error as APIError {
-            if error.status.code >= 500 {
+            if error.status == .internalServerError {
                 context.logger.error("request failed", metadata: ["status": "\(error.status.code)", "reason": "\(error.reason)"])
             }
             throw error

@@ -40,6 +40,7 @@ public actor WorkerSupervisor: InferenceWorker, Service {
     private var kills: AsyncStream<Void>.Continuation?
     private var jobs: [String: AsyncStream<JobUpdate>.Continuation] = [:]
     private var restartReason: String?
+    private var processID: Int32?
     private var shuttingDown = false
 
     public init(
@@ -59,6 +60,9 @@ public actor WorkerSupervisor: InferenceWorker, Service {
     // MARK: InferenceWorker
 
     public func readiness() -> WorkerReady? { ready }
+
+    /// The running worker's process id, for operators (and the tests that kill it).
+    public func workerProcessID() -> Int32? { processID }
 
     /// Why the worker is not ready, for `/ready`.
     public func unavailableReason() -> String {
@@ -141,6 +145,7 @@ public actor WorkerSupervisor: InferenceWorker, Service {
                 output: .sequence,
                 error: .sequence
             ) { execution in
+                self.started(pid: execution.processIdentifier.value)
                 let logger = self.logger
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
@@ -172,6 +177,8 @@ public actor WorkerSupervisor: InferenceWorker, Service {
             return "could not start: \(error)"
         }
     }
+
+    private func started(pid: Int32) { processID = pid }
 
     private func handle(line: String) {
         let trimmed = line.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -230,6 +237,7 @@ public actor WorkerSupervisor: InferenceWorker, Service {
             if lastFailure == nil { lastFailure = "exited (\(status))" }
         }
         ready = nil
+        processID = nil
         restartReason = nil
         commands?.finish()
         commands = nil
