@@ -14,7 +14,7 @@ run: system-deps python-env swagger-ui build-release
 ## make test: the whole suite (Swift and Python)
 test: system-deps-test python-env swagger-ui
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)
-	I2V_TEST_PYTHON=$(CURDIR)/.venv/bin/python swift test --skip-build $(SWIFT_BUILD_FLAGS) 2>&1 | tee .build/swift-test.log; test $${PIPESTATUS[0]} -eq 0
+	I2V_TEST_STRICT=1 I2V_TEST_PYTHON=$(CURDIR)/.venv/bin/python swift test --skip-build $(SWIFT_BUILD_FLAGS) 2>&1 | tee .build/swift-test.log; test $${PIPESTATUS[0]} -eq 0
 	$(MAKE) test-python
 
 test-python: python-env

@@ -176,7 +176,7 @@ func resolveCheckpoint(configuration: ServiceConfiguration, logger: Logger) asyn
         error: .string(limit: 64 * 1024)
     )
     guard result.terminationStatus.isSuccess else {
-        throw ConfigurationProblem("could not build the demo checkpoint with \(python): \(result.standardError ?? "")")
+        throw ConfigurationProblem("could not build the demo checkpoint with \(python): \(result.standardError)")
     }
     return demo.path
 }

@@ -11,7 +11,7 @@ import Testing
 
 /// The real thing: the service over real HTTP, the supervised Python worker running the diffusers
 /// pipeline on the demo checkpoint, real ffmpeg, checked with ffprobe.
-@Suite(.serialized, .enabled(if: EndToEnd.python != nil, "needs the worker's Python environment (make python-env) and ffprobe"))
+@Suite(.serialized, .enabled(if: EndToEnd.python != nil || ProcessInfo.processInfo.environment["I2V_TEST_STRICT"] == "1", "needs the worker's Python environment (make python-env) and ffprobe"))
 struct EndToEndTests {
     @Test func submitSucceedsAndTheVideoIsARealMP4() async throws {
         try await EndToEnd.withService { client, _ in
@@ -110,26 +110,27 @@ enum EndToEnd {
     nonisolated(unsafe) static var imageBase = ""
 
     /// One demo checkpoint for the whole suite, built by the worker's own builder.
-    static let checkpoint: String = {
+    static func checkpoint(python: String) -> String {
         let directory = FileManager.default.temporaryDirectory.appending(path: "i2v-e2e-demo-checkpoint")
         if !FileManager.default.fileExists(atPath: directory.appending(path: "i2v_model.json").path) {
             let process = Process()
-            process.executableURL = URL(fileURLWithPath: python!)
+            process.executableURL = URL(fileURLWithPath: python)
             process.arguments = ["-m", "i2v_worker.demo", "--output", directory.path]
             try? process.run()
             process.waitUntilExit()
         }
         return directory.path
-    }()
+    }
 
     static func withService(
         _ values: [String: ConfigValue] = [:],
         _ body: @Sendable (any TestClientProtocol, URL) async throws -> Void
     ) async throws {
+        let python = try #require(python, "the worker's Python environment or ffprobe is missing (make python-env)")
         let directory = try TemporaryDirectory()
         var settings: [String: ConfigValue] = [
-            "i2v.python": .init(stringLiteral: python!),
-            "i2v.modelPath": .init(stringLiteral: checkpoint),
+            "i2v.python": .init(stringLiteral: python),
+            "i2v.modelPath": .init(stringLiteral: checkpoint(python: python)),
             "i2v.device": "cpu",
             "i2v.logLevel": "info",
         ]

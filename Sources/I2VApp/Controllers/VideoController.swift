@@ -92,7 +92,7 @@ struct VideoController: Sendable {
             try await store.enqueue(task, maxQueued: configuration.maxQueued)
         } catch let error as QueueFullError {
             try? FileManager.default.removeItem(at: inputPath)
-            try await refuseWhenQueueFull(queued: error.queued)
+            throw queueFull(queued: error.queued)
         }
         signal.wake()
         logger.info(
@@ -109,7 +109,11 @@ struct VideoController: Sendable {
 
     private func refuseWhenQueueFull(queued: Int) throws {
         guard queued >= configuration.maxQueued else { return }
-        throw APIError.tooManyRequests("the queue is full (\(queued) tasks waiting); try again later", retryAfter: 30)
+        throw queueFull(queued: queued)
+    }
+
+    private func queueFull(queued: Int) -> APIError {
+        APIError.tooManyRequests("the queue is full (\(queued) tasks waiting); try again later", retryAfter: 30)
     }
 
     /// SPEC §6: where the worker can tell in advance that a job cannot fit in device memory, refuse it with

@@ -55,7 +55,9 @@ public struct APIKeyring: Sendable {
         let key = "i2v_" + RandomIdentifier.hex128() + RandomIdentifier.hex128()
         try FileManager.default.createDirectory(at: dataDirectory, withIntermediateDirectories: true)
         let hash = hex(Array(SHA256.hash(data: Data(key.utf8))))
-        FileManager.default.createFile(atPath: file.path, contents: Data((hash + "\n").utf8), attributes: [.posixPermissions: 0o600])
+        guard FileManager.default.createFile(atPath: file.path, contents: Data((hash + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
+            throw ConfigurationProblem("could not write the API key hash to \(file.path)")
+        }
         // Printed on stdout rather than logged, so it does not end up in log aggregation.
         print(
             """

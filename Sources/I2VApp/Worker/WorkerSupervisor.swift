@@ -155,7 +155,7 @@ public actor WorkerSupervisor: InferenceWorker, Service {
                     }
                     group.addTask {
                         for await command in commandStream {
-                            try await execution.standardInputWriter.write(try command.line())
+                            _ = try await execution.standardInputWriter.write(try command.line())
                             if command == .shutdown { break }
                         }
                         try await execution.standardInputWriter.finish()
