@@ -58,8 +58,9 @@ public struct APIKeyring: Sendable {
         guard FileManager.default.createFile(atPath: file.path, contents: Data((hash + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
             throw ConfigurationProblem("could not write the API key hash to \(file.path)")
         }
-        // Printed on stdout rather than logged, so it does not end up in log aggregation.
-        print(
+        // Written straight to stdout (unbuffered, not logged), so it shows at once and stays out of log
+        // aggregation.
+        FileHandle.standardOutput.write(Data(
             """
             ============================================================
             Generated an API key (shown once; only its hash is kept in \(file.path)):
@@ -69,8 +70,8 @@ public struct APIKeyring: Sendable {
             Use it as: Authorization: Bearer \(key)
             Set I2V_API_KEYS to choose your own keys instead.
             ============================================================
-            """
-        )
+
+            """.utf8))
         logger.notice("generated a new API key; it was printed once on stdout", metadata: ["hash_file": "\(file.path)"])
         return APIKeyring(keys: [key])
     }

@@ -150,7 +150,9 @@ public actor WorkerSupervisor: InferenceWorker, Service {
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
                         for try await line in execution.standardError.strings() {
-                            logger.info("\(line.trimmingCharacters(in: .newlines))", metadata: ["source": "worker"])
+                            var metadata: Logger.Metadata = ["source": "worker"]
+                            if let id = Self.taskID(inLogLine: line) { metadata["requestId"] = "\(id)" }
+                            logger.info("\(line.trimmingCharacters(in: .newlines))", metadata: metadata)
                         }
                     }
                     group.addTask {
@@ -179,6 +181,13 @@ public actor WorkerSupervisor: InferenceWorker, Service {
     }
 
     private func started(pid: Int32) { processID = pid }
+
+    /// The worker writes `task=<id>` on its log lines about a task; the service log carries it as requestId.
+    static func taskID(inLogLine line: String) -> Substring? {
+        guard let range = line.range(of: "task=") else { return nil }
+        let id = line[range.upperBound...].prefix(32)
+        return RandomIdentifier.isHex128(id) ? id : nil
+    }
 
     private func handle(line: String) {
         let trimmed = line.trimmingCharacters(in: .whitespacesAndNewlines)
