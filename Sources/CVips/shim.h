@@ -129,6 +129,10 @@ static inline int i2v_gifsave(VipsImage *in, void **buf, size_t *len) {
     return vips_gifsave_buffer(in, buf, len, NULL);
 }
 
+static inline int i2v_avifsave(VipsImage *in, void **buf, size_t *len) {
+    return vips_heifsave_buffer(in, buf, len, "compression", VIPS_FOREIGN_HEIF_COMPRESSION_AV1, "Q", 90, NULL);
+}
+
 static inline int i2v_tiffsave(VipsImage *in, void **buf, size_t *len) {
     return vips_tiffsave_buffer(in, buf, len, NULL);
 }

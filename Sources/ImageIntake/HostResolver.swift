@@ -28,8 +28,10 @@ struct HostResolver: Sendable {
                 outcome = try await abandonableRun(on: threadPool, eventLoop: eventLoopGroup.any()) {
                     getaddrinfoAddresses(host)
                 }
-            } catch {
+            } catch is CancellationError {
                 throw ImageIntakeError(.timedOut, "image download failed: DNS lookup for \(host) was abandoned")
+            } catch {
+                throw ImageIntakeError(.internal, "image download failed: the resolver is shut down")
             }
             return try outcome.get()
         }

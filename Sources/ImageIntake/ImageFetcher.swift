@@ -151,7 +151,7 @@ struct ImageFetcher: Sendable {
         }
         for address in addresses {
             if let range = addressPolicy(address) {
-                logger.info(
+                logger.notice(
                     "image host refused",
                     metadata: ["host": "\(target.host)", "address": "\(address)", "range": "\(range.rawValue)"]
                 )

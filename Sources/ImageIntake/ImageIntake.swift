@@ -79,7 +79,7 @@ public struct ImageIntake: Sendable {
         self.configuration = configuration
         self.logger = logger
         self.imagePool = NIOThreadPool(numberOfThreads: max(1, imageThreads))
-        self.dnsPool = NIOThreadPool(numberOfThreads: 4)
+        self.dnsPool = NIOThreadPool(numberOfThreads: 8)
         imagePool.start()
         dnsPool.start()
         self.fetcher = ImageFetcher(
@@ -117,7 +117,7 @@ public struct ImageIntake: Sendable {
         do {
             download = try await fetcher.fetch(url, logger: logger)
         } catch {
-            logger.info(
+            logger.debug(
                 "image download refused",
                 metadata: [
                     "cause": "\(error.cause.label)", "reason": "\(error.reason)",
@@ -171,7 +171,7 @@ public struct ImageIntake: Sendable {
         }
         switch outcome {
         case .failure(let error):
-            logger.info(
+            logger.debug(
                 "image refused",
                 metadata: ["cause": "\(error.cause.label)", "reason": "\(error.reason)", "bytes": "\(bytes.count)"]
             )

@@ -54,12 +54,14 @@ struct VipsFailure: Error, Sendable {
     var operation: String
     var message: String
 
-    /// Takes (and clears) libvips's error buffer. The buffer is global to the process, so under
-    /// concurrent failures a message may carry another job's text too; it is only logged.
+    /// Takes (copies and clears, under libvips's lock) the error buffer. The buffer is global to the
+    /// process, so under concurrent failures a message may carry another job's text too; it is only logged.
     static func take(_ operation: String) -> VipsFailure {
-        let message = vips_error_buffer().map { String(cString: $0) } ?? ""
-        vips_error_clear()
-        return VipsFailure(operation: operation, message: message.trimmingNewlines())
+        guard let copy = vips_error_buffer_copy() else {
+            return VipsFailure(operation: operation, message: "")
+        }
+        defer { g_free(copy) }
+        return VipsFailure(operation: operation, message: String(cString: copy).trimmingNewlines())
     }
 }
 
@@ -100,12 +102,11 @@ enum Vips {
             return nil
         }
         let name = String(cString: loader)
-        // The loaders allowed in i2v_vips_start; anything else is refused even if libvips could read it.
+        // The loaders allowed in i2v_vips_start. libvips names loaders it would refuse to run too
+        // (it answers VipsForeignLoadSvgBuffer for SVG even while SVG is blocked), so check here as well.
         let accepted: [(String, String)] = [
             ("VipsForeignLoadJpeg", "jpeg"), ("VipsForeignLoadPng", "png"), ("VipsForeignLoadWebp", "webp"),
             ("VipsForeignLoadNsgif", "gif"), ("VipsForeignLoadTiff", "tiff"), ("VipsForeignLoadHeif", "heif"),
-            ("jpegload", "jpeg"), ("pngload", "png"), ("webpload", "webp"), ("gifload", "gif"),
-            ("tiffload", "tiff"), ("heifload", "heif"),
         ]
         return accepted.first { name.hasPrefix($0.0) }?.1
     }

@@ -48,7 +48,7 @@ extension IntakeSuites {
 
         @Test("every accepted format: planned size, colours where they were", arguments: [
             ("jpeg", TestImages.Encoding.jpeg()), ("png", .png), ("webp", .webpLossless), ("gif", .gif), ("tiff", .tiff),
-            ("png", .pngPalette),
+            ("png", .pngPalette), ("heif", .avif),
         ])
         func formats(format: String, encoding: TestImages.Encoding) async throws {
             let bytes = TestImages.encode(TestImages.redBlue(width: 640, height: 480), encoding)
@@ -228,6 +228,22 @@ extension IntakeSuites {
             #expect(error?.reason.hasPrefix("not a decodable image") == true, "\(error?.reason ?? "")")
         }
 
+        @Test("libvips itself refuses the loaders outside the accepted set (defence in depth)")
+        func blockedLoaders() {
+            TestImages.startVips()
+            for text in [
+                #"<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>"#,
+                "P3\n1 1\n255\n255 0 0\n",
+                "%PDF-1.4\n%%EOF\n",
+            ] {
+                let bytes = Array(text.utf8)
+                let image = bytes.withUnsafeBytes { i2v_open_header($0.baseAddress, $0.count) }
+                #expect(image == nil, "\(text)")
+                if let image { g_object_unref(gpointer(image)) }
+                vips_error_clear()
+            }
+        }
+
         @Test("pixel limit: at the limit is fine, one row more is refused")
         func pixelLimit() async throws {
             let bytes = TestImages.encode(TestImages.gradient(width: 100, height: 101), .png)
@@ -293,7 +309,7 @@ extension IntakeSuites {
 
         @Test("timings of a 12 MP JPEG to 832×480 and to auto size")
         func timings() async throws {
-            let bytes = TestImages.encode(TestImages.gradient(width: 4000, height: 3000), .jpeg(quality: 90))
+            let bytes = TestImages.encode(TestImages.gradient(width: 1000, height: 750).scaled(by: 4), .jpeg(quality: 90))
             try await withIntake { intake in
                 _ = try await intake.prepare(imageBytes: bytes, size: .fixed(width: 832, height: 480), planner: p480)
                 var runs: [PreparedImage.Timings] = []
