@@ -154,3 +154,14 @@ extension IPAddress {
         return nil
     }
 }
+
+extension BlockedRange {
+    /// The ranges `allowPrivateHosts` opens (tests, LANs). Link-local stays blocked even then: it holds the
+    /// cloud metadata address, and a LAN deployment on a cloud VM must not hand out instance credentials.
+    public var isOpenedByPrivateHostAllowance: Bool {
+        switch self {
+        case .loopback, .privateNetwork, .sharedAddressSpace, .uniqueLocal: true
+        default: false
+        }
+    }
+}

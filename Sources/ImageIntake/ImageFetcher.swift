@@ -69,7 +69,10 @@ struct ImageFetcher: Sendable {
         self.eventLoopGroup = eventLoopGroup
         self.resolver = resolver
         let allowPrivate = configuration.allowPrivateHosts
-        self.addressPolicy = addressPolicy ?? { address in allowPrivate ? nil : address.blockedRange }
+        self.addressPolicy = addressPolicy ?? { address in
+            guard let range = address.blockedRange else { return nil }
+            return allowPrivate && range.isOpenedByPrivateHostAllowance ? nil : range
+        }
     }
 
     // MARK: - fetch

@@ -11,8 +11,9 @@ public struct ImageIntakeConfiguration: Sendable, Equatable {
     public var maxPixels: Int
     /// The most redirects followed; each target is checked again like the first URL.
     public var maxRedirects: Int
-    /// Allow hosts that resolve to loopback, private, link-local, ... addresses
-    /// (`I2V_ALLOW_PRIVATE_IMAGE_HOSTS`; tests and LANs only).
+    /// Allow hosts that resolve to loopback, private (RFC 1918), CGNAT and unique-local addresses
+    /// (`I2V_ALLOW_PRIVATE_IMAGE_HOSTS`; tests and LANs only). Link-local (the cloud metadata address)
+    /// and the other special ranges stay blocked.
     public var allowPrivateHosts: Bool
     /// zlib level of the prepared PNG (0–9; lossless at every level). The PNG is a local hand-off to
     /// the worker, so the default is 0 (stored): about 7 ms for an 832×480 photo against about 60 ms at
