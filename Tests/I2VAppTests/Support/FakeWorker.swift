@@ -7,6 +7,9 @@ actor FakeWorker: InferenceWorker {
     var stepDuration: Duration
     var isReady: Bool
     var ignoresCancel = false
+    /// When set, every job ends with this worker error instead of a video.
+    var failure: (kind: WorkerErrorKind, message: String)?
+    var memory: WorkerMemory?
     private(set) var running: Set<String> = []
     private(set) var maxConcurrent = 0
     private(set) var started: [String] = []
@@ -29,6 +32,8 @@ actor FakeWorker: InferenceWorker {
 
     func setStepDuration(_ duration: Duration) { stepDuration = duration }
     func setIgnoresCancel(_ value: Bool) { ignoresCancel = value }
+    func setFailure(_ kind: WorkerErrorKind, _ message: String) { failure = (kind, message) }
+    func setMemory(freeBytes: Int, bytesPerToken: Int) { memory = WorkerMemory(freeBytes: freeBytes, bytesPerToken: bytesPerToken) }
 
     func readiness() -> WorkerReady? {
         guard isReady else { return nil }
@@ -38,7 +43,7 @@ actor FakeWorker: InferenceWorker {
             device: "cpu",
             dtype: "float32",
             slots: 2,
-            memory: nil
+            memory: memory
         )
     }
 
@@ -65,6 +70,10 @@ actor FakeWorker: InferenceWorker {
                 return
             }
             continuation.yield(.progress(step: index, totalSteps: job.inferSteps))
+        }
+        if let failure {
+            finish(job.taskID, .failed(kind: failure.kind, message: failure.message))
+            return
         }
         FileManager.default.createFile(atPath: job.outputPath, contents: Data("fake mp4 for \(job.taskID)".utf8))
         let elapsed = clock.now - began
