@@ -41,7 +41,7 @@ struct VideoController: Sendable {
         if let retryAfter = await rateLimiter.take(for: owner) {
             throw APIError.tooManyRequests("rate limit reached: at most \(configuration.submitsPerMinute) submits per minute per API key", retryAfter: retryAfter)
         }
-        let body = try await request.jsonBody(limit: configuration.maxBodyBytes, context: context)
+        let body = try await request.jsonBody(limit: configuration.maxBodyBytes)
         let submission = try SubmitRequest.validate(body, modelIDs: catalog.models.map(\.id), defaultModel: catalog.defaultModel.id)
         // Checked before the download so a full queue costs nothing; checked again atomically on insert.
         try await refuseWhenQueueFull(queued: store.counts().queued)
@@ -131,7 +131,7 @@ struct VideoController: Sendable {
     }
 
     @Sendable func status(request: Request, context: AppRequestContext) async throws -> Response {
-        let id = try SubmitRequest.requestID(try await request.jsonBody(limit: configuration.maxBodyBytes, context: context))
+        let id = try await request.requestID(limit: configuration.maxBodyBytes)
         guard let task = try await store.task(id: id), task.ownerKeyHash == context.keyHash else {
             throw APIError(.notFound, "task \(id) not found")
         }
@@ -162,7 +162,7 @@ struct VideoController: Sendable {
     }
 
     @Sendable func cancel(request: Request, context: AppRequestContext) async throws -> Response {
-        let id = try SubmitRequest.requestID(try await request.jsonBody(limit: configuration.maxBodyBytes, context: context))
+        let id = try await request.requestID(limit: configuration.maxBodyBytes)
         var logger = context.logger
         logger[metadataKey: "requestId"] = "\(id)"
         switch try await store.cancel(id: id, ownerKeyHash: context.keyHash ?? "") {

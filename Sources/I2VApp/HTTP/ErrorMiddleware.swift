@@ -35,23 +35,3 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         }
     }
 }
-
-extension Request {
-    /// The body parsed as JSON, capped at `limit` bytes (413 beyond it), 422 when it is not JSON.
-    func jsonBody(limit: Int, context: some RequestContext) async throws -> JSONValue {
-        var request = self
-        let buffer: ByteBuffer
-        do {
-            buffer = try await request.collectBody(upTo: limit)
-        } catch let error as any HTTPResponseError where error.status == .contentTooLarge {
-            throw APIError(.contentTooLarge, "request body is larger than \(limit) bytes")
-        }
-        do {
-            return try JSONValue.parse(buffer.readableBytesView)
-        } catch {
-            throw RequestValidationError(issues: [
-                ValidationIssue("json_invalid", field: nil, "JSON decode error", input: nil)
-            ])
-        }
-    }
-}

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 
 /// A parsed JSON document, kept exact enough to tell 81 from 81.5, "81" and true, which request
 /// validation must tell apart.
@@ -45,5 +46,14 @@ public enum JSONValue: Codable, Sendable, Equatable {
 
     static func parse(_ bytes: some Collection<UInt8>) throws -> JSONValue {
         try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
+    }
+
+    /// A request body as JSON, or the FastAPI-style 422 for a body that is not JSON.
+    static func parseBody(_ buffer: ByteBuffer) throws(RequestValidationError) -> JSONValue {
+        do {
+            return try parse(buffer.readableBytesView)
+        } catch {
+            throw RequestValidationError(issues: [ValidationIssue("json_invalid", field: nil, "JSON decode error", input: nil)])
+        }
     }
 }

@@ -86,18 +86,19 @@ public struct SQLiteTaskStore: TaskStore {
 
     public func task(id: String) async throws -> TaskRecord? {
         try await database.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM tasks WHERE id = ?", arguments: [id]).map(Self.record)
+            try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM tasks WHERE id = ?"), arguments: [id]).map(Self.record)
         }
     }
 
     public func queuePosition(id: String) async throws -> Int? {
         try await database.read { db in
             try Int.fetchOne(
-                db,
-                sql: """
-                    SELECT (SELECT COUNT(*) FROM tasks AS ahead WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq)
-                    FROM tasks AS t WHERE t.id = ? AND t.status = 'InQueue'
-                    """,
+                db.cachedStatement(
+                    sql: """
+                        SELECT (SELECT COUNT(*) FROM tasks AS ahead WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq)
+                        FROM tasks AS t WHERE t.id = ? AND t.status = 'InQueue'
+                        """
+                ),
                 arguments: [id]
             )
         }
