@@ -44,18 +44,10 @@ enum DocsPage {
         let browser = try #require(browser, "Chromium is not installed")
         let profile = FileManager.default.temporaryDirectory.appending(path: "i2v-chromium-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: profile) }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: browser)
-        process.arguments = [
+        let (data, _) = try await runTool(browser, [
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
             "--user-data-dir=\(profile.path)", "--virtual-time-budget=15000",
-        ] + arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let data = await Task.detached { output.fileHandleForReading.readDataToEndOfFile() }.value
-        process.waitUntilExit()
+        ] + arguments)
         return String(decoding: data, as: UTF8.self)
     }
 }

@@ -28,7 +28,7 @@ struct EndToEndTests {
             let file = FileManager.default.temporaryDirectory.appending(path: "e2e-\(id).mp4")
             defer { try? FileManager.default.removeItem(at: file) }
             try Data(buffer: response.body).write(to: file)
-            let probe = try EndToEnd.ffprobe(file)
+            let probe = try await EndToEnd.ffprobe(file)
             #expect(probe.width == results["width"] as? Int)
             #expect(probe.height == results["height"] as? Int)
             #expect(probe.frames == 25)
@@ -178,18 +178,11 @@ enum EndToEnd {
         var pixelFormat: String?
     }
 
-    static func ffprobe(_ file: URL) throws -> Probe {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/ffprobe")
-        process.arguments = [
+    static func ffprobe(_ file: URL) async throws -> Probe {
+        let (data, _) = try await runTool("/usr/bin/ffprobe", [
             "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
             "stream=width,height,nb_read_frames,r_frame_rate,codec_name,pix_fmt", "-of", "json", file.path,
-        ]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
+        ])
         let stream = ((try JSONSerialization.jsonObject(with: data) as? [String: Any])?["streams"] as? [[String: Any]])?.first ?? [:]
         return Probe(
             width: stream["width"] as? Int,

@@ -667,16 +667,8 @@ enum IntakeAPI {
 
         static func rgb(_ file: URL, width: Int, height: Int) async throws -> [UInt8] {
             let path = try #require(path, "ffmpeg is not installed")
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: path)
-            process.arguments = ["-v", "error", "-i", file.path, "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-            let output = Pipe()
-            process.standardOutput = output
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            let data = await Task.detached { output.fileHandleForReading.readDataToEndOfFile() }.value
-            process.waitUntilExit()
-            try #require(process.terminationStatus == 0 && data.count == width * height * 3, "ffmpeg gave \(data.count) bytes for \(width)×\(height)")
+            let (data, status) = try await runTool(path, ["-v", "error", "-i", file.path, "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"])
+            try #require(status == 0 && data.count == width * height * 3, "ffmpeg gave \(data.count) bytes for \(width)×\(height)")
             return Array(data)
         }
     }

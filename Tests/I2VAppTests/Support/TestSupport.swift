@@ -129,3 +129,17 @@ func makeTestApp(dataDir: URL, worker: FakeWorker, _ values: [String: ConfigValu
         overrides: AppOverrides(worker: worker, catalog: ModelCatalog(models: [ServedModel(id: "test-model", nativeArea: 15_360)]))
     )
 }
+
+/// Runs a tool (ffmpeg, ffprobe, Chromium) and returns its standard output; its stderr is discarded.
+func runTool(_ executable: String, _ arguments: [String]) async throws -> (output: Data, status: Int32) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    let output = Pipe()
+    process.standardOutput = output
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    let data = await Task.detached { output.fileHandleForReading.readDataToEndOfFile() }.value
+    process.waitUntilExit()
+    return (data, process.terminationStatus)
+}
