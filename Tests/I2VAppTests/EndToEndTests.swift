@@ -42,6 +42,18 @@ struct EndToEndTests {
         }
     }
 
+    @Test func theWorkerDoesNotInheritTheServersSecrets() async throws {
+        setenv("I2V_API_KEYS", "a-key-the-worker-must-not-see", 1)
+        defer { unsetenv("I2V_API_KEYS") }
+        try await EndToEnd.withService { client, _ in
+            let ready = try await client.execute(uri: "/ready", method: .get)
+            let pid = try #require(try ready.jsonObject()["worker_pid"] as? Int)
+            let environment = try String(decoding: Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/environ")), as: UTF8.self)
+            #expect(environment.contains("I2V_MODEL_PATH="), "read the worker's environment")
+            #expect(!environment.contains("a-key-the-worker-must-not-see"))
+        }
+    }
+
     @Test func twoJobsRunAtTheSameTime() async throws {
         try await EndToEnd.withService(["i2v.maxConcurrent": 2]) { client, _ in
             let a = try await client.submit(imageURL: "\(EndToEnd.imageBase)/image.png", extra: #","infer_steps":60"#, frames: 48)

@@ -11,6 +11,9 @@ import SystemPackage
 
 /// How to start the Python inference worker.
 public struct WorkerLaunch: Sendable {
+    /// Variables of the server's environment the worker does not inherit.
+    public static let withheldVariables = ["I2V_API_KEYS", "I2V_DATABASE_URL"]
+
     public var executable: String
     public var arguments: [String]
     public var environment: [String: String]
@@ -127,6 +130,8 @@ public actor WorkerSupervisor: InferenceWorker, Service {
         if shuttingDown { commandContinuation.yield(.shutdown) }
 
         var environment: [Environment.Key: String?] = [:]
+        // The worker needs none of the server's secrets; keep them out of a process that runs model code.
+        for secret in WorkerLaunch.withheldVariables { environment[Environment.Key(stringLiteral: secret)] = .some(nil) }
         for (key, value) in launch.environment { environment[Environment.Key(stringLiteral: key)] = value }
         var platformOptions = PlatformOptions()
         platformOptions.teardownSequence = [.gracefulShutDown(allowedDurationToNextStep: .seconds(5))]
