@@ -172,6 +172,7 @@ func resolveCheckpoint(configuration: ServiceConfiguration, logger: Logger) asyn
     let result = try await Subprocess.run(
         python.contains("/") ? .path(.init(python)) : .name(python),
         arguments: ["-m", "i2v_worker.demo", "--output", demo.path],
+        environment: .inherit.updating(["PYTHONPATH": workerPythonPath(configuration)]),
         output: .discarded,
         error: .string(limit: 64 * 1024)
     )
@@ -186,8 +187,14 @@ func absolutePython(_ executable: String) -> String {
     return URL(fileURLWithPath: executable).standardizedFileURL.path
 }
 
+func workerPythonPath(_ configuration: ServiceConfiguration) -> String {
+    let inherited = ProcessInfo.processInfo.environment["PYTHONPATH"].map { ":" + $0 } ?? ""
+    return configuration.workerDirectory.path + inherited
+}
+
 func workerLaunch(configuration: ServiceConfiguration, checkpoint: String) -> WorkerLaunch {
     var environment = [
+        "PYTHONPATH": workerPythonPath(configuration),
         "I2V_MODEL_PATH": checkpoint,
         "I2V_WORKER_SLOTS": String(configuration.maxConcurrent),
         "I2V_CPU_OFFLOAD": configuration.cpuOffload ? "1" : "0",

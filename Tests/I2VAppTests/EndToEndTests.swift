@@ -51,6 +51,8 @@ struct EndToEndTests {
             let environment = try String(decoding: Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/environ")), as: UTF8.self)
             #expect(environment.contains("I2V_MODEL_PATH="), "read the worker's environment")
             #expect(!environment.contains("a-key-the-worker-must-not-see"))
+            // It runs this checkout's worker code, not whatever the shared venv has installed.
+            #expect(environment.contains("PYTHONPATH=\(repositoryRoot.appending(path: "worker").path)"))
         }
     }
 
@@ -128,6 +130,9 @@ enum EndToEnd {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: python)
             process.arguments = ["-m", "i2v_worker.demo", "--output", directory.path]
+            process.environment = ProcessInfo.processInfo.environment.merging(
+                ["PYTHONPATH": repositoryRoot.appending(path: "worker").path]
+            ) { _, new in new }
             try? process.run()
             process.waitUntilExit()
         }

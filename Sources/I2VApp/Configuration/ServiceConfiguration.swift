@@ -29,6 +29,9 @@ public struct ServiceConfiguration: Sendable {
     public var modelPath: String?
     public var device: String?
     public var pythonExecutable: String
+    /// The worker's source folder, put first on the worker's PYTHONPATH so the server always runs the worker
+    /// of its own checkout, whatever the (shared, cached) venv has installed.
+    public var workerDirectory: URL
     public var cpuOffload: Bool
     public var vaeTiling: Bool
     public var docsAssetsDirectory: URL
@@ -66,6 +69,10 @@ public struct ServiceConfiguration: Sendable {
         self.modelPath = config.string(forKey: "modelPath").flatMap { $0.isEmpty ? nil : $0 }
         self.device = config.string(forKey: "device").flatMap { $0.isEmpty ? nil : $0 }
         self.pythonExecutable = config.string(forKey: "python", default: ".venv/bin/python")
+        self.workerDirectory = URL(
+            fileURLWithPath: config.string(forKey: "workerDir", default: "worker"),
+            isDirectory: true
+        ).standardizedFileURL
         self.cpuOffload = config.bool(forKey: "cpuOffload", default: false)
         self.vaeTiling = config.bool(forKey: "vaeTiling", default: false)
         self.docsAssetsDirectory = URL(

@@ -33,6 +33,7 @@ func testConfiguration(dataDir: URL, _ values: [String: ConfigValue] = [:]) -> S
         "i2v.allowPrivateImageHosts": true,
         "i2v.imageTimeoutSeconds": 5,
         "i2v.docsAssetsDir": .init(stringLiteral: repositoryRoot.appending(path: ".swagger-ui").path),
+        "i2v.workerDir": .init(stringLiteral: repositoryRoot.appending(path: "worker").path),
         "i2v.logLevel": "warning",
         "i2v.cancelGraceSeconds": 5,
         "i2v.shutdownGraceSeconds": 0,
