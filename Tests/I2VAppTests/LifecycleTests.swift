@@ -131,7 +131,9 @@ import Testing
 
     @Test func cancelQueuedRunningAndFinishedTasks() async throws {
         let directory = try TemporaryDirectory()
-        let worker = FakeWorker(stepDuration: .milliseconds(50))
+        // Slow steps (4 s a task) so the running task cannot finish before the test cancels it, even on a
+        // loaded machine.
+        let worker = FakeWorker(stepDuration: .milliseconds(200))
         let app = try await makeTestApp(dataDir: directory.url, worker: worker, ["i2v.maxConcurrent": 1])
         try await withImageServer { base in
             try await app.test(.router) { client in
@@ -186,7 +188,7 @@ import Testing
 
     @Test func aCrashedWorkersTaskIsRequeuedOnceThenFailed() async throws {
         let directory = try TemporaryDirectory()
-        let worker = FakeWorker(stepDuration: .milliseconds(50))
+        let worker = FakeWorker(stepDuration: .milliseconds(200))
         let app = try await makeTestApp(dataDir: directory.url, worker: worker, ["i2v.maxAttempts": 2])
         try await withImageServer { base in
             try await app.test(.router) { client in
@@ -281,7 +283,7 @@ import Testing
         let app = try await makeTestApp(
             dataDir: directory.url,
             worker: FakeWorker(),
-            ["i2v.videoTtlSeconds": 1, "i2v.sweepIntervalSeconds": 0.2]
+            ["i2v.videoTtlSeconds": 3, "i2v.sweepIntervalSeconds": 0.2]
         )
         try await withImageServer { base in
             try await app.test(.router) { client in
