@@ -58,6 +58,17 @@ import Testing
         #expect((attributes[.posixPermissions] as? Int) == 0o600)
     }
 
+    @Test func aStoredHashAcceptsItsKeyOnTheNextStart() throws {
+        let directory = try TemporaryDirectory()
+        // The hash file as a first start writes it: lowercase hex of the key's SHA-256, one per line.
+        let expected = try #require(APIKeyring(keys: ["known-key"]).authenticate("known-key"))
+        try Data((expected + "\n").utf8).write(to: directory.url.appending(path: "api-key.sha256"))
+        let keyring = try APIKeyring.load(configured: [], dataDirectory: directory.url, logger: .init(label: "test"))
+        #expect(keyring.authenticate("known-key") == expected)
+        #expect(keyring.authenticate("other-key") == nil)
+        #expect(expected.count == 64 && expected == expected.lowercased())
+    }
+
     @Test func configuredKeysAreAcceptedByHash() {
         let keyring = APIKeyring(keys: ["one", "two"])
         #expect(keyring.authenticate("one") != nil)

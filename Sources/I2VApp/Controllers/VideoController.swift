@@ -233,9 +233,3 @@ struct StatusBody: Encodable {
         case progress, results
     }
 }
-
-extension Duration {
-    var seconds: Double {
-        Double(components.seconds) + Double(components.attoseconds) / 1e18
-    }
-}

@@ -24,11 +24,7 @@ public struct APIKeyring: Sendable {
             for (a, b) in zip(hash, presented) { difference |= a ^ b }
             if difference == 0 { matched = hash }
         }
-        return matched.map(Self.hex)
-    }
-
-    static func hex(_ bytes: [UInt8]) -> String {
-        bytes.map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+        return matched.map(Hex.encode)
     }
 
     /// Keys from `I2V_API_KEYS` when set; otherwise the key generated on first start, whose hash lives in
@@ -39,22 +35,13 @@ public struct APIKeyring: Sendable {
         if let stored = try? String(contentsOf: file, encoding: .utf8) {
             let hashes = stored.split(whereSeparator: \.isNewline).compactMap { line -> [UInt8]? in
                 let hex = line.trimmingCharacters(in: .whitespaces)
-                guard hex.count == 64 else { return nil }
-                var bytes: [UInt8] = []
-                var index = hex.startIndex
-                while index < hex.endIndex {
-                    let next = hex.index(index, offsetBy: 2)
-                    guard let byte = UInt8(hex[index..<next], radix: 16) else { return nil }
-                    bytes.append(byte)
-                    index = next
-                }
-                return bytes
+                return hex.count == 64 ? Hex.decode(hex) : nil
             }
             if !hashes.isEmpty { return APIKeyring(hashes: hashes) }
         }
         let key = "i2v_" + RandomIdentifier.hex128() + RandomIdentifier.hex128()
         try FileManager.default.createDirectory(at: dataDirectory, withIntermediateDirectories: true)
-        let hash = hex(Array(SHA256.hash(data: Data(key.utf8))))
+        let hash = Hex.encode(SHA256.hash(data: Data(key.utf8)))
         guard FileManager.default.createFile(atPath: file.path, contents: Data((hash + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
             throw ConfigurationProblem("could not write the API key hash to \(file.path)")
         }

@@ -21,9 +21,7 @@ actor SubmitRateLimiter {
         let capacity = Double(perMinute)
         let perSecond = capacity / 60
         var bucket = buckets[key] ?? Bucket(tokens: capacity, updated: now)
-        let elapsed = now - bucket.updated
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        bucket.tokens = min(capacity, bucket.tokens + seconds * perSecond)
+        bucket.tokens = min(capacity, bucket.tokens + (now - bucket.updated).seconds * perSecond)
         bucket.updated = now
         defer { buckets[key] = bucket }
         guard bucket.tokens >= 1 else {

@@ -75,7 +75,7 @@ actor FakeWorker: InferenceWorker {
             finish(job.taskID, .failed(kind: failure.kind, message: failure.message))
             return
         }
-        FileManager.default.createFile(atPath: job.outputPath, contents: Data("fake mp4 for \(job.taskID)".utf8))
+        _ = FileManager.default.createFile(atPath: job.outputPath, contents: Data("fake mp4 for \(job.taskID)".utf8))
         let elapsed = clock.now - began
         finish(
             job.taskID,
