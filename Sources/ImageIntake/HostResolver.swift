@@ -29,9 +29,9 @@ struct HostResolver: Sendable {
                     getaddrinfoAddresses(host)
                 }
             } catch is CancellationError {
-                throw ImageIntakeError(.timedOut, "image download failed: DNS lookup for \(host) was abandoned")
+                throw ImageIntakeError(download: .timedOut, "DNS lookup for \(host) was abandoned")
             } catch {
-                throw ImageIntakeError(.internal, "image download failed: the resolver is shut down")
+                throw ImageIntakeError(download: .internal, "the resolver is shut down")
             }
             return try outcome.get()
         }
@@ -55,7 +55,7 @@ struct HostResolver: Sendable {
             case EAI_AGAIN: detail = " (temporary failure)"
             default: detail = " (\(String(cString: gai_strerror(status))))"
             }
-            return .failure(ImageIntakeError(.dnsFailure, "image download failed: DNS lookup failed for \(host)\(detail)"))
+            return .failure(ImageIntakeError(download: .dnsFailure, "DNS lookup failed for \(host)\(detail)"))
         }
         defer { freeaddrinfo(list) }
         var addresses: [IPAddress] = []
@@ -78,7 +78,7 @@ struct HostResolver: Sendable {
         var seen = Set<IPAddress>()
         addresses = addresses.filter { seen.insert($0).inserted }
         guard !addresses.isEmpty else {
-            return .failure(ImageIntakeError(.dnsFailure, "image download failed: DNS lookup failed for \(host) (no address)"))
+            return .failure(ImageIntakeError(download: .dnsFailure, "DNS lookup failed for \(host) (no address)"))
         }
         return .success(addresses)
     }

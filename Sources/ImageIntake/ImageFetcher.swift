@@ -19,7 +19,7 @@ import Musl
 import Darwin
 #endif
 
-/// Downloads an image URL under the intake's limits (SPEC §7):
+/// Downloads an image URL under the intake's limits:
 /// - http and https only; no user name or password in the URL;
 /// - the host is resolved here, every address is checked (unless private hosts are allowed), and the
 ///   connection goes to an address that was checked: the HTTP client gets a `dnsOverride` from the host
@@ -82,7 +82,7 @@ struct ImageFetcher: Sendable {
         let deadline = NIODeadline.now() + TimeAmount(timeout)
         return try await withDeadline(
             timeout,
-            onTimeout: ImageIntakeError(.timedOut, "image download failed: timed out after \(timeout.humanReadable)")
+            onTimeout: ImageIntakeError(download: .timedOut, "timed out after \(timeout.humanReadable)")
         ) { () async throws(ImageIntakeError) -> Download in
             var current = try Self.parse(url)
             var redirects = 0
@@ -95,7 +95,7 @@ struct ImageFetcher: Sendable {
                     redirects += 1
                     guard redirects <= configuration.maxRedirects else {
                         throw ImageIntakeError(
-                            .tooManyRedirects,
+                            download: .tooManyRedirects,
                             "too many redirects (more than \(configuration.maxRedirects))"
                         )
                     }
@@ -136,7 +136,7 @@ struct ImageFetcher: Sendable {
                 lastError = failure.error
             }
         }
-        throw lastError ?? ImageIntakeError(.network, "image download failed: no address to connect to for \(target.host)")
+        throw lastError ?? ImageIntakeError(download: .network, "no address to connect to for \(target.host)")
     }
 
     /// The addresses `target` may be fetched from, in preference order. Any blocked address refuses the
@@ -144,7 +144,7 @@ struct ImageFetcher: Sendable {
     func checkedAddresses(_ target: Target, logger: Logger) async throws(ImageIntakeError) -> [IPAddress] {
         let allowPrivate = configuration.allowPrivateHosts
         if !allowPrivate, Self.isLocalName(target.host) {
-            throw ImageIntakeError(.blockedAddress, "image host resolves to a blocked address (\(target.host))")
+            throw ImageIntakeError(download: .blockedAddress, "image host resolves to a blocked address (\(target.host))")
         }
         let addresses: [IPAddress]
         if let literal = target.literal {
@@ -158,7 +158,7 @@ struct ImageFetcher: Sendable {
                     "image host refused",
                     metadata: ["host": "\(target.host)", "address": "\(address)", "range": "\(range.rawValue)"]
                 )
-                throw ImageIntakeError(.blockedAddress, "image host resolves to a blocked address (\(address))")
+                throw ImageIntakeError(download: .blockedAddress, "image host resolves to a blocked address (\(address))")
             }
         }
         return addresses
@@ -204,7 +204,7 @@ struct ImageFetcher: Sendable {
         } catch let failure as RequestFailure {
             result = .failure(failure)
         } catch {
-            result = .failure(RequestFailure(error: ImageIntakeError(.internal, "image download failed: \(error)"), beforeResponse: false))
+            result = .failure(RequestFailure(error: ImageIntakeError(download: .internal, "\(error)"), beforeResponse: false))
         }
         do {
             try await client.shutdown()
@@ -237,12 +237,12 @@ struct ImageFetcher: Sendable {
         }
         guard (200..<300).contains(status) else {
             throw RequestFailure(
-                error: ImageIntakeError(.httpStatus, "image download failed: HTTP status \(status)"),
+                error: ImageIntakeError(download: .httpStatus, "HTTP status \(status)"),
                 beforeResponse: false
             )
         }
         let maxBytes = configuration.maxBytes
-        let tooLarge = ImageIntakeError(.tooLarge, "image is larger than \(maxBytes) bytes")
+        let tooLarge = ImageIntakeError(download: .tooLarge, "image is larger than \(maxBytes) bytes")
         let declaredLength = response.headers.first(name: "content-length").flatMap { Int($0) }
         if let declaredLength, declaredLength > maxBytes {
             throw RequestFailure(error: tooLarge, beforeResponse: false)
@@ -313,14 +313,14 @@ struct ImageFetcher: Sendable {
         guard let baseURL = URL(string: base),
             let next = URL(string: location.trimmingWhitespace(), relativeTo: baseURL)?.absoluteURL
         else {
-            throw ImageIntakeError(.invalidURL, "image download failed: redirect to an invalid URL")
+            throw ImageIntakeError(download: .invalidURL, "redirect to an invalid URL")
         }
         let string = next.absoluteString
         do {
             return try parse(string)
         } catch {
             if error.cause == .invalidURL {
-                throw ImageIntakeError(.invalidURL, "image download failed: redirect to an unusable URL (\(error.reason))")
+                throw ImageIntakeError(download: .invalidURL, "redirect to an unusable URL (\(error.reason))")
             }
             throw error
         }
@@ -336,38 +336,38 @@ struct ImageFetcher: Sendable {
         configuration: ImageIntakeConfiguration
     ) -> (ImageIntakeError, connectFailure: Bool) {
         let connectTimedOut = ImageIntakeError(
-            .timedOut,
-            "image download failed: connecting to \(target.host) timed out after \(configuration.connectTimeout.humanReadable)"
+            download: .timedOut,
+            "connecting to \(target.host) timed out after \(configuration.connectTimeout.humanReadable)"
         )
-        let timedOut = ImageIntakeError(.timedOut, "image download failed: timed out after \(configuration.timeout.humanReadable)")
+        let timedOut = ImageIntakeError(download: .timedOut, "timed out after \(configuration.timeout.humanReadable)")
         if let clientError = error as? HTTPClientError {
             switch clientError {
             case .connectTimeout:
                 return (connectTimedOut, true)
             case .tlsHandshakeTimeout:
-                return (ImageIntakeError(.timedOut, "image download failed: TLS handshake with \(target.host) timed out"), true)
+                return (ImageIntakeError(download: .timedOut, "TLS handshake with \(target.host) timed out"), true)
             case .readTimeout, .deadlineExceeded:
                 return (timedOut, false)
             case .remoteConnectionClosed:
-                return (ImageIntakeError(.network, "image download failed: the server closed the connection"), false)
+                return (ImageIntakeError(download: .network, "the server closed the connection"), false)
             case .cancelled:
                 return (timedOut, false)
             default:
-                return (ImageIntakeError(.network, "image download failed: \(clientError)"), false)
+                return (ImageIntakeError(download: .network, "\(clientError)"), false)
             }
         }
         if let errno = connectErrno(error) {
             switch errno {
             case ECONNREFUSED:
-                return (ImageIntakeError(.connectionRefused, "image download failed: connection refused"), true)
+                return (ImageIntakeError(download: .connectionRefused, "connection refused"), true)
             case ENETUNREACH, EHOSTUNREACH, EADDRNOTAVAIL, EAFNOSUPPORT:
-                return (ImageIntakeError(.network, "image download failed: \(target.host) is unreachable"), true)
+                return (ImageIntakeError(download: .network, "\(target.host) is unreachable"), true)
             case ECONNRESET, EPIPE:
-                return (ImageIntakeError(.network, "image download failed: connection reset by the server"), false)
+                return (ImageIntakeError(download: .network, "connection reset by the server"), false)
             case ETIMEDOUT:
                 return (connectTimedOut, true)
             default:
-                return (ImageIntakeError(.network, "image download failed: \(String(cString: strerror(errno)))"), true)
+                return (ImageIntakeError(download: .network, "\(String(cString: strerror(errno)))"), true)
             }
         }
         if let channelError = error as? ChannelError, case .connectTimeout = channelError {
@@ -375,12 +375,12 @@ struct ImageFetcher: Sendable {
         }
         let typeName = String(reflecting: type(of: error))
         if typeName.contains("NIOSSL") || typeName.contains("BoringSSL") {
-            return (ImageIntakeError(.tls, "image download failed: TLS error with \(target.host) (\(error))"), false)
+            return (ImageIntakeError(download: .tls, "TLS error with \(target.host) (\(error))"), false)
         }
         if error is CancellationError {
             return (timedOut, false)
         }
-        return (ImageIntakeError(.network, "image download failed: \(error)"), false)
+        return (ImageIntakeError(download: .network, "\(error)"), false)
     }
 
     /// The errno of a failed connect, wherever NIO put it.

@@ -47,6 +47,15 @@ public struct ImageIntakeError: Error, Sendable, Equatable, CustomStringConverti
         self.reason = reason
     }
 
+    /// A failure of the download itself (resolving, connecting, the response, redirects, the byte cap):
+    /// its reason always starts with "image download failed: ", then names the cause, so a client can
+    /// tell a source it should fix from an image it should replace.
+    init(download cause: Cause, _ detail: String) {
+        self.init(cause, Self.downloadFailurePrefix + detail)
+    }
+
+    public static let downloadFailurePrefix = "image download failed: "
+
     public var description: String { "\(cause.rawValue): \(reason)" }
 }
 

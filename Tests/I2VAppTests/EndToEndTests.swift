@@ -124,17 +124,15 @@ enum EndToEnd {
     nonisolated(unsafe) static var imageBase = ""
 
     /// One demo checkpoint for the whole suite, built by the worker's own builder.
-    static func checkpoint(python: String) -> String {
+    static func checkpoint(python: String) async throws -> String {
         let directory = FileManager.default.temporaryDirectory.appending(path: "i2v-e2e-demo-checkpoint")
         if !FileManager.default.fileExists(atPath: directory.appending(path: "i2v_model.json").path) {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: python)
-            process.arguments = ["-m", "i2v_worker.demo", "--output", directory.path]
-            process.environment = ProcessInfo.processInfo.environment.merging(
-                ["PYTHONPATH": repositoryRoot.appending(path: "worker").path]
-            ) { _, new in new }
-            try? process.run()
-            process.waitUntilExit()
+            let (_, status) = try await runTool(
+                python,
+                ["-m", "i2v_worker.demo", "--output", directory.path],
+                environment: ["PYTHONPATH": repositoryRoot.appending(path: "worker").path]
+            )
+            try #require(status == 0, "building the demo checkpoint exited with \(status)")
         }
         return directory.path
     }
@@ -147,7 +145,7 @@ enum EndToEnd {
         let directory = try TemporaryDirectory()
         var settings: [String: ConfigValue] = [
             "i2v.python": .init(stringLiteral: python),
-            "i2v.modelPath": .init(stringLiteral: checkpoint(python: python)),
+            "i2v.modelPath": .init(stringLiteral: try await checkpoint(python: python)),
             "i2v.device": "cpu",
             "i2v.logLevel": "info",
         ]

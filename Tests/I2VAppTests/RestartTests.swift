@@ -26,7 +26,7 @@ import Testing
             let second = try await makeTestApp(dataDir: directory.url, worker: fast, ["i2v.maxConcurrent": 2])
             try await second.test(.router) { client in
                 for id in ids {
-                    let status = try await client.waitFor(id, status: "Succeed", timeout: .seconds(30))
+                    let status = try await client.waitFor(id, status: "Succeed")
                     #expect(status["status"] as? String == "Succeed", "\(id): \(status)")
                 }
             }

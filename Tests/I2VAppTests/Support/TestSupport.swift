@@ -4,8 +4,15 @@ import Foundation
 import Hummingbird
 import HummingbirdTesting
 import NIOCore
+import Subprocess
 import Testing
 @testable import I2VApp
+
+#if canImport(System)
+import System
+#else
+import SystemPackage
+#endif
 
 enum TestKeys {
     static let alice = "alice-test-key-0123456789"
@@ -31,7 +38,8 @@ func testConfiguration(dataDir: URL, _ values: [String: ConfigValue] = [:]) -> S
         "i2v.dataDir": .init(stringLiteral: dataDir.path),
         "i2v.publicUrl": "http://localhost:8088",
         "i2v.allowPrivateImageHosts": true,
-        "i2v.imageTimeoutSeconds": 5,
+        // Generous: the tests' own image servers share two busy cores with everything else.
+        "i2v.imageTimeoutSeconds": 60,
         "i2v.docsAssetsDir": .init(stringLiteral: repositoryRoot.appending(path: ".swagger-ui").path),
         "i2v.workerDir": .init(stringLiteral: repositoryRoot.appending(path: "worker").path),
         "i2v.logLevel": "warning",
@@ -76,34 +84,75 @@ extension TestClientProtocol {
         return try await execute(uri: path, method: .post, headers: headers, body: ByteBuffer(string: json))
     }
 
-    func submit(imageURL: String, key: String = TestKeys.alice, extra: String = "", frames: Int = 24) async throws -> String {
+    /// Submits a job and returns its id; a refused submit ends the test here (nothing to poll).
+    func submit(
+        imageURL: String,
+        key: String = TestKeys.alice,
+        extra: String = "",
+        frames: Int = 24,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws -> String {
         let response = try await post(
             "/video/submit",
             key: key,
             json: #"{"image_url":"\#(imageURL)","prompt":"A dancing cat in the style of Van Gogh","infer_steps":20,"num_frames":\#(frames)\#(extra)}"#
         )
-        #expect(response.status == .accepted, "submit answered \(response.status): \(String(buffer: response.body))")
-        let object = try response.jsonObject()
-        return object["requestId"] as? String ?? ""
+        try #require(
+            response.status == .accepted,
+            "submit answered \(response.status): \(String(buffer: response.body))",
+            sourceLocation: sourceLocation
+        )
+        return try #require(try response.jsonObject()["requestId"] as? String, sourceLocation: sourceLocation)
     }
 
-    func status(_ id: String, key: String = TestKeys.alice) async throws -> [String: Any] {
+    func status(_ id: String, key: String = TestKeys.alice, sourceLocation: SourceLocation = #_sourceLocation) async throws -> [String: Any] {
         let response = try await post("/video/status", key: key, json: #"{"requestId":"\#(id)"}"#)
-        #expect(response.status == .ok, "status answered \(response.status): \(String(buffer: response.body))")
+        try #require(response.status == .ok, "status answered \(response.status): \(String(buffer: response.body))", sourceLocation: sourceLocation)
         return try response.jsonObject()
     }
 
-    /// Polls until the task reaches `status` (or any terminal state), within `timeout`.
-    func waitFor(_ id: String, status wanted: String, key: String = TestKeys.alice, timeout: Duration = .seconds(60)) async throws -> [String: Any] {
+    /// Polls until the task reaches `status` (or any terminal state) and returns the last status body.
+    /// A wait that runs out records one issue with the last state seen; the caller's own checks on the
+    /// returned body then say what was expected.
+    func waitFor(
+        _ id: String,
+        status wanted: String,
+        key: String = TestKeys.alice,
+        timeout: Duration = .seconds(120),
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws -> [String: Any] {
         let deadline = ContinuousClock.now + timeout
         while true {
-            let body = try await status(id, key: key)
+            let body = try await status(id, key: key, sourceLocation: sourceLocation)
             let current = body["status"] as? String ?? ""
-            if current == wanted || ["Succeed", "Failed", "Cancelled"].contains(current) || ContinuousClock.now > deadline {
+            if current == wanted || ["Succeed", "Failed", "Cancelled"].contains(current) {
+                return body
+            }
+            if ContinuousClock.now > deadline {
+                Issue.record("task \(id) did not reach \(wanted) within \(timeout); last state: \(body)", sourceLocation: sourceLocation)
                 return body
             }
             try await Task.sleep(for: .milliseconds(20))
         }
+    }
+}
+
+/// Polls `condition` until it holds; one that never does records a single issue naming `what`.
+@discardableResult
+func eventually(
+    _ what: String,
+    timeout: Duration = .seconds(120),
+    sourceLocation: SourceLocation = #_sourceLocation,
+    _ condition: () async throws -> Bool
+) async rethrows -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while true {
+        if try await condition() { return true }
+        if ContinuousClock.now > deadline {
+            Issue.record("\(what) did not happen within \(timeout)", sourceLocation: sourceLocation)
+            return false
+        }
+        try? await Task.sleep(for: .milliseconds(20))
     }
 }
 
@@ -132,15 +181,19 @@ func makeTestApp(dataDir: URL, worker: FakeWorker, _ values: [String: ConfigValu
 }
 
 /// Runs a tool (ffmpeg, ffprobe, Chromium) and returns its standard output; its stderr is discarded.
-func runTool(_ executable: String, _ arguments: [String]) async throws -> (output: Data, status: Int32) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    let output = Pipe()
-    process.standardOutput = output
-    process.standardError = FileHandle.nullDevice
-    try process.run()
-    let data = await Task.detached { output.fileHandleForReading.readDataToEndOfFile() }.value
-    process.waitUntilExit()
-    return (data, process.terminationStatus)
+/// It never blocks a thread of the cooperative pool while the tool runs: that pool has one thread per
+/// core, and the in-process servers the tool may talk to (and every other test) need those threads.
+func runTool(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) async throws -> (output: Data, status: Int32) {
+    let result = try await Subprocess.run(
+        .path(FilePath(executable)),
+        arguments: Arguments(arguments),
+        environment: .inherit.updating(environment.reduce(into: [:]) { $0[.init(stringLiteral: $1.key)] = $1.value }),
+        output: .data(limit: 256 * 1024 * 1024),
+        error: .discarded
+    )
+    let status: Int32 = switch result.terminationStatus {
+    case .exited(let code): code
+    case .signaled(let signal): 128 + signal
+    }
+    return (result.standardOutput, status)
 }
