@@ -7,7 +7,7 @@ import HummingbirdTesting
 import Testing
 @testable import I2VApp
 
-/// Every rule of the submit field table (SPEC §3) on both sides of its bound, through the real router.
+/// Every rule of the submit field table on both sides of its bound, through the real router.
 @Suite struct SubmitValidationTests {
     /// A body that is valid except for what a case overrides.
     static func body(_ overrides: [String: String], imageURL: String) -> String {
@@ -82,6 +82,21 @@ import Testing
         Case(field: "negative_prompt", value: "\"\(String(repeating: "b", count: 500))\"", rejectedAs: nil),
         Case(field: "negative_prompt", value: "\"\(String(repeating: "b", count: 501))\"", rejectedAs: "string_too_long"),
         Case(field: "unknown_field", value: "{\"nested\":[1,2]}", rejectedAs: nil),
+        // Valid JSON numbers beyond what a double or an Int holds are answered for their field.
+        Case(field: "num_frames", value: "1e400", rejectedAs: "finite_number"),
+        Case(field: "num_frames", value: "-1e400", rejectedAs: "finite_number"),
+        Case(field: "num_frames", value: "123456789012345678901234567890", rejectedAs: "less_than_equal"),
+        Case(field: "num_frames", value: "-123456789012345678901234567890", rejectedAs: "greater_than_equal"),
+        Case(field: "num_frames", value: "1e30", rejectedAs: "less_than_equal"),
+        Case(field: "infer_steps", value: "1e400", rejectedAs: "finite_number"),
+        Case(field: "infer_steps", value: "99999999999999999999", rejectedAs: "less_than_equal"),
+        Case(field: "guidance_scale", value: "1e400", rejectedAs: "less_than_equal"),
+        Case(field: "guidance_scale", value: "-1e400", rejectedAs: "greater_than_equal"),
+        Case(field: "guidance_scale", value: "123456789012345678901234567890", rejectedAs: "less_than_equal"),
+        Case(field: "seed", value: "1e400", rejectedAs: "finite_number"),
+        Case(field: "seed", value: "-1e400", rejectedAs: "finite_number"),
+        Case(field: "seed", value: "99999999999999999999", rejectedAs: "less_than_equal"),
+        Case(field: "prompt", value: "1e400", rejectedAs: "string_type"),
     ]
 
     @Test(arguments: cases)
@@ -143,6 +158,7 @@ import Testing
                     (#"{"requestId":"abc"}"#, "string_too_short"),
                     (#"{"requestId":"\#(String(repeating: "a", count: 33))"}"#, "string_too_long"),
                     (#"{"requestId":12}"#, "string_type"),
+                    (#"{"requestId":1e400}"#, "string_type"),
                     (#"{}"#, "missing"),
                 ] {
                     let response = try await client.post(path, json: body)

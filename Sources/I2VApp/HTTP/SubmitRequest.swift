@@ -5,7 +5,7 @@ import ImageIntake
 let defaultNegativePrompt =
     "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, messy background, three legs, many people in the background, walking backwards"
 
-/// A `/video/submit` body that passed validation (SPEC §3 field table). Validation is complete and ours:
+/// A `/video/submit` body that passed validation. Validation is complete and ours:
 /// every rule on both sides of its bound, lengths in Unicode scalars (as Python counts them), types and
 /// `null` told apart, unknown fields ignored.
 struct SubmitRequest: Sendable, Equatable {
@@ -142,7 +142,12 @@ private struct FieldReader {
             return Double(int)
         case .number(let double) where !integer:
             return double
-        case .number(let double) where double.rounded() == double && abs(double) < 1e15:
+        case .number(let double) where !double.isFinite:
+            // An integer literal too big for a double (1e400) overflows to infinity on parsing.
+            issues.append(ValidationIssue("finite_number", field: name, "Input should be a finite number", input: value))
+            return nil
+        case .number(let double) where double.rounded() == double:
+            // Whole, of any size: the bounds check then names the limit it is beyond.
             return double
         case .number:
             issues.append(ValidationIssue("int_from_float", field: name, "Input should be a valid integer, got a number with a fractional part", input: value))
@@ -183,11 +188,8 @@ private struct FieldReader {
 
     mutating func number(_ name: String, in range: ClosedRange<Double>, default defaultValue: Double) -> Double? {
         guard let value = fields[name] else { return defaultValue }
+        // ±infinity (an overflowed literal) is simply beyond the bounds, as pydantic reports it.
         guard let number = numeric(name, value, integer: false) else { return nil }
-        guard number.isFinite else {
-            issues.append(ValidationIssue("finite_number", field: name, "Input should be a finite number", input: value))
-            return nil
-        }
         return bounded(name, number, range, value) { String($0) } ? number : nil
     }
 }
