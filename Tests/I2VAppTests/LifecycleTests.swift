@@ -107,9 +107,14 @@ import Testing
 
                 await worker.setReady(true)
                 var sawProgress = false
+                let deadline = ContinuousClock.now + .seconds(120)
                 for id in ids {
                     while true {
                         let status = try await client.status(id)
+                        if ContinuousClock.now > deadline {
+                            Issue.record("task \(id) did not succeed within 120 s; last state: \(status)")
+                            return
+                        }
                         if let progress = status["progress"] as? [String: Any] {
                             sawProgress = true
                             #expect(progress["total_steps"] as? Int == 20)
@@ -150,7 +155,7 @@ import Testing
 
                 let cancelRunning = try await client.post("/video/cancel", json: #"{"requestId":"\#(running)"}"#)
                 #expect(cancelRunning.status == .ok)
-                let runningStatus = try await client.waitFor(running, status: "Cancelled", timeout: .seconds(5))
+                let runningStatus = try await client.waitFor(running, status: "Cancelled")
                 #expect(runningStatus["status"] as? String == "Cancelled")
                 #expect(runningStatus["results"] == nil)
                 #expect(await worker.running.isEmpty)
@@ -169,6 +174,37 @@ import Testing
         }
     }
 
+    /// The worker reports its last step, then decodes and encodes without looking at cancels. A cancel
+    /// that lands then is acknowledged with 200, so the task must end Cancelled and its video go.
+    @Test func aCancelAfterTheLastStepIsHonoured() async throws {
+        let directory = try TemporaryDirectory()
+        let worker = FakeWorker(stepDuration: .milliseconds(2))
+        await worker.setHoldsAfterLastStep(true)
+        let app = try await makeTestApp(dataDir: directory.url, worker: worker)
+        try await withImageServer { base in
+            try await app.test(.router) { client in
+                let id = try await client.submit(imageURL: "\(base)/image.png")
+                try #require(await eventually("the job reaching its decode") { await worker.heldAfterLastStep.contains(id) })
+                let cancel = try await client.post("/video/cancel", json: #"{"requestId":"\#(id)"}"#)
+                #expect(cancel.status == .ok)
+                await worker.releaseHeldJobs()
+                let status = try await client.waitFor(id, status: "Cancelled")
+                #expect(status["status"] as? String == "Cancelled", "\(status)")
+                #expect(status["reason"] as? String == "cancelled by the client")
+                #expect(status["results"] == nil)
+                try #require(await eventually("the discarded video being removed") {
+                    let videos = (try? FileManager.default.contentsOfDirectory(atPath: directory.url.appending(path: "videos").path)) ?? []
+                    return videos.isEmpty
+                })
+                // Once it has ended, a second cancel is still fine; a finished task's cancel is not.
+                #expect(try await client.post("/video/cancel", json: #"{"requestId":"\#(id)"}"#).status == .ok)
+                let metrics = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
+                #expect(metrics.contains(#"i2v_task_outcomes_total{status="Cancelled"} 1"#), "\(metrics)")
+                #expect(!metrics.contains(#"i2v_task_outcomes_total{status="Succeed"}"#))
+            }
+        }
+    }
+
     @Test func aWorkerThatIgnoresCancelIsRestartedWithinTheGrace() async throws {
         let directory = try TemporaryDirectory()
         let worker = FakeWorker(stepDuration: .milliseconds(100))
@@ -179,7 +215,7 @@ import Testing
                 let id = try await client.submit(imageURL: "\(base)/image.png")
                 _ = try await client.waitFor(id, status: "InProgress")
                 #expect(try await client.post("/video/cancel", json: #"{"requestId":"\#(id)"}"#).status == .ok)
-                let status = try await client.waitFor(id, status: "Cancelled", timeout: .seconds(5))
+                let status = try await client.waitFor(id, status: "Cancelled")
                 #expect(status["status"] as? String == "Cancelled")
                 #expect(await worker.restarts.count == 1)
             }
@@ -194,12 +230,16 @@ import Testing
             try await app.test(.router) { client in
                 let id = try await client.submit(imageURL: "\(base)/image.png")
                 _ = try await client.waitFor(id, status: "InProgress")
+                try #require(await eventually("the first attempt starting") { await worker.running.contains(id) })
                 await worker.crash()
-                // Requeued and claimed again (second attempt).
-                try await Task.sleep(for: .milliseconds(200))
-                _ = try await client.waitFor(id, status: "InProgress")
+                // Requeued and claimed again: a second attempt is running on the worker.
+                try #require(await eventually("a second attempt starting") {
+                    let attempts = await worker.started.count
+                    let running = await worker.running.contains(id)
+                    return attempts == 2 && running
+                })
                 await worker.crash()
-                let failed = try await client.waitFor(id, status: "Failed", timeout: .seconds(5))
+                let failed = try await client.waitFor(id, status: "Failed")
                 #expect(failed["status"] as? String == "Failed")
                 let reason = try #require(failed["reason"] as? String)
                 #expect(reason.contains("exited") && reason.contains("2 attempts"))
@@ -292,7 +332,7 @@ import Testing
                 let url = try #require((((done["results"] as? [String: Any])?["videos"] as? [[String: Any]])?.first?["url"]) as? String)
                 let path = String(url.dropFirst("http://localhost:8088".count))
                 #expect(try await client.execute(uri: path, method: .get).status == .ok)
-                let deadline = ContinuousClock.now + .seconds(10)
+                let deadline = ContinuousClock.now + .seconds(60)
                 var status: [String: Any] = [:]
                 repeat {
                     try await Task.sleep(for: .milliseconds(200))

@@ -66,9 +66,30 @@ import Testing
         #expect(try await store.claimNext()?.id == "r")
         #expect(try await store.cancel(id: "r", ownerKeyHash: "owner") == .cancelRequested)
         // A running task the client cancelled is never put back in the queue.
-        #expect(try await store.requeue(id: "r", maxAttempts: 5, reason: "worker died", countAttempt: true) == .failed(reason: "cancelled by the client"))
+        #expect(try await store.requeue(id: "r", maxAttempts: 5, reason: "worker died", countAttempt: true) == .cancelled)
         #expect(try await store.task(id: "r")?.status == .cancelled)
         #expect(try await store.cancel(id: "nope", ownerKeyHash: "owner") == .notFound)
+    }
+
+    /// A cancel acknowledged with 200 is a promise: a result that arrives afterwards (the worker was past its
+    /// last step, decoding or encoding) still ends the task Cancelled, with no result kept.
+    @Test func aResultAfterAnAcknowledgedCancelEndsCancelled() async throws {
+        let directory = try TemporaryDirectory()
+        let store = try SQLiteTaskStore(path: directory.url.appending(path: "tasks.sqlite").path)
+        try await store.enqueue(Self.record("late"), maxQueued: 10)
+        try await store.enqueue(Self.record("kept"), maxQueued: 10)
+        _ = try await store.claimNext()
+        _ = try await store.claimNext()
+        #expect(try await store.cancel(id: "late", ownerKeyHash: "owner") == .cancelRequested)
+        let result = TaskResult(videoName: "v", width: 16, height: 16, numFrames: 5, fps: 16, inferenceSeconds: 1, encodeSeconds: 0)
+        #expect(try await store.finish(id: "late", outcome: .succeeded(result)) == .ended(.cancelled))
+        let late = try await store.task(id: "late")
+        #expect(late?.status == .cancelled && late?.result == nil && late?.reason == "cancelled by the client")
+        #expect(try await store.finish(id: "kept", outcome: .succeeded(result)) == .ended(.succeed))
+        #expect(try await store.task(id: "kept")?.result?.videoName == "v")
+        // Once ended, a second result changes nothing.
+        #expect(try await store.finish(id: "kept", outcome: .failed(reason: "x")) == .notRunning)
+        #expect(try await store.task(id: "kept")?.status == .succeed)
     }
 
     @Test func retentionDeletesOldTasks() async throws {

@@ -148,35 +148,48 @@ public struct SQLiteTaskStore: TaskStore {
     }
 
     @discardableResult
-    public func finish(id: String, outcome: TaskOutcome) async throws -> Bool {
+    public func finish(id: String, outcome: TaskOutcome) async throws -> FinishOutcome {
         try await database.write { db in
+            guard
+                let cancelRequested = try Bool.fetchOne(
+                    db,
+                    sql: "SELECT cancel_requested FROM tasks WHERE id = ? AND status = 'InProgress'",
+                    arguments: [id]
+                )
+            else { return .notRunning }
             let now = Date().timeIntervalSince1970
+            let ending: (status: TaskStatus, reason: String?)
             switch outcome {
+            case .succeeded where cancelRequested:
+                ending = (.cancelled, "cancelled by the client")
             case .succeeded(let result):
                 try db.execute(
                     sql: """
                         UPDATE tasks SET status = 'Succeed', finished_at = ?, reason = NULL, video_name = ?,
                             result_width = ?, result_height = ?, result_frames = ?, result_fps = ?,
                             inference_seconds = ?, encode_seconds = ?, progress_step = NULL, progress_total = NULL
-                        WHERE id = ? AND status = 'InProgress'
+                        WHERE id = ?
                         """,
                     arguments: [
                         now, result.videoName, result.width, result.height, result.numFrames, result.fps,
                         result.inferenceSeconds, result.encodeSeconds, id,
                     ]
                 )
-            case .failed(let reason), .cancelled(let reason):
-                let status: TaskStatus = if case .failed = outcome { .failed } else { .cancelled }
-                try db.execute(
-                    sql: """
-                        UPDATE tasks SET status = ?, finished_at = ?, reason = ?, progress_step = NULL,
-                            progress_total = NULL
-                        WHERE id = ? AND status = 'InProgress'
-                        """,
-                    arguments: [status.rawValue, now, reason, id]
-                )
+                return .ended(.succeed)
+            case .failed(let reason):
+                ending = (.failed, reason)
+            case .cancelled(let reason):
+                ending = (.cancelled, reason)
             }
-            return db.changesCount > 0
+            try db.execute(
+                sql: """
+                    UPDATE tasks SET status = ?, finished_at = ?, reason = ?, progress_step = NULL,
+                        progress_total = NULL
+                    WHERE id = ?
+                    """,
+                arguments: [ending.status.rawValue, now, ending.reason, id]
+            )
+            return .ended(ending.status)
         }
     }
 
@@ -242,7 +255,7 @@ public struct SQLiteTaskStore: TaskStore {
                     """,
                 arguments: [now, id]
             )
-            return .failed(reason: "cancelled by the client")
+            return .cancelled
         }
         if countAttempt && attempts >= maxAttempts {
             let failure = "\(reason); gave up after \(attempts) attempt\(attempts == 1 ? "" : "s")"

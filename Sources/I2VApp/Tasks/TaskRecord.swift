@@ -119,6 +119,17 @@ public enum CancelOutcome: Sendable, Equatable {
 public enum RequeueOutcome: Sendable, Equatable {
     case requeued
     case failed(reason: String)
+    /// The client had asked for it to stop, so it ended Cancelled instead of going back to the queue.
+    case cancelled
+    case notRunning
+}
+
+/// How the end of a running task was recorded.
+public enum FinishOutcome: Sendable, Equatable {
+    /// Recorded with this final status. A result that arrives after the client's cancel was acknowledged
+    /// ends `cancelled`: the acknowledgement promised that, so the result is discarded.
+    case ended(TaskStatus)
+    /// The task was no longer running (it had already ended or been put back): nothing changed.
     case notRunning
 }
 

@@ -54,7 +54,11 @@ public actor TaskScheduler: Service {
         let recovered = try await store.recoverInterrupted(maxAttempts: configuration.maxAttempts)
         for (id, outcome) in recovered.sorted(by: { $0.key < $1.key }) {
             logger.warning("task was running when the service stopped", metadata: ["requestId": "\(id)", "outcome": "\(outcome)"])
-            if case .failed = outcome { metrics.recordOutcome(.failed) }
+            switch outcome {
+            case .failed: metrics.recordOutcome(.failed)
+            case .cancelled: metrics.recordOutcome(.cancelled)
+            case .requeued, .notRunning: break
+            }
         }
         await updateGauges()
 
@@ -226,11 +230,20 @@ public actor TaskScheduler: Service {
                     inferenceSeconds: done.inferenceSeconds,
                     encodeSeconds: done.encodeSeconds ?? 0
                 )
-                if try await store.finish(id: task.id, outcome: .succeeded(result)) {
+                switch try await store.finish(id: task.id, outcome: .succeeded(result)) {
+                case .ended(.succeed):
                     metrics.inferenceLatency.recordSeconds(done.inferenceSeconds)
                     metrics.encodeLatency.recordSeconds(done.encodeSeconds ?? 0)
                     metrics.recordOutcome(.succeed)
                     logger.info("task succeeded", metadata: ["inference_seconds": "\(done.inferenceSeconds)", "video": "\(videoName).mp4"])
+                case .ended(let status):
+                    // The client's cancel was acknowledged while the video was being decoded or encoded.
+                    removeFile(done.path)
+                    if status == .cancelled { metrics.recordOutcome(.cancelled) }
+                    logger.info("task cancelled after its last step; its video is discarded", metadata: ["status": "\(status.rawValue)"])
+                case .notRunning:
+                    removeFile(done.path)
+                    logger.warning("a result arrived for a task that was no longer running; its video is discarded")
                 }
                 removeFile(task.inputPath)
             case .failed(.cancelled, _) where stoppingForShutdown:
@@ -259,9 +272,15 @@ public actor TaskScheduler: Service {
                     countAttempt: !restartedByUs && !stoppingForShutdown
                 )
                 logger.warning("task lost its worker", metadata: ["reason": "\(reason)", "outcome": "\(outcome)"])
-                if case .failed(let why) = outcome {
-                    metrics.recordOutcome(why.hasPrefix("cancelled") ? .cancelled : .failed)
+                switch outcome {
+                case .failed:
+                    metrics.recordOutcome(.failed)
                     removeFile(task.inputPath)
+                case .cancelled:
+                    metrics.recordOutcome(.cancelled)
+                    removeFile(task.inputPath)
+                case .requeued, .notRunning:
+                    break
                 }
             }
         } catch {

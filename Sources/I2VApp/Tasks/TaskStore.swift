@@ -16,9 +16,9 @@ public protocol TaskStore: Sendable {
     /// Moves the oldest queued task to InProgress (FIFO) and counts the attempt.
     func claimNext() async throws -> TaskRecord?
     func recordProgress(id: String, step: Int, total: Int) async throws
-    /// Ends a running task. Returns false when it was no longer running (e.g. already ended).
+    /// Ends a running task. A success for a task whose cancel was already acknowledged ends it Cancelled.
     @discardableResult
-    func finish(id: String, outcome: TaskOutcome) async throws -> Bool
+    func finish(id: String, outcome: TaskOutcome) async throws -> FinishOutcome
     func cancel(id: String, ownerKeyHash: String) async throws -> CancelOutcome
     /// Puts a running task back in the queue (front of it, by age) unless it ran `maxAttempts` times.
     func requeue(id: String, maxAttempts: Int, reason: String, countAttempt: Bool) async throws -> RequeueOutcome

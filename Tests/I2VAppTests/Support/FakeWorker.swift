@@ -16,6 +16,11 @@ actor FakeWorker: InferenceWorker {
     private var cancelled: Set<String> = []
     private var lost: [String: AsyncStream<JobUpdate>.Continuation] = [:]
     private(set) var restarts: [String] = []
+    /// When set, a job that ran its last step waits here, as the real worker does while it decodes and
+    /// encodes the video (cancels are no longer looked at), until `releaseHeldJobs()`.
+    var holdsAfterLastStep = false
+    private(set) var heldAfterLastStep: Set<String> = []
+    private var release: [CheckedContinuation<Void, Never>] = []
     private var signal: SchedulerSignal?
 
     init(stepDuration: Duration = .milliseconds(5), ready: Bool = true) {
@@ -32,6 +37,12 @@ actor FakeWorker: InferenceWorker {
 
     func setStepDuration(_ duration: Duration) { stepDuration = duration }
     func setIgnoresCancel(_ value: Bool) { ignoresCancel = value }
+    func setHoldsAfterLastStep(_ value: Bool) { holdsAfterLastStep = value }
+
+    func releaseHeldJobs() {
+        for continuation in release { continuation.resume() }
+        release.removeAll()
+    }
     func setFailure(_ kind: WorkerErrorKind, _ message: String) { failure = (kind, message) }
     func setMemory(freeBytes: Int, bytesPerToken: Int) { memory = WorkerMemory(freeBytes: freeBytes, bytesPerToken: bytesPerToken) }
 
@@ -70,6 +81,11 @@ actor FakeWorker: InferenceWorker {
                 return
             }
             continuation.yield(.progress(step: index, totalSteps: job.inferSteps))
+        }
+        if holdsAfterLastStep {
+            heldAfterLastStep.insert(job.taskID)
+            await withCheckedContinuation { release.append($0) }
+            heldAfterLastStep.remove(job.taskID)
         }
         if let failure {
             finish(job.taskID, .failed(kind: failure.kind, message: failure.message))
