@@ -1,7 +1,7 @@
 import Configuration
 import Foundation
 
-/// Everything the service reads from its environment, read once at start (SPEC §5).
+/// Everything the service reads from its environment, read once at start.
 ///
 /// Keys are read under the `i2v` scope, so `apiKeys` is the environment variable `I2V_API_KEYS`.
 public struct ServiceConfiguration: Sendable {
@@ -22,6 +22,14 @@ public struct ServiceConfiguration: Sendable {
     public var imageMaxPixels: Int
     public var allowPrivateImageHosts: Bool
     public var maxBodyBytes: Int
+    /// A request head whose URL and header fields come to more than this is answered 431.
+    public var maxHeaderBytes: Int
+    /// A request head must be complete this long after its first byte (or, first on a connection, after connecting).
+    public var headerTimeout: Duration
+    /// A connection with no request in flight and nothing received for this long is closed.
+    public var idleTimeout: Duration
+    /// With this many connections open, new ones are closed as soon as they are accepted.
+    public var maxConnections: Int
     public var submitsPerMinute: Int
     public var maxAttempts: Int
     public var shutdownGrace: Duration
@@ -62,6 +70,10 @@ public struct ServiceConfiguration: Sendable {
         self.imageMaxPixels = max(1, config.int(forKey: "imageMaxPixels", default: 40_000_000))
         self.allowPrivateImageHosts = config.bool(forKey: "allowPrivateImageHosts", default: false)
         self.maxBodyBytes = max(1024, config.int(forKey: "maxBodyBytes", default: 65_536))
+        self.maxHeaderBytes = max(1024, config.int(forKey: "maxHeaderBytes", default: 16_384))
+        self.headerTimeout = .seconds(max(0.1, config.seconds(forKey: "headerTimeoutSeconds", default: 10)))
+        self.idleTimeout = .seconds(max(0.1, config.seconds(forKey: "idleTimeoutSeconds", default: 75)))
+        self.maxConnections = max(1, config.int(forKey: "maxConnections", default: defaultMaxConnections()))
         self.submitsPerMinute = max(0, config.int(forKey: "submitsPerMinute", default: 120))
         self.maxAttempts = max(1, config.int(forKey: "maxAttempts", default: 2))
         self.shutdownGrace = .seconds(max(0, config.seconds(forKey: "shutdownGraceSeconds", default: 30)))
