@@ -1,6 +1,7 @@
 import Configuration
 import Foundation
 import Hummingbird
+import I2VOpenAPI
 import ImageIntake
 import Logging
 import ServiceLifecycle
@@ -127,6 +128,7 @@ public func buildApplication(configuration: ServiceConfiguration, overrides: App
     services.append(contentsOf: [scheduler, sweeper, ImageIntakeService(intake: intake)] as [any Service])
     return Application(
         router: router,
+        server: configuration.makeHTTPServer(),
         configuration: .init(
             address: .hostname(configuration.host, port: configuration.port),
             serverName: "i2v-server"
@@ -144,10 +146,11 @@ func buildRouter(
     logger: Logger
 ) throws -> Router<AppRequestContext> {
     let router = Router(context: AppRequestContext.self)
+    let operationsByPath = try OpenAPIDocument.operations()
     router.addMiddleware {
         ErrorMiddleware()
-        VideoFileGuard()
-        FileMiddleware(configuration.videosDirectory.path, urlBasePath: "/videos", searchForIndexHtml: false, logger: logger)
+        MethodNotAllowedMiddleware(operations: operationsByPath)
+        VideoFileMiddleware(directory: configuration.videosDirectory.path, logger: logger)
         FileMiddleware(configuration.docsAssetsDirectory.path, urlBasePath: "/docs", searchForIndexHtml: false, logger: logger)
     }
     operations.addRoutes(to: router)

@@ -16,6 +16,13 @@ public enum OpenAPIDocument {
         return Array(try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))
     }
 
+    /// Every documented path template (e.g. `/videos/{file}`) with its HTTP methods, upper case.
+    public static func operations() throws -> [String: [String]] {
+        let methods: Set<String> = ["get", "head", "post", "put", "patch", "delete", "options", "trace"]
+        let paths = (try object()["paths"] as? [String: [String: Any]]) ?? [:]
+        return paths.mapValues { item in item.keys.filter(methods.contains).map { $0.uppercased() }.sorted() }
+    }
+
     /// The document as a dictionary, for tests that compare it with the routes.
     public static func object() throws -> [String: Any] {
         (try Yams.load(yaml: yaml()) as? [String: Any]) ?? [:]
