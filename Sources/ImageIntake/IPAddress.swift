@@ -61,7 +61,7 @@ public enum IPAddress: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-/// Address ranges that an image URL must not reach (SPEC §7): everything that is not ordinary global
+/// Address ranges that an image URL must not reach: everything that is not ordinary global
 /// unicast. IPv6 forms that carry an IPv4 address (mapped, NAT64, 6to4) are judged by that IPv4 address.
 public enum BlockedRange: String, Sendable, Equatable, CaseIterable {
     case unspecified  // 0.0.0.0/8 "this network", ::

@@ -33,7 +33,7 @@ public struct PreparedImage: Sendable {
     }
 }
 
-/// Downloads, checks and prepares the image of a submit request (SPEC §3, §4, §7). One long-lived value
+/// Downloads, checks and prepares the image of a submit request. One long-lived value
 /// owned by the app; call `shutdown()` when the app stops.
 ///
 /// Every failure is an `ImageIntakeError` with a concrete reason for the user (HTTP 400) and a stable

@@ -1,4 +1,4 @@
-/// Limits of the image intake (SPEC §5, §7).
+/// Limits of the image intake.
 public struct ImageIntakeConfiguration: Sendable, Equatable {
     /// Bounds the whole download: DNS lookup, every connection, every redirect and the body
     /// (`I2V_IMAGE_TIMEOUT_SECONDS`, default 15 s).

@@ -1,12 +1,12 @@
 /// The `image_size` of a submit request.
 public enum ImageSizeRequest: Sendable, Equatable, Hashable {
-    /// Keep the image's aspect ratio at the model's native area (SPEC §4).
+    /// Keep the image's aspect ratio at the model's native area.
     case auto
     /// Exactly this frame; the image is scaled to cover it and centre-cropped.
     case fixed(width: Int, height: Int)
 }
 
-/// Picks the video frame size for an image (SPEC §4).
+/// Picks the video frame size for an image.
 ///
 /// `auto` keeps the aspect ratio of the image (after EXIF orientation) at an area of at most the model's
 /// native area `A`, both sides multiples of the model's size multiple `m`, with the very formula of Wan's

@@ -4,7 +4,7 @@ import HummingbirdTesting
 import Testing
 @testable import I2VApp
 
-/// How the service reports what goes wrong on the model side (SPEC §6), and the sweeper's clean-up of
+/// How the service reports what goes wrong on the model side, and the sweeper's clean-up of
 /// files no task refers to.
 @Suite struct FailureTests {
     @Test func outOfMemoryEndsFailedWithTheHintAndTheNextTaskRuns() async throws {

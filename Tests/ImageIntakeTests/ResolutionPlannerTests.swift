@@ -11,7 +11,7 @@ struct ResolutionPlannerTests {
         try (planner ?? p480).plan(.auto, imageWidth: width, imageHeight: height)
     }
 
-    @Test("1920×1080 → 832×464 on the 480P area (SPEC §4)")
+    @Test("1920×1080 → 832×464 on the 480P area")
     func landscapeFullHD() throws {
         let size = try auto(1920, 1080)
         #expect(size.width == 832 && size.height == 464)

@@ -1,6 +1,6 @@
 import Foundation
 
-/// A model the service serves, with the limits resolution planning needs (SPEC §4).
+/// A model the service serves, with the limits resolution planning needs.
 public struct ServedModel: Codable, Sendable, Equatable {
     public var id: String
     public var nativeArea: Int

@@ -6,7 +6,7 @@ import Logging
 import Metrics
 import NIOCore
 
-/// `/video/submit`, `/video/status` and `/video/cancel` (SPEC §3).
+/// `/video/submit`, `/video/status` and `/video/cancel`.
 struct VideoController: Sendable {
     let store: any TaskStore
     let scheduler: TaskScheduler
@@ -116,7 +116,7 @@ struct VideoController: Sendable {
         APIError.tooManyRequests("the queue is full (\(queued) tasks waiting); try again later", retryAfter: 30)
     }
 
-    /// SPEC §6: where the worker can tell in advance that a job cannot fit in device memory, refuse it with
+    /// Where the worker can tell in advance that a job cannot fit in device memory, refuse it with
     /// the same hint an out-of-memory failure gives, instead of queueing a job bound to fail.
     private func refuseWhenTooBigForDevice(width: Int, height: Int, frames: Int) async throws {
         guard let memory = await worker.readiness()?.memory, let free = memory.freeBytes, let perToken = memory.bytesPerToken else { return }
@@ -191,7 +191,7 @@ struct VideoController: Sendable {
     }
 }
 
-/// The `/video/status` answer; optional parts appear only in the states SPEC §3 names.
+/// The `/video/status` answer; optional parts appear only in the states that carry them.
 struct StatusBody: Encodable {
     struct Progress: Encodable {
         var step: Int

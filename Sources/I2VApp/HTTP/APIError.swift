@@ -4,7 +4,7 @@ import HTTPTypes
 import NIOCore
 
 /// Every error but 422 has the body `{"detail":{"status":"Failed","reason":"…"}}`, as the reference
-/// FastAPI service answers it (SPEC §3).
+/// FastAPI service answers it.
 public struct APIError: HTTPResponseError, Sendable {
     public var status: HTTPResponse.Status
     public var reason: String
