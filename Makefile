@@ -1,4 +1,4 @@
-# i2v-server — the commands of SPEC §8. Every target installs what it needs first.
+# i2v-server — its build, run, test and benchmark commands. Every target installs what it needs first.
 SHELL := /bin/bash
 SWIFT_BUILD_FLAGS ?=
 # Release builds get their own scratch path so they never hold the lock of the debug build in .build.
@@ -7,13 +7,24 @@ RELEASE_BIN := .build-release/release/i2v-server
 
 .PHONY: run test test-python build build-release python-env swagger-ui system-deps system-deps-test system-deps-bench bench clean-data
 
+# The worker's venv (network and disk) is built while Swift compiles (CPU): started first, waited for last.
+# Its log goes to .build-logs/python-env.log and is shown when it fails.
+define WITH_PYTHON_ENV
+	@mkdir -p .build-logs
+	@scripts/python-env.sh >.build-logs/python-env.log 2>&1 & venv=$$!; \
+	  status=0; $(1) || status=$$?; \
+	  if ! wait $$venv; then cat .build-logs/python-env.log >&2; echo "python-env failed" >&2; exit 1; fi; \
+	  cat .build-logs/python-env.log >&2; exit $$status
+endef
+
 ## make run: install what is missing, build, and serve on :8088 with the demo model and SQLite in ./data
-run: system-deps python-env swagger-ui build-release
+run: swagger-ui
+	$(call WITH_PYTHON_ENV,scripts/install-system-deps.sh run && swift build $(RELEASE_FLAGS) $(SWIFT_BUILD_FLAGS))
 	$(RELEASE_BIN) serve
 
 ## make test: the whole suite (Swift and Python)
-test: system-deps-test python-env swagger-ui
-	swift build --build-tests $(SWIFT_BUILD_FLAGS)
+test: swagger-ui
+	$(call WITH_PYTHON_ENV,scripts/install-system-deps.sh test && swift build --build-tests $(SWIFT_BUILD_FLAGS))
 	I2V_TEST_STRICT=1 I2V_TEST_PYTHON=$(CURDIR)/.venv/bin/python swift test --skip-build $(SWIFT_BUILD_FLAGS) 2>&1 | tee .build/swift-test.log; test $${PIPESTATUS[0]} -eq 0
 	$(MAKE) test-python
 
