@@ -39,13 +39,13 @@ public func buildApplication(configuration: ServiceConfiguration, overrides: App
             "I2V_DATABASE_URL=\(url.split(separator: "@").last ?? "…") is not supported by this build: only the SQLite store is available yet (unset it to use \(configuration.databaseFile.path))"
         )
     }
-    for directory in [configuration.dataDirectory, configuration.inputsDirectory, configuration.videosDirectory] {
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-    }
+    try FileManager.default.createDirectory(at: configuration.dataDirectory, withIntermediateDirectories: true)
+    let media = MediaStore(inputsDirectory: configuration.inputsDirectory, videosDirectory: configuration.videosDirectory)
+    try media.createDirectories()
     let store = try SQLiteTaskStore(path: configuration.databaseFile.path)
     let keyring = try APIKeyring.load(configured: configuration.apiKeys, dataDirectory: configuration.dataDirectory, logger: logger)
     let metrics = ServiceMetrics()
-    let signal = SchedulerSignal()
+    let signal = DispatchSignal()
 
     let worker: any InferenceWorker
     let supervisor: WorkerSupervisor?
@@ -67,28 +67,27 @@ public func buildApplication(configuration: ServiceConfiguration, overrides: App
         supervisor = launched
     }
 
-    let scheduler = TaskScheduler(
+    let dispatcher = Dispatcher(
         store: store,
+        media: media,
         worker: worker,
         signal: signal,
         configuration: .init(
             maxConcurrent: configuration.maxConcurrent,
             maxAttempts: configuration.maxAttempts,
             cancelGrace: configuration.cancelGrace,
-            shutdownGrace: configuration.shutdownGrace,
-            videosDirectory: configuration.videosDirectory
+            shutdownGrace: configuration.shutdownGrace
         ),
         metrics: metrics,
         logger: logger
     )
     let sweeper = ResultSweeper(
         store: store,
+        media: media,
         configuration: .init(
             videoTTL: configuration.videoTTL,
             taskRetention: configuration.taskRetention,
-            interval: configuration.sweepInterval,
-            inputsDirectory: configuration.inputsDirectory,
-            videosDirectory: configuration.videosDirectory
+            interval: configuration.sweepInterval
         ),
         logger: logger
     )
@@ -107,13 +106,17 @@ public func buildApplication(configuration: ServiceConfiguration, overrides: App
     let router = try buildRouter(
         configuration: configuration,
         video: VideoController(
-            store: store,
-            scheduler: scheduler,
-            signal: signal,
-            worker: worker,
-            intake: intake,
+            useCases: TaskUseCases(
+                store: store,
+                media: media,
+                intake: intake,
+                catalog: catalog,
+                queueChanged: signal,
+                deviceMemory: { await worker.readiness()?.memory },
+                metrics: metrics,
+                configuration: configuration
+            ),
             catalog: catalog,
-            rateLimiter: SubmitRateLimiter(perMinute: configuration.submitsPerMinute),
             metrics: metrics,
             configuration: configuration
         ),
@@ -121,11 +124,11 @@ public func buildApplication(configuration: ServiceConfiguration, overrides: App
         keyring: keyring,
         logger: logger
     )
-    // Shut down in reverse order: HTTP first, then the sweeper, then the scheduler (which drains running
-    // jobs), and the worker last, so the scheduler can still talk to it while it drains.
+    // Shut down in reverse order: HTTP first, then the sweeper, then the dispatcher (which drains running
+    // jobs), and the worker last, so the dispatcher can still talk to it while it drains.
     var services: [any Service] = []
     if let supervisor { services.append(supervisor) }
-    services.append(contentsOf: [scheduler, sweeper, ImageIntakeService(intake: intake)] as [any Service])
+    services.append(contentsOf: [dispatcher, sweeper, ImageIntakeService(intake: intake)] as [any Service])
     return Application(
         router: router,
         server: configuration.makeHTTPServer(),

@@ -16,22 +16,18 @@ import Testing
         let directory = try TemporaryDirectory()
         let configuration = testConfiguration(dataDir: directory.url)
         let store = try SQLiteTaskStore(path: directory.url.appending(path: "tasks.sqlite").path)
-        let signal = SchedulerSignal()
+        let signal = DispatchSignal()
         let worker = FakeWorker()
         let metrics = ServiceMetrics()
         let catalog = ModelCatalog(models: [ServedModel(id: "m", nativeArea: 15_360)])
-        let scheduler = TaskScheduler(
-            store: store, worker: worker, signal: signal,
-            configuration: .init(maxConcurrent: 1, maxAttempts: 1, cancelGrace: .seconds(1), shutdownGrace: .seconds(1), videosDirectory: directory.url),
-            metrics: metrics, logger: .init(label: "test")
+        let media = MediaStore(inputsDirectory: directory.url, videosDirectory: directory.url)
+        let useCases = TaskUseCases(
+            store: store, media: media, intake: .init(configuration: .init(), logger: .init(label: "test")), catalog: catalog,
+            queueChanged: signal, deviceMemory: { nil }, metrics: metrics, configuration: configuration
         )
         let router = try buildRouter(
             configuration: configuration,
-            video: VideoController(
-                store: store, scheduler: scheduler, signal: signal, worker: worker,
-                intake: .init(configuration: .init(), logger: .init(label: "test")), catalog: catalog,
-                rateLimiter: SubmitRateLimiter(perMinute: 0), metrics: metrics, configuration: configuration
-            ),
+            video: VideoController(useCases: useCases, catalog: catalog, metrics: metrics, configuration: configuration),
             operations: OperationsController(store: store, worker: worker, supervisor: nil, catalog: catalog, metrics: metrics),
             keyring: APIKeyring(keys: ["k"]),
             logger: .init(label: "test")

@@ -73,7 +73,8 @@ import Testing
 
         let sweeper = ResultSweeper(
             store: store,
-            configuration: .init(videoTTL: .seconds(3600), taskRetention: .seconds(86400), interval: .seconds(60), inputsDirectory: inputs, videosDirectory: videos),
+            media: MediaStore(inputsDirectory: inputs, videosDirectory: videos),
+            configuration: .init(videoTTL: .seconds(3600), taskRetention: .seconds(86400), interval: .seconds(60)),
             logger: .init(label: "test")
         )
         await sweeper.sweep()

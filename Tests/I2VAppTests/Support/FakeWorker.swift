@@ -21,14 +21,14 @@ actor FakeWorker: InferenceWorker {
     var holdsAfterLastStep = false
     private(set) var heldAfterLastStep: Set<String> = []
     private var release: [CheckedContinuation<Void, Never>] = []
-    private var signal: SchedulerSignal?
+    private var signal: DispatchSignal?
 
     init(stepDuration: Duration = .milliseconds(5), ready: Bool = true) {
         self.stepDuration = stepDuration
         self.isReady = ready
     }
 
-    func attach(_ signal: SchedulerSignal) { self.signal = signal }
+    func attach(_ signal: DispatchSignal) { self.signal = signal }
 
     func setReady(_ ready: Bool) {
         isReady = ready

@@ -4,7 +4,7 @@ public struct QueueFullError: Error, Sendable {
     public var queued: Int
 }
 
-/// Durable state of every task. The scheduler, the HTTP handlers and the sweeper all go through it, so a
+/// Durable state of every task. The dispatcher, the use cases and the sweeper all go through it, so a
 /// restart rebuilds everything from here. Each method is one transaction.
 public protocol TaskStore: Sendable {
     /// Adds a queued task unless `maxQueued` tasks are already waiting (checked in the same transaction).
@@ -20,6 +20,9 @@ public protocol TaskStore: Sendable {
     @discardableResult
     func finish(id: String, outcome: TaskOutcome) async throws -> FinishOutcome
     func cancel(id: String, ownerKeyHash: String) async throws -> CancelOutcome
+    /// Which of these running tasks their clients asked to cancel: how a cancel reaches the dispatcher
+    /// running the task.
+    func cancelRequested(among ids: [String]) async throws -> Set<String>
     /// Puts a running task back in the queue (front of it, by age) unless it ran `maxAttempts` times.
     func requeue(id: String, maxAttempts: Int, reason: String, countAttempt: Bool) async throws -> RequeueOutcome
     /// After a crash: every InProgress task is requeued once more or failed. Returns the ids touched.

@@ -4,25 +4,27 @@ import Logging
 import Metrics
 import ServiceLifecycle
 
-/// Moves tasks from the store's queue to the worker, FIFO, never more than `maxConcurrent` at once, and
+/// The GPU node's dispatcher: moves tasks from the store's queue to the worker, FIFO, never more than `maxConcurrent` at once, and
 /// records how each one ends. Everything it knows is in the store, so a restart picks up where it left off.
-public actor TaskScheduler: Service {
+public actor Dispatcher: Service {
     public struct Configuration: Sendable {
         public var maxConcurrent: Int
         public var maxAttempts: Int
         public var cancelGrace: Duration
         public var shutdownGrace: Duration
-        public var videosDirectory: URL
     }
 
     private struct RunningJob {
         var cancels: AsyncStream<Void>.Continuation
         var stoppingForShutdown = false
+        /// The client's cancel was read from the store and passed to the job.
+        var cancelForwarded = false
     }
 
     private let store: any TaskStore
+    private let media: MediaStore
     private let worker: any InferenceWorker
-    private let signal: SchedulerSignal
+    private let signal: DispatchSignal
     private let configuration: Configuration
     private let metrics: ServiceMetrics
     private let logger: Logger
@@ -31,23 +33,20 @@ public actor TaskScheduler: Service {
 
     public init(
         store: any TaskStore,
+        media: MediaStore,
         worker: any InferenceWorker,
-        signal: SchedulerSignal,
+        signal: DispatchSignal,
         configuration: Configuration,
         metrics: ServiceMetrics,
         logger: Logger
     ) {
         self.store = store
+        self.media = media
         self.worker = worker
         self.signal = signal
         self.configuration = configuration
         self.metrics = metrics
         self.logger = logger
-    }
-
-    /// Called by the cancel endpoint after the store marked a running task for cancellation.
-    public func cancelRunning(taskID: String) {
-        running[taskID]?.cancels.yield()
     }
 
     public func run() async throws {
@@ -74,6 +73,7 @@ public actor TaskScheduler: Service {
                 }
                 for await _ in self.signal.wakeups() {
                     guard self.accepting else { break }
+                    await self.forwardCancels()
                     await self.dispatch(into: &group)
                 }
                 await self.drain()
@@ -109,6 +109,24 @@ public actor TaskScheduler: Service {
         await updateGauges()
     }
 
+    /// Clients cancel through the store; every wake-up (a cancel wakes the loop, and the slow tick is the
+    /// fallback) asks it which of the running tasks are to stop.
+    private func forwardCancels() async {
+        let pending = running.filter { !$0.value.cancelForwarded }.map(\.key)
+        guard !pending.isEmpty else { return }
+        let requested: Set<String>
+        do {
+            requested = try await store.cancelRequested(among: pending)
+        } catch {
+            logger.error("could not read cancel requests", metadata: ["error": "\(error)"])
+            return
+        }
+        for id in requested where running[id]?.cancelForwarded == false {
+            running[id]?.cancelForwarded = true
+            running[id]?.cancels.yield()
+        }
+    }
+
     /// Lets running jobs finish within the shutdown grace, then stops them and puts them back in the queue.
     private func drain() async {
         guard !running.isEmpty else { return }
@@ -135,7 +153,7 @@ public actor TaskScheduler: Service {
         var logger = self.logger
         logger[metadataKey: "requestId"] = "\(task.id)"
         let videoName = RandomIdentifier.hex128()
-        let outputPath = configuration.videosDirectory.appending(path: "\(videoName).mp4").path
+        let outputPath = media.videoURL(name: videoName).path
         let p = task.parameters
         let job = WorkerJob(
             taskID: task.id,
@@ -289,7 +307,7 @@ public actor TaskScheduler: Service {
     }
 
     private func removeFile(_ path: String) {
-        try? FileManager.default.removeItem(atPath: path)
+        media.remove(URL(fileURLWithPath: path))
     }
 
     private func updateGauges() async {

@@ -10,18 +10,18 @@ public struct ResultSweeper: Service {
         public var videoTTL: Duration
         public var taskRetention: Duration
         public var interval: Duration
-        public var inputsDirectory: URL
-        public var videosDirectory: URL
         /// Files younger than this are never treated as orphans: a submit or an encode may be writing them.
         public var orphanGrace: Duration = .seconds(600)
     }
 
     let store: any TaskStore
+    let media: MediaStore
     let configuration: Configuration
     let logger: Logger
 
-    public init(store: any TaskStore, configuration: Configuration, logger: Logger) {
+    public init(store: any TaskStore, media: MediaStore, configuration: Configuration, logger: Logger) {
         self.store = store
+        self.media = media
         self.configuration = configuration
         self.logger = logger
     }
@@ -36,18 +36,14 @@ public struct ResultSweeper: Service {
     public func sweep(now: Date = Date()) async {
         do {
             for task in try await store.tasksWithVideosFinished(before: now.addingTimeInterval(-configuration.videoTTL.seconds)) {
-                if let video = task.result?.videoName {
-                    remove(configuration.videosDirectory.appending(path: "\(video).mp4"))
-                }
-                remove(URL(fileURLWithPath: task.inputPath))
+                if let video = task.result?.videoName { media.removeVideo(name: video) }
+                media.removeInput(path: task.inputPath)
                 try await store.markVideoExpired(id: task.id)
                 logger.info("video expired", metadata: ["requestId": "\(task.id)"])
             }
             for task in try await store.deleteTasks(finishedBefore: now.addingTimeInterval(-configuration.taskRetention.seconds)) {
-                if let video = task.result?.videoName {
-                    remove(configuration.videosDirectory.appending(path: "\(video).mp4"))
-                }
-                remove(URL(fileURLWithPath: task.inputPath))
+                if let video = task.result?.videoName { media.removeVideo(name: video) }
+                media.removeInput(path: task.inputPath)
             }
             try await removeOrphans(now: now)
         } catch {
@@ -57,24 +53,9 @@ public struct ResultSweeper: Service {
 
     private func removeOrphans(now: Date) async throws {
         let referenced = try await store.referencedFileNames()
-        let cutoff = now.addingTimeInterval(-configuration.orphanGrace.seconds)
-        for directory in [configuration.inputsDirectory, configuration.videosDirectory] {
-            let files = (try? FileManager.default.contentsOfDirectory(
-                at: directory,
-                includingPropertiesForKeys: [.contentModificationDateKey],
-                options: [.skipsSubdirectoryDescendants]
-            )) ?? []
-            for file in files where !referenced.contains(file.lastPathComponent) {
-                let modified = (try? file.resourceValues(forKeys: [.contentModificationDateKey]).contentModificationDate) ?? now
-                if modified < cutoff {
-                    remove(file)
-                    logger.info("removed orphan file", metadata: ["file": "\(file.path)"])
-                }
-            }
+        for file in media.unreferencedFiles(referenced: referenced, modifiedBefore: now.addingTimeInterval(-configuration.orphanGrace.seconds)) {
+            media.remove(file)
+            logger.info("removed orphan file", metadata: ["file": "\(file.path)"])
         }
-    }
-
-    private func remove(_ url: URL) {
-        try? FileManager.default.removeItem(at: url)
     }
 }

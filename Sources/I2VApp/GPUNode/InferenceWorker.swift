@@ -16,7 +16,7 @@ public struct WorkerUnavailableError: Error, Sendable {
     public var reason: String
 }
 
-/// What the scheduler needs from whatever runs the model: the supervised Python worker in production,
+/// What the dispatcher needs from whatever runs the model: the supervised Python worker in production,
 /// a double in unit tests.
 public protocol InferenceWorker: Sendable {
     /// The `ready` message of the running worker, nil while none is ready.
@@ -29,9 +29,9 @@ public protocol InferenceWorker: Sendable {
     func restart(reason: String) async
 }
 
-/// A wake-up for the scheduler loop: new work, a free slot, a cancel, or the worker becoming ready.
+/// A wake-up for the dispatcher loop: new work, a free slot, a cancel, or the worker becoming ready.
 /// Wake-ups coalesce; the loop re-reads the store each time, so none of them carries data.
-public struct SchedulerSignal: Sendable {
+public struct DispatchSignal: Sendable {
     private let stream: AsyncStream<Void>
     private let continuation: AsyncStream<Void>.Continuation
 

@@ -99,7 +99,7 @@ public struct TaskRecord: Sendable, Equatable {
     }
 }
 
-/// What the scheduler learns when a task leaves the worker.
+/// What the dispatcher learns when a task leaves the worker.
 public enum TaskOutcome: Sendable, Equatable {
     case succeeded(TaskResult)
     case failed(reason: String)

@@ -28,11 +28,11 @@ public struct WorkerLaunch: Sendable {
 }
 
 /// Runs the Python worker as a child process, restarts it with backoff when it dies, and routes protocol
-/// messages between it and the jobs the scheduler started. A dead worker never takes the service down: the
-/// jobs it held end with `.workerLost` and the scheduler re-queues or fails them.
+/// messages between it and the jobs the dispatcher started. A dead worker never takes the service down: the
+/// jobs it held end with `.workerLost` and the dispatcher re-queues or fails them.
 public actor WorkerSupervisor: InferenceWorker, Service {
     private let launch: WorkerLaunch
-    private let signal: SchedulerSignal
+    private let signal: DispatchSignal
     private let metrics: ServiceMetrics
     private let logger: Logger
     private let maxBackoff: Duration
@@ -48,7 +48,7 @@ public actor WorkerSupervisor: InferenceWorker, Service {
 
     public init(
         launch: WorkerLaunch,
-        signal: SchedulerSignal,
+        signal: DispatchSignal,
         metrics: ServiceMetrics,
         logger: Logger,
         maxBackoff: Duration = .seconds(30)

@@ -226,6 +226,20 @@ public struct SQLiteTaskStore: TaskStore {
         }
     }
 
+    public func cancelRequested(among ids: [String]) async throws -> Set<String> {
+        guard !ids.isEmpty else { return [] }
+        return try await database.read { db in
+            let marks = databaseQuestionMarks(count: ids.count)
+            return Set(
+                try String.fetchAll(
+                    db,
+                    sql: "SELECT id FROM tasks WHERE cancel_requested = 1 AND status = 'InProgress' AND id IN (\(marks))",
+                    arguments: StatementArguments(ids)
+                )
+            )
+        }
+    }
+
     public func requeue(id: String, maxAttempts: Int, reason: String, countAttempt: Bool) async throws
         -> RequeueOutcome
     {

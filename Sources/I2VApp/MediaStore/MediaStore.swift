@@ -1,0 +1,68 @@
+import Foundation
+
+/// The files of tasks: each task's prepared input image and each finished video, named by key under one
+/// storage root. Everything that writes, locates or deletes such a file goes through here, so a shared
+/// root (several nodes on one filesystem) needs changes in this one place only.
+public struct MediaStore: Sendable {
+    public let inputsDirectory: URL
+    public let videosDirectory: URL
+
+    public init(inputsDirectory: URL, videosDirectory: URL) {
+        self.inputsDirectory = inputsDirectory
+        self.videosDirectory = videosDirectory
+    }
+
+    public func createDirectories() throws {
+        for directory in [inputsDirectory, videosDirectory] {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        }
+    }
+
+    /// Where the prepared input of a task lives.
+    public func inputURL(taskID: String) -> URL {
+        inputsDirectory.appending(path: "\(taskID).png")
+    }
+
+    /// Where a video lives; `name` is the random name the video is published under.
+    public func videoURL(name: String) -> URL {
+        videosDirectory.appending(path: "\(name).mp4")
+    }
+
+    /// Writes a task's input in one step (a reader never sees half a file) and returns where it is.
+    public func writeInput(_ bytes: [UInt8], taskID: String) throws -> URL {
+        let url = inputURL(taskID: taskID)
+        try FileManager.default.createDirectory(at: inputsDirectory, withIntermediateDirectories: true)
+        try Data(bytes).write(to: url, options: .atomic)
+        return url
+    }
+
+    /// Deletes a file if it is there. Several nodes may sweep the same root, so "already gone" is success.
+    public func remove(_ url: URL) {
+        try? FileManager.default.removeItem(at: url)
+    }
+
+    public func removeInput(path: String) {
+        remove(URL(fileURLWithPath: path))
+    }
+
+    public func removeVideo(name: String) {
+        remove(videoURL(name: name))
+    }
+
+    /// Files under the root that no name in `referenced` accounts for and that were last modified before
+    /// `cutoff` (younger ones may still be being written by a submit or an encode).
+    public func unreferencedFiles(referenced: Set<String>, modifiedBefore cutoff: Date) -> [URL] {
+        [inputsDirectory, videosDirectory].flatMap { directory -> [URL] in
+            let files = (try? FileManager.default.contentsOfDirectory(
+                at: directory,
+                includingPropertiesForKeys: [.contentModificationDateKey],
+                options: [.skipsSubdirectoryDescendants]
+            )) ?? []
+            return files.filter { file in
+                guard !referenced.contains(file.lastPathComponent) else { return false }
+                let modified = (try? file.resourceValues(forKeys: [.contentModificationDateKey]).contentModificationDate) ?? cutoff
+                return modified < cutoff
+            }
+        }
+    }
+}

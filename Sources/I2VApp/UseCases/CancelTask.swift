@@ -1,0 +1,41 @@
+import Logging
+
+/// What a cancel request came to.
+enum CancelResult: Sendable, Equatable {
+    /// The task is cancelled (a queued one at once) or will end Cancelled (a running one): either way it
+    /// ends `Cancelled`, whatever the worker was doing when the request arrived.
+    case accepted
+    /// It had already ended this way; nothing changed.
+    case alreadyEnded(TaskStatus)
+    case notFound
+}
+
+/// Cancels a task for its owner. The request is recorded in the store, the one place every node reads:
+/// the dispatcher running the task learns of it there.
+struct CancelTask: Sendable {
+    let store: any TaskStore
+    let media: MediaStore
+    let queueChanged: DispatchSignal
+    let metrics: ServiceMetrics
+
+    func callAsFunction(id: String, owner: String, logger: Logger) async throws -> CancelResult {
+        switch try await store.cancel(id: id, ownerKeyHash: owner) {
+        case .cancelledQueued:
+            logger.info("queued task cancelled")
+            metrics.recordOutcome(.cancelled)
+            media.remove(media.inputURL(taskID: id))
+            queueChanged.wake()
+            return .accepted
+        case .cancelRequested:
+            logger.info("cancel requested for running task")
+            queueChanged.wake()
+            return .accepted
+        case .alreadyCancelled:
+            return .accepted
+        case .alreadyFinished(let status):
+            return .alreadyEnded(status)
+        case .notFound:
+            return .notFound
+        }
+    }
+}

@@ -1,0 +1,33 @@
+import ImageIntake
+
+/// The use cases every API surface shares, built once from the service's parts.
+struct TaskUseCases: Sendable {
+    let submit: SubmitTask
+    let read: ReadTask
+    let cancel: CancelTask
+
+    init(
+        store: any TaskStore,
+        media: MediaStore,
+        intake: ImageIntake,
+        catalog: ModelCatalog,
+        queueChanged: DispatchSignal,
+        deviceMemory: @escaping @Sendable () async -> WorkerMemory?,
+        metrics: ServiceMetrics,
+        configuration: ServiceConfiguration
+    ) {
+        submit = SubmitTask(
+            store: store,
+            media: media,
+            intake: intake,
+            catalog: catalog,
+            rateLimiter: SubmitRateLimiter(perMinute: configuration.submitsPerMinute),
+            queueChanged: queueChanged,
+            deviceMemory: deviceMemory,
+            metrics: metrics,
+            limits: .init(maxQueued: configuration.maxQueued, submitsPerMinute: configuration.submitsPerMinute)
+        )
+        read = ReadTask(store: store)
+        cancel = CancelTask(store: store, media: media, queueChanged: queueChanged, metrics: metrics)
+    }
+}
