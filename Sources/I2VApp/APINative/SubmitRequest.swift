@@ -1,34 +1,17 @@
 import Foundation
 import ImageIntake
 
-/// Wan's recommended negative prompt, the reference service's default.
-let defaultNegativePrompt =
-    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, poorly drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, messy background, three legs, many people in the background, walking backwards"
-
-/// A `/video/submit` body that passed validation. Validation is complete and ours:
-/// every rule on both sides of its bound, lengths in Unicode scalars (as Python counts them), types and
-/// `null` told apart, unknown fields ignored.
-struct SubmitRequest: Sendable, Equatable {
-    var imageURL: String
-    var prompt: String
-    var model: String
-    var imageSize: ImageSizeRequest
-    var numFrames: Int
-    var guidanceScale: Double
-    var inferSteps: Int
-    var seed: Int?
-    var negativePrompt: String
-
-    /// The frame count Wan makes for a request: `num_frames // 4 * 4 + 1`.
-    var effectiveFrames: Int { numFrames / 4 * 4 + 1 }
-
+/// The seed API's `/video/submit` body and its validation, in the reference FastAPI service's terms: every
+/// rule on both sides of its bound, lengths in Unicode scalars (as Python counts them), types and `null` told
+/// apart, unknown fields ignored.
+enum SubmitRequest {
     static let imageSizes: [String: ImageSizeRequest] = [
         "auto": .auto,
         "480x832": .fixed(width: 480, height: 832),
         "832x480": .fixed(width: 832, height: 480),
     ]
 
-    static func validate(_ body: JSONValue, modelIDs: [String], defaultModel: String) throws(RequestValidationError) -> SubmitRequest {
+    static func validate(_ body: JSONValue, modelIDs: [String], defaultModel: String) throws(RequestValidationError) -> Submission {
         guard case .object(let fields) = body else {
             throw RequestValidationError(issues: [
                 ValidationIssue("model_attributes_type", field: nil, "Input should be a valid dictionary or object to extract fields from", input: body)
@@ -51,7 +34,7 @@ struct SubmitRequest: Sendable, Equatable {
         guard reader.issues.isEmpty, let imageURL, let prompt, let model, let size, let numFrames, let guidance, let steps, let negative else {
             throw RequestValidationError(issues: reader.issues)
         }
-        return SubmitRequest(
+        return Submission(
             imageURL: imageURL,
             prompt: prompt,
             model: model,

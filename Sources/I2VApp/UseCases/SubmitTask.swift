@@ -40,7 +40,7 @@ struct SubmitTask: Sendable {
     }
 
     /// Queues the task and returns its id.
-    func callAsFunction(_ submission: SubmitRequest, owner: String, logger: Logger) async throws -> String {
+    func callAsFunction(_ submission: Submission, owner: String, logger: Logger) async throws -> String {
         // Checked before the download so a full queue costs nothing; checked again atomically on insert.
         let queued = try await store.counts().queued
         guard queued < limits.maxQueued else { throw SubmitFailure.queueFull(queued: queued) }
