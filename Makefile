@@ -22,10 +22,11 @@ run: swagger-ui
 	$(call WITH_PYTHON_ENV,scripts/install-system-deps.sh run && swift build $(RELEASE_FLAGS) $(SWIFT_BUILD_FLAGS))
 	$(RELEASE_BIN) serve
 
-## make test: the whole suite (Swift and Python)
+## make test: the whole suite (Swift and Python); the store tests get a throwaway PostgreSQL cluster,
+## started before `swift test` and always stopped after it (scripts/test-postgres.sh run)
 test: swagger-ui
 	$(call WITH_PYTHON_ENV,scripts/install-system-deps.sh test && swift build --build-tests $(SWIFT_BUILD_FLAGS))
-	I2V_TEST_STRICT=1 I2V_TEST_PYTHON=$(CURDIR)/.venv/bin/python swift test --skip-build $(SWIFT_BUILD_FLAGS) 2>&1 | tee .build/swift-test.log; test $${PIPESTATUS[0]} -eq 0
+	I2V_TEST_STRICT=1 I2V_TEST_PYTHON=$(CURDIR)/.venv/bin/python scripts/test-postgres.sh run swift test --skip-build $(SWIFT_BUILD_FLAGS) 2>&1 | tee .build/swift-test.log; test $${PIPESTATUS[0]} -eq 0
 	$(MAKE) test-python
 
 test-python: python-env

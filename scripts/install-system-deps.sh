@@ -6,7 +6,7 @@ set -euo pipefail
 purpose="${1:-run}"
 packages=(pkg-config libvips-dev libsqlite3-dev ffmpeg)
 case "$purpose" in
-  test) packages+=(chromium fonts-dejavu-core) ;;
+  test) packages+=(chromium fonts-dejavu-core postgresql) ;;
   bench) packages+=(wrk) ;;
   run) ;;
   *) echo "unknown purpose: $purpose" >&2; exit 2 ;;

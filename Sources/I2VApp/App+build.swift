@@ -15,13 +15,16 @@ import SystemPackage
 
 /// What a test may put in place of the real parts.
 public struct AppOverrides: Sendable {
-    /// Replaces the supervised Python worker.
+    /// Replaces the supervised Python worker (a node of one worker).
     public var worker: (any InferenceWorker)?
+    /// Replaces the supervised Python workers, one per device; wins over `worker`.
+    public var workers: [any InferenceWorker]
     /// Replaces the catalog read from the checkpoint.
     public var catalog: ModelCatalog?
 
-    public init(worker: (any InferenceWorker)? = nil, catalog: ModelCatalog? = nil) {
+    public init(worker: (any InferenceWorker)? = nil, workers: [any InferenceWorker] = [], catalog: ModelCatalog? = nil) {
         self.worker = worker
+        self.workers = workers
         self.catalog = catalog
     }
 }
@@ -34,46 +37,60 @@ public func buildApplication(configuration: ServiceConfiguration, overrides: App
     var logger = Logger(label: "i2v-server")
     logger.logLevel = Logger.Level(rawValue: configuration.logLevel.lowercased()) ?? .info
 
-    if let url = configuration.databaseURL, !url.hasPrefix("sqlite:") {
-        throw ConfigurationProblem(
-            "I2V_DATABASE_URL=\(url.split(separator: "@").last ?? "…") is not supported by this build: only the SQLite store is available yet (unset it to use \(configuration.databaseFile.path))"
-        )
-    }
     try FileManager.default.createDirectory(at: configuration.dataDirectory, withIntermediateDirectories: true)
     let media = MediaStore(inputsDirectory: configuration.inputsDirectory, videosDirectory: configuration.videosDirectory)
     try media.createDirectories()
-    let store = try SQLiteTaskStore(path: configuration.databaseFile.path)
+    let (store, storeService) = try await makeTaskStore(configuration: configuration, logger: logger)
     let keyring = try APIKeyring.load(configured: configuration.apiKeys, dataDirectory: configuration.dataDirectory, logger: logger)
     let metrics = ServiceMetrics()
     let signal = DispatchSignal()
 
-    let worker: any InferenceWorker
-    let supervisor: WorkerSupervisor?
+    let doubles = overrides.workers.isEmpty ? overrides.worker.map { [$0] } ?? [] : overrides.workers
+    var supervisors: [WorkerSupervisor] = []
+    let pool: WorkerPool
     let catalog: ModelCatalog
-    if let override = overrides.worker {
-        worker = override
-        supervisor = nil
+    if !doubles.isEmpty {
+        // Doubles stand in for the configured devices' workers, or for CPU workers where no list matches them.
+        let labels: [String] = if case .list(let devices) = configuration.devices, devices.count == doubles.count { devices }
+            else { Array(repeating: "cpu", count: doubles.count) }
+        let capacity = configuration.maxConcurrent ?? WorkerPool.defaultCapacity(workers: doubles.count)
+        let slots = WorkerPool.slotsPerWorker(total: capacity, workers: doubles.count)
+        pool = WorkerPool(
+            members: doubles.enumerated().map { .init(index: $0.offset, device: labels[$0.offset], worker: $0.element, slots: slots) },
+            capacity: capacity,
+            metrics: metrics
+        )
         catalog = overrides.catalog ?? ModelCatalog(models: [ServedModel(id: "test-model", nativeArea: 15_360)])
     } else {
         let checkpoint = try await resolveCheckpoint(configuration: configuration, logger: logger)
         catalog = overrides.catalog ?? ModelCatalog.load(checkpoint: checkpoint)
-        let launched = WorkerSupervisor(
-            launch: workerLaunch(configuration: configuration, checkpoint: checkpoint),
-            signal: signal,
-            metrics: metrics,
-            logger: logger
+        let devices = try await configuration.devices.resolve(logger: logger)
+        let capacity = configuration.maxConcurrent ?? WorkerPool.defaultCapacity(workers: devices.count)
+        let slots = WorkerPool.slotsPerWorker(total: capacity, workers: devices.count)
+        for (index, device) in devices.enumerated() {
+            supervisors.append(WorkerSupervisor(
+                launch: workerLaunch(configuration: configuration, checkpoint: checkpoint, device: device, slots: slots),
+                index: index,
+                device: device,
+                signal: signal,
+                metrics: metrics,
+                logger: logger
+            ))
+        }
+        pool = WorkerPool(
+            members: supervisors.map { .init(index: $0.index, device: $0.device, worker: $0, slots: slots) },
+            capacity: capacity,
+            metrics: metrics
         )
-        worker = launched
-        supervisor = launched
+        logger.info("inference workers", metadata: ["devices": "\(devices.joined(separator: ","))", "slots_each": "\(slots)", "total": "\(capacity)"])
     }
 
     let dispatcher = Dispatcher(
         store: store,
         media: media,
-        worker: worker,
+        pool: pool,
         signal: signal,
         configuration: .init(
-            maxConcurrent: configuration.maxConcurrent,
             maxAttempts: configuration.maxAttempts,
             cancelGrace: configuration.cancelGrace,
             shutdownGrace: configuration.shutdownGrace
@@ -112,7 +129,7 @@ public func buildApplication(configuration: ServiceConfiguration, overrides: App
                 intake: intake,
                 catalog: catalog,
                 queueChanged: signal,
-                deviceMemory: { await worker.readiness()?.memory },
+                deviceMemory: { await pool.largestFreeMemory() },
                 metrics: metrics,
                 configuration: configuration
             ),
@@ -120,15 +137,16 @@ public func buildApplication(configuration: ServiceConfiguration, overrides: App
             metrics: metrics,
             configuration: configuration
         ),
-        operations: OperationsController(store: store, worker: worker, supervisor: supervisor, catalog: catalog, metrics: metrics),
+        operations: OperationsController(store: store, pool: pool, catalog: catalog, metrics: metrics),
         keyring: keyring,
         logger: logger
     )
     // Shut down in reverse order: HTTP first, then the sweeper, then the dispatcher (which drains running
-    // jobs), and the worker last, so the dispatcher can still talk to it while it drains.
-    var services: [any Service] = []
-    if let supervisor { services.append(supervisor) }
+    // jobs), and the workers last, so the dispatcher can still talk to them while it drains.
+    var services: [any Service] = supervisors
     services.append(contentsOf: [dispatcher, sweeper, ImageIntakeService(intake: intake)] as [any Service])
+    // The store's connection pool stops after everything else: the dispatcher records how its jobs ended.
+    if let storeService { services.insert(storeService, at: 0) }
     return Application(
         router: router,
         server: configuration.makeHTTPServer(),
@@ -198,16 +216,16 @@ func workerPythonPath(_ configuration: ServiceConfiguration) -> String {
     return configuration.workerDirectory.path + inherited
 }
 
-func workerLaunch(configuration: ServiceConfiguration, checkpoint: String) -> WorkerLaunch {
+func workerLaunch(configuration: ServiceConfiguration, checkpoint: String, device: String, slots: Int) -> WorkerLaunch {
     var environment = [
         "PYTHONPATH": workerPythonPath(configuration),
         "I2V_MODEL_PATH": checkpoint,
-        "I2V_WORKER_SLOTS": String(configuration.maxConcurrent),
+        "I2V_WORKER_SLOTS": String(slots),
         "I2V_CPU_OFFLOAD": configuration.cpuOffload ? "1" : "0",
         "I2V_VAE_TILING": configuration.vaeTiling ? "1" : "0",
         "PYTHONUNBUFFERED": "1",
     ]
-    if let device = configuration.device { environment["I2V_DEVICE"] = device }
+    environment.merge(DeviceSelection.workerEnvironment(device: device)) { _, pinned in pinned }
     return WorkerLaunch(
         executable: absolutePython(configuration.pythonExecutable),
         arguments: ["-m", "i2v_worker"],

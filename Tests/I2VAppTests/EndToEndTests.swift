@@ -109,6 +109,44 @@ struct EndToEndTests {
             #expect(try await client.waitFor(next, status: "Succeed", timeout: .seconds(120))["status"] as? String == "Succeed")
         }
     }
+
+    @Test func twoCPUWorkersRunAJobEachAndKillingOneRequeuesOnlyItsJob() async throws {
+        try await EndToEnd.withService(["i2v.devices": "cpu,cpu", "i2v.maxConcurrent": 2, "i2v.maxAttempts": 2]) { client, dataDir in
+            var pids: [Int] = []
+            try #require(await eventually("both workers ready") {
+                let workers = try await client.execute(uri: "/ready", method: .get).jsonObject()["workers"] as? [[String: Any]] ?? []
+                pids = workers.compactMap { $0["pid"] as? Int }
+                return workers.count == 2 && workers.allSatisfy { $0["state"] as? String == "ready" }
+            })
+            #expect(Set(pids).count == 2, "each worker is its own process: \(pids)")
+            // The first goes to worker 0; the second to worker 1, the one without a job.
+            let first = try await client.submit(imageURL: "\(EndToEnd.imageBase)/image.png", extra: #","infer_steps":40"#, frames: 64)
+            let second = try await client.submit(imageURL: "\(EndToEnd.imageBase)/image.png", extra: #","infer_steps":40"#, frames: 64)
+            try #require(await eventually("both jobs in progress at once") {
+                let a = try await client.status(first), b = try await client.status(second)
+                return EndToEnd.step(a) >= 1 && EndToEnd.step(b) >= 2
+            })
+            let busy = try await client.execute(uri: "/ready", method: .get).jsonObject()["workers"] as? [[String: Any]]
+            #expect(busy?.map { $0["running"] as? Int } == [1, 1])
+
+            #expect(kill(pid_t(pids[1]), SIGKILL) == 0)
+            let kept = try await client.waitFor(first, status: "Succeed", timeout: .seconds(180))
+            #expect(kept["status"] as? String == "Succeed", "\(kept)")
+            let requeued = try await client.waitFor(second, status: "Succeed", timeout: .seconds(180))
+            #expect(requeued["status"] as? String == "Succeed", "\(requeued)")
+            let store = try SQLiteTaskStore(path: dataDir.appending(path: "tasks.sqlite").path)
+            #expect(try await store.task(id: first)?.attempts == 1, "the other worker's job ran once")
+            #expect(try await store.task(id: second)?.attempts == 2, "the killed worker's job ran again")
+
+            try #require(await eventually("the killed worker back") {
+                let workers = try await client.execute(uri: "/ready", method: .get).jsonObject()["workers"] as? [[String: Any]] ?? []
+                return workers.count == 2 && workers[1]["state"] as? String == "ready"
+            })
+            let after = try #require(try await client.execute(uri: "/ready", method: .get).jsonObject()["workers"] as? [[String: Any]])
+            #expect(after[0]["pid"] as? Int == pids[0] && after[0]["restarts"] as? Int == 0)
+            #expect(after[1]["pid"] as? Int != pids[1] && after[1]["restarts"] as? Int == 1)
+        }
+    }
 }
 
 enum EndToEnd {
@@ -168,6 +206,10 @@ enum EndToEnd {
             try await Task.sleep(for: .milliseconds(200))
         }
         Issue.record("the worker did not become ready within 120 s")
+    }
+
+    static func step(_ status: [String: Any]) -> Int {
+        (status["progress"] as? [String: Any])?["step"] as? Int ?? 0
     }
 
     static func waitForStep(_ client: some TestClientProtocol, _ id: String, atLeast step: Int) async throws {

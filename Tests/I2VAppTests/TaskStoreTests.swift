@@ -1,10 +1,12 @@
 import Foundation
 import Configuration
-import Logging
-import ImageIntake
+import Hummingbird
+import HummingbirdTesting
 import Testing
 @testable import I2VApp
 
+/// Every store case runs against both stores: SQLite, and PostgreSQL on the test cluster (skipped without
+/// one, a failure under `I2V_TEST_STRICT=1`).
 @Suite struct TaskStoreTests {
     static func record(_ id: String, owner: String = "owner") -> TaskRecord {
         TaskRecord(
@@ -19,87 +21,358 @@ import Testing
         )
     }
 
-    @Test func fifoClaimsPositionsAndTheQueueCap() async throws {
-        let directory = try TemporaryDirectory()
-        let store = try SQLiteTaskStore(path: directory.url.appending(path: "tasks.sqlite").path)
-        for index in 0..<3 { try await store.enqueue(Self.record("t\(index)"), maxQueued: 3) }
-        await #expect(throws: QueueFullError.self) { try await store.enqueue(Self.record("t3"), maxQueued: 3) }
-        #expect(try await store.queuePosition(id: "t2") == 3)
-        let first = try await store.claimNext()
-        #expect(first?.id == "t0" && first?.status == .inProgress && first?.attempts == 1)
-        #expect(try await store.queuePosition(id: "t2") == 2)
-        #expect(try await store.queuePosition(id: "t0") == nil)
-        #expect(try await store.counts() == QueueCounts(queued: 2, running: 1))
+    static let result = TaskResult(videoName: "v", width: 16, height: 16, numFrames: 5, fps: 16, inferenceSeconds: 1, encodeSeconds: 0)
+
+    @Test(arguments: StoreKind.allCases)
+    func fifoClaimsPositionsAndTheQueueCap(_ kind: StoreKind) async throws {
+        try await withStore(kind) { store in
+            for index in 0..<3 { try await store.enqueue(Self.record("t\(index)"), maxQueued: 3) }
+            await #expect(throws: QueueFullError.self) { try await store.enqueue(Self.record("t3"), maxQueued: 3) }
+            #expect(try await store.queuePosition(id: "t2") == 3)
+            let first = try await store.claimNext()
+            #expect(first?.id == "t0" && first?.status == .inProgress && first?.attempts == 1)
+            #expect(first?.progressStep == 0 && first?.progressTotal == 30 && first?.startedAt != nil)
+            #expect(try await store.queuePosition(id: "t2") == 2)
+            #expect(try await store.queuePosition(id: "t0") == nil)
+            #expect(try await store.queuePosition(id: "nope") == nil)
+            #expect(try await store.counts() == QueueCounts(queued: 2, running: 1))
+            #expect(try await store.claimNext()?.id == "t1")
+            #expect(try await store.claimNext()?.id == "t2")
+            #expect(try await store.claimNext() == nil)
+        }
     }
 
-    @Test func recoveryRequeuesOnceThenFails() async throws {
-        let directory = try TemporaryDirectory()
-        let path = directory.url.appending(path: "tasks.sqlite").path
-        do {
-            let store = try SQLiteTaskStore(path: path)
+    @Test(arguments: StoreKind.allCases)
+    func recoveryRequeuesOnceThenFails(_ kind: StoreKind) async throws {
+        try await withStoreDatabase(kind) { database in
+            try await database.withStore { store in
+                try await store.enqueue(Self.record("a"), maxQueued: 10)
+                _ = try await store.claimNext()
+            }
+            // A new process opens the same database: the running task goes back to the queue, once.
+            try await database.withStore { reopened in
+                #expect(try await reopened.recoverInterrupted(maxAttempts: 2) == ["a": .requeued])
+                let requeued = try await reopened.task(id: "a")
+                #expect(requeued?.status == .inQueue && requeued?.startedAt == nil && requeued?.progressStep == nil)
+                #expect(try await reopened.claimNext()?.attempts == 2)
+                let outcomes = try await reopened.recoverInterrupted(maxAttempts: 2)
+                guard case .failed(let reason) = outcomes["a"] else {
+                    Issue.record("expected failure, got \(outcomes)")
+                    return
+                }
+                #expect(reason.contains("2 attempts"))
+                let task = try await reopened.task(id: "a")
+                #expect(task?.status == .failed && task?.reason == reason && task?.finishedAt != nil)
+                #expect(try await reopened.recoverInterrupted(maxAttempts: 2).isEmpty)
+            }
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func requeueCountsAttemptsUnlessToldNotTo(_ kind: StoreKind) async throws {
+        try await withStore(kind) { store in
             try await store.enqueue(Self.record("a"), maxQueued: 10)
+            try await store.enqueue(Self.record("b"), maxQueued: 10)
+            #expect(try await store.requeue(id: "a", maxAttempts: 1, reason: "x", countAttempt: true) == .notRunning)
             _ = try await store.claimNext()
+            // Not the task's fault (the worker restarted): the attempt is given back.
+            #expect(try await store.requeue(id: "a", maxAttempts: 1, reason: "worker restarted", countAttempt: false) == .requeued)
+            #expect(try await store.task(id: "a")?.attempts == 0)
+            // Back at the front of the queue, ahead of the younger task.
+            #expect(try await store.queuePosition(id: "a") == 1)
+            #expect(try await store.claimNext()?.id == "a")
+            let outcome = try await store.requeue(id: "a", maxAttempts: 1, reason: "worker died", countAttempt: true)
+            #expect(outcome == .failed(reason: "worker died; gave up after 1 attempt"))
+            #expect(try await store.task(id: "a")?.status == .failed)
         }
-        // A new process opens the same file: the running task goes back to the queue, once.
-        let reopened = try SQLiteTaskStore(path: path)
-        #expect(try await reopened.recoverInterrupted(maxAttempts: 2) == ["a": .requeued])
-        #expect(try await reopened.task(id: "a")?.status == .inQueue)
-        #expect(try await reopened.claimNext()?.attempts == 2)
-        let outcomes = try await reopened.recoverInterrupted(maxAttempts: 2)
-        guard case .failed(let reason) = outcomes["a"] else {
-            Issue.record("expected failure, got \(outcomes)")
-            return
-        }
-        #expect(reason.contains("2 attempts"))
-        let task = try await reopened.task(id: "a")
-        #expect(task?.status == .failed && task?.reason == reason && task?.finishedAt != nil)
     }
 
-    @Test func cancelOutcomesAndOwnership() async throws {
-        let directory = try TemporaryDirectory()
-        let store = try SQLiteTaskStore(path: directory.url.appending(path: "tasks.sqlite").path)
-        try await store.enqueue(Self.record("q"), maxQueued: 10)
-        try await store.enqueue(Self.record("r"), maxQueued: 10)
-        #expect(try await store.cancel(id: "q", ownerKeyHash: "someone else") == .notFound)
-        #expect(try await store.cancel(id: "q", ownerKeyHash: "owner") == .cancelledQueued)
-        #expect(try await store.cancel(id: "q", ownerKeyHash: "owner") == .alreadyCancelled)
-        #expect(try await store.claimNext()?.id == "r")
-        #expect(try await store.cancel(id: "r", ownerKeyHash: "owner") == .cancelRequested)
-        // A running task the client cancelled is never put back in the queue.
-        #expect(try await store.requeue(id: "r", maxAttempts: 5, reason: "worker died", countAttempt: true) == .cancelled)
-        #expect(try await store.task(id: "r")?.status == .cancelled)
-        #expect(try await store.cancel(id: "nope", ownerKeyHash: "owner") == .notFound)
+    @Test(arguments: StoreKind.allCases)
+    func cancelOutcomesAndOwnership(_ kind: StoreKind) async throws {
+        try await withStore(kind) { store in
+            try await store.enqueue(Self.record("q"), maxQueued: 10)
+            try await store.enqueue(Self.record("r"), maxQueued: 10)
+            #expect(try await store.cancel(id: "q", ownerKeyHash: "someone else") == .notFound)
+            #expect(try await store.cancel(id: "q", ownerKeyHash: "owner") == .cancelledQueued)
+            #expect(try await store.cancel(id: "q", ownerKeyHash: "owner") == .alreadyCancelled)
+            #expect(try await store.claimNext()?.id == "r")
+            #expect(try await store.cancelRequested(among: ["r", "q"]).isEmpty)
+            #expect(try await store.cancel(id: "r", ownerKeyHash: "owner") == .cancelRequested)
+            #expect(try await store.cancelRequested(among: ["r", "q", "nope"]) == ["r"])
+            #expect(try await store.cancelRequested(among: []).isEmpty)
+            // A running task the client cancelled is never put back in the queue.
+            #expect(try await store.requeue(id: "r", maxAttempts: 5, reason: "worker died", countAttempt: true) == .cancelled)
+            #expect(try await store.task(id: "r")?.status == .cancelled)
+            #expect(try await store.cancel(id: "r", ownerKeyHash: "owner") == .alreadyCancelled)
+            #expect(try await store.cancel(id: "nope", ownerKeyHash: "owner") == .notFound)
+        }
     }
 
     /// A cancel acknowledged with 200 is a promise: a result that arrives afterwards (the worker was past its
     /// last step, decoding or encoding) still ends the task Cancelled, with no result kept.
-    @Test func aResultAfterAnAcknowledgedCancelEndsCancelled() async throws {
-        let directory = try TemporaryDirectory()
-        let store = try SQLiteTaskStore(path: directory.url.appending(path: "tasks.sqlite").path)
-        try await store.enqueue(Self.record("late"), maxQueued: 10)
-        try await store.enqueue(Self.record("kept"), maxQueued: 10)
-        _ = try await store.claimNext()
-        _ = try await store.claimNext()
-        #expect(try await store.cancel(id: "late", ownerKeyHash: "owner") == .cancelRequested)
-        let result = TaskResult(videoName: "v", width: 16, height: 16, numFrames: 5, fps: 16, inferenceSeconds: 1, encodeSeconds: 0)
-        #expect(try await store.finish(id: "late", outcome: .succeeded(result)) == .ended(.cancelled))
-        let late = try await store.task(id: "late")
-        #expect(late?.status == .cancelled && late?.result == nil && late?.reason == "cancelled by the client")
-        #expect(try await store.finish(id: "kept", outcome: .succeeded(result)) == .ended(.succeed))
-        #expect(try await store.task(id: "kept")?.result?.videoName == "v")
-        // Once ended, a second result changes nothing.
-        #expect(try await store.finish(id: "kept", outcome: .failed(reason: "x")) == .notRunning)
-        #expect(try await store.task(id: "kept")?.status == .succeed)
+    @Test(arguments: StoreKind.allCases)
+    func aResultAfterAnAcknowledgedCancelEndsCancelled(_ kind: StoreKind) async throws {
+        try await withStore(kind) { store in
+            try await store.enqueue(Self.record("late"), maxQueued: 10)
+            try await store.enqueue(Self.record("kept"), maxQueued: 10)
+            _ = try await store.claimNext()
+            _ = try await store.claimNext()
+            #expect(try await store.cancel(id: "late", ownerKeyHash: "owner") == .cancelRequested)
+            #expect(try await store.finish(id: "late", outcome: .succeeded(Self.result)) == .ended(.cancelled))
+            let late = try await store.task(id: "late")
+            #expect(late?.status == .cancelled && late?.result == nil && late?.reason == "cancelled by the client")
+            #expect(try await store.finish(id: "kept", outcome: .succeeded(Self.result)) == .ended(.succeed))
+            #expect(try await store.task(id: "kept")?.result?.videoName == "v")
+            #expect(try await store.cancel(id: "kept", ownerKeyHash: "owner") == .alreadyFinished(.succeed))
+            // Once ended, a second result changes nothing.
+            #expect(try await store.finish(id: "kept", outcome: .failed(reason: "x")) == .notRunning)
+            #expect(try await store.task(id: "kept")?.status == .succeed)
+        }
     }
 
-    @Test func retentionDeletesOldTasks() async throws {
+    /// Everything a task carries comes back as it went in, times to the last bit included.
+    @Test(arguments: StoreKind.allCases)
+    func aRecordRoundTripsEveryField(_ kind: StoreKind) async throws {
+        try await withStore(kind) { store in
+            var submitted = TaskRecord(
+                id: "round-trip",
+                ownerKeyHash: "hash-ü",
+                parameters: TaskParameters(
+                    model: "model-x", prompt: "a prompt with 'quotes', \"double\" and; semicolons -- ünïcödé 🎬",
+                    negativePrompt: "blurry", width: 832, height: 480, numFrames: 81, guidanceScale: 5.25,
+                    inferSteps: 40, seed: Int(Int32.max) + 12_345
+                ),
+                inputPath: "/data/inputs/round-trip.png",
+                intake: IntakeTimings(fetch: 0.125, decode: 0.0625, encode: 1.0 / 3.0),
+                createdAt: Date(timeIntervalSince1970: 1_753_000_000.123_456_7)
+            )
+            try await store.enqueue(submitted, maxQueued: 10)
+            #expect(try await store.task(id: "round-trip") == submitted)
+
+            let claimed = try #require(try await store.claimNext())
+            try await store.recordProgress(id: "round-trip", step: 7, total: 40)
+            submitted.status = .inProgress
+            submitted.attempts = 1
+            submitted.progressStep = 7
+            submitted.progressTotal = 40
+            submitted.startedAt = claimed.startedAt
+            #expect(try await store.task(id: "round-trip") == submitted)
+
+            let result = TaskResult(
+                videoName: "vid-1", width: 832, height: 480, numFrames: 81, fps: 16, inferenceSeconds: 12.5,
+                encodeSeconds: 0.75
+            )
+            #expect(try await store.finish(id: "round-trip", outcome: .succeeded(result)) == .ended(.succeed))
+            let finished = try #require(try await store.task(id: "round-trip"))
+            submitted.status = .succeed
+            submitted.progressStep = nil
+            submitted.progressTotal = nil
+            submitted.result = result
+            submitted.finishedAt = finished.finishedAt
+            #expect(finished == submitted)
+            #expect(finished.finishedAt != nil)
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func videoExpiryAndReferencedFiles(_ kind: StoreKind) async throws {
+        try await withStore(kind) { store in
+            for id in ["done", "failed", "waiting"] { try await store.enqueue(Self.record(id), maxQueued: 10) }
+            _ = try await store.claimNext()
+            _ = try await store.claimNext()
+            try await store.finish(id: "done", outcome: .succeeded(Self.result))
+            try await store.finish(id: "failed", outcome: .failed(reason: "boom"))
+            #expect(try await store.task(id: "failed")?.reason == "boom")
+            #expect(try await store.referencedFileNames() == ["done.png", "failed.png", "waiting.png", "v.mp4"])
+
+            #expect(try await store.tasksWithVideosFinished(before: Date().addingTimeInterval(-60)).isEmpty)
+            #expect(try await store.tasksWithVideosFinished(before: Date().addingTimeInterval(1)).map(\.id) == ["done"])
+            try await store.markVideoExpired(id: "done")
+            #expect(try await store.task(id: "done")?.videoExpired == true)
+            #expect(try await store.tasksWithVideosFinished(before: Date().addingTimeInterval(1)).isEmpty)
+            try await store.ping()
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func retentionDeletesOldTasks(_ kind: StoreKind) async throws {
+        try await withStore(kind) { store in
+            try await store.enqueue(Self.record("old"), maxQueued: 10)
+            try await store.enqueue(Self.record("queued"), maxQueued: 10)
+            _ = try await store.claimNext()
+            try await store.finish(id: "old", outcome: .failed(reason: "x"))
+            #expect(try await store.deleteTasks(finishedBefore: Date().addingTimeInterval(-60)).isEmpty)
+            #expect(try await store.deleteTasks(finishedBefore: Date().addingTimeInterval(1)).map(\.id) == ["old"])
+            #expect(try await store.task(id: "old") == nil)
+            #expect(try await store.task(id: "queued")?.status == .inQueue)
+        }
+    }
+
+    // MARK: Several nodes on one database
+
+    /// Twenty claims at once, from two stores (two nodes), over ten tasks: every task goes to exactly one claim.
+    @Test(arguments: StoreKind.allCases)
+    func concurrentClaimsNeverShareATask(_ kind: StoreKind) async throws {
+        try await withStoreDatabase(kind) { database in
+            try await database.withStore { first in
+                try await database.withStore { second in
+                    for index in 0..<10 { try await first.enqueue(Self.record("c\(index)"), maxQueued: 100) }
+                    // Open the pools' connections first, so that the claims below really overlap.
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        for index in 0..<20 {
+                            let store = index.isMultiple(of: 2) ? first : second
+                            group.addTask { _ = try await store.counts() }
+                        }
+                        try await group.waitForAll()
+                    }
+                    // No claim may come back empty while a task is still waiting: every task is claimed.
+                    let claimed = try await withThrowingTaskGroup(of: String?.self) { group in
+                        for index in 0..<20 {
+                            let store = index.isMultiple(of: 2) ? first : second
+                            group.addTask { try await store.claimNext()?.id }
+                        }
+                        var ids: [String] = []
+                        for try await id in group { if let id { ids.append(id) } }
+                        return ids
+                    }
+                    #expect(claimed.count == 10)
+                    #expect(Set(claimed) == Set((0..<10).map { "c\($0)" }))
+                    #expect(try await second.counts() == QueueCounts(queued: 0, running: 10))
+                    for index in 0..<10 { #expect(try await first.task(id: "c\(index)")?.attempts == 1) }
+                }
+            }
+        }
+    }
+
+    /// A task another node is in the middle of claiming (its row locked) is passed over, not waited for.
+    @Test func aClaimSkipsATaskAnotherNodeIsClaiming() async throws {
+        try await withFreshPostgresDatabase { endpoint in
+            // A claim that waited for the lock would fail here instead of hanging the test.
+            try await withPostgresConnection(endpoint) { connection in
+                try await connection.query("ALTER DATABASE \(unescaped: endpoint.database) SET lock_timeout = '10s'", logger: TestCluster.logger)
+            }
+            try await withPostgresStore(endpoint) { store in
+                try await store.enqueue(Self.record("held"), maxQueued: 10)
+                try await store.enqueue(Self.record("free"), maxQueued: 10)
+                try await withPostgresConnection(endpoint) { other in
+                    try await other.query("BEGIN", logger: TestCluster.logger)
+                    try await other.query("SELECT id FROM tasks WHERE id = 'held' FOR UPDATE", logger: TestCluster.logger)
+                    #expect(try await store.claimNext()?.id == "free")
+                    try await other.query("ROLLBACK", logger: TestCluster.logger)
+                }
+                #expect(try await store.claimNext()?.id == "held")
+            }
+        }
+    }
+
+    /// Twenty submits at once, from two stores, against a cap of five: exactly five get in.
+    @Test(arguments: StoreKind.allCases)
+    func theQueueCapHoldsUnderConcurrentEnqueues(_ kind: StoreKind) async throws {
+        try await withStoreDatabase(kind) { database in
+            try await database.withStore { first in
+                try await database.withStore { second in
+                    let accepted = try await withThrowingTaskGroup(of: Bool.self) { group in
+                        for index in 0..<20 {
+                            let store = index.isMultiple(of: 2) ? first : second
+                            group.addTask {
+                                do {
+                                    try await store.enqueue(Self.record("e\(index)"), maxQueued: 5)
+                                    return true
+                                } catch let full as QueueFullError {
+                                    #expect(full.queued == 5)
+                                    return false
+                                }
+                            }
+                        }
+                        var accepted = 0
+                        for try await ok in group where ok { accepted += 1 }
+                        return accepted
+                    }
+                    #expect(accepted == 5)
+                    #expect(try await first.counts() == QueueCounts(queued: 5, running: 0))
+                }
+            }
+        }
+    }
+
+    /// Nodes starting together all migrate the same database; restarts migrate it again. Neither changes
+    /// anything twice, and the stores all work on the one schema.
+    @Test(arguments: StoreKind.allCases)
+    func migrationsAreIdempotentWhenRunTwiceOrConcurrently(_ kind: StoreKind) async throws {
+        try await withStoreDatabase(kind) { database in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for index in 0..<3 {
+                    group.addTask {
+                        try await database.withStore { store in
+                            try await store.enqueue(Self.record("m\(index)"), maxQueued: 10)
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let counts = try await database.withStore { store in try await store.counts() }
+            #expect(counts == QueueCounts(queued: 3, running: 0))
+            guard let endpoint = database.endpoint else { return }
+            let applied = try await withPostgresStore(endpoint) { store in
+                var versions: [Int] = []
+                let rows = try await store.client.query("SELECT version FROM schema_migrations ORDER BY version")
+                for try await version in rows.decode(Int.self) { versions.append(version) }
+                return versions
+            }
+            #expect(applied == PostgresTaskStore.migrations.map(\.version))
+        }
+    }
+
+    // MARK: Selecting the store
+
+    @Test func postgresURLsAreParsedAndNeverShowThePassword() throws {
+        let endpoint = try PostgresEndpoint(url: "postgres://i2v:s%3Acret@db.internal:6543/tasks?sslmode=require")
+        #expect(endpoint.host == "db.internal" && endpoint.port == 6543)
+        #expect(endpoint.username == "i2v" && endpoint.password == "s:cret" && endpoint.database == "tasks")
+        #expect(endpoint.tlsMode == .require)
+        #expect(!endpoint.description.contains("cret"))
+        let defaults = try PostgresEndpoint(url: "postgresql://me@localhost")
+        #expect(defaults.port == 5432 && defaults.database == "me" && defaults.password == nil && defaults.tlsMode == .prefer)
+        #expect(throws: ConfigurationProblem.self) { try PostgresEndpoint(url: "mysql://x@y/z") }
+        #expect(throws: ConfigurationProblem.self) { try PostgresEndpoint(url: "postgres://x@y/z?sslmode=sometimes") }
+    }
+
+    /// A database that cannot be reached stops the start with a message naming it (and not its password).
+    @Test func anUnreachableDatabaseIsAClearStartupError() async throws {
         let directory = try TemporaryDirectory()
-        let store = try SQLiteTaskStore(path: directory.url.appending(path: "tasks.sqlite").path)
-        try await store.enqueue(Self.record("old"), maxQueued: 10)
-        _ = try await store.claimNext()
-        try await store.finish(id: "old", outcome: .failed(reason: "x"))
-        #expect(try await store.deleteTasks(finishedBefore: Date().addingTimeInterval(-60)).isEmpty)
-        #expect(try await store.deleteTasks(finishedBefore: Date().addingTimeInterval(1)).map(\.id) == ["old"])
-        #expect(try await store.task(id: "old") == nil)
+        // Nothing listens on port 1 of the loopback: the connection is refused at once.
+        let url = "postgres://i2v:hunter2-secret@127.0.0.1:1/tasks?sslmode=disable"
+        do {
+            _ = try await makeTestApp(dataDir: directory.url, worker: FakeWorker(), ["i2v.databaseUrl": .init(stringLiteral: url)])
+            Issue.record("the app started on an unreachable database")
+        } catch let problem as ConfigurationProblem {
+            #expect(problem.description.contains("127.0.0.1:1/tasks"))
+            #expect(!problem.description.contains("hunter2"))
+        }
+    }
+
+    /// The whole service on PostgreSQL: the pool runs as one of its services, `/ready` pings the store,
+    /// and a submitted task runs to the end.
+    @Test func theServiceRunsOnPostgres() async throws {
+        try await withFreshPostgresDatabase { endpoint in
+            let directory = try TemporaryDirectory()
+            let clusterURL = try #require(TestCluster.url)
+            var components = try #require(URLComponents(string: clusterURL))
+            components.path = "/\(endpoint.database)"
+            let url = try #require(components.string)
+            let app = try await makeTestApp(dataDir: directory.url, worker: FakeWorker(), ["i2v.databaseUrl": .init(stringLiteral: url)])
+            try await withImageServer { base in
+                try await app.test(.router) { client in
+                    #expect(try await client.execute(uri: "/ready", method: .get).status == .ok)
+                    let id = try await client.submit(imageURL: "\(base)/image.png")
+                    let done = try await client.waitFor(id, status: "Succeed")
+                    #expect(done["status"] as? String == "Succeed")
+                }
+            }
+            // What the service recorded is in the database, not in the data dir.
+            #expect(!FileManager.default.fileExists(atPath: directory.url.appending(path: "tasks.sqlite").path))
+            let tasks = try await withPostgresStore(endpoint) { try await $0.counts() }
+            #expect(tasks == QueueCounts(queued: 0, running: 0))
+        }
     }
 }

@@ -12,7 +12,8 @@ public struct ServiceConfiguration: Sendable {
     public var dataDirectory: URL
     public var databaseURL: String?
     public var publicURL: String
-    public var maxConcurrent: Int
+    /// The node's total of jobs at once, as set; nil leaves it to the number of workers.
+    public var maxConcurrent: Int?
     public var maxQueued: Int
     public var videoTTL: Duration
     public var taskRetention: Duration
@@ -35,7 +36,8 @@ public struct ServiceConfiguration: Sendable {
     public var shutdownGrace: Duration
     public var cancelGrace: Duration
     public var modelPath: String?
-    public var device: String?
+    /// One inference worker per entry: `I2V_DEVICES`, or the single `I2V_DEVICE`.
+    public var devices: DeviceSelection
     public var pythonExecutable: String
     /// The worker's source folder, put first on the worker's PYTHONPATH so the server always runs the worker
     /// of its own checkout, whatever the (shared, cached) venv has installed.
@@ -60,7 +62,7 @@ public struct ServiceConfiguration: Sendable {
         self.databaseURL = config.string(forKey: "databaseUrl", isSecret: true).flatMap { $0.isEmpty ? nil : $0 }
         let publicURL = config.string(forKey: "publicUrl", default: "http://localhost:8088")
         self.publicURL = publicURL.hasSuffix("/") ? String(publicURL.dropLast()) : publicURL
-        self.maxConcurrent = max(1, config.int(forKey: "maxConcurrent", default: 2))
+        self.maxConcurrent = config.int(forKey: "maxConcurrent").map { max(1, $0) }
         self.maxQueued = max(1, config.int(forKey: "maxQueued", default: 100))
         self.videoTTL = .seconds(max(1, config.seconds(forKey: "videoTtlSeconds", default: 3600)))
         self.taskRetention = .seconds(max(1, config.seconds(forKey: "taskRetentionSeconds", default: 86400)))
@@ -79,7 +81,7 @@ public struct ServiceConfiguration: Sendable {
         self.shutdownGrace = .seconds(max(0, config.seconds(forKey: "shutdownGraceSeconds", default: 30)))
         self.cancelGrace = .seconds(max(0.1, config.seconds(forKey: "cancelGraceSeconds", default: 30)))
         self.modelPath = config.string(forKey: "modelPath").flatMap { $0.isEmpty ? nil : $0 }
-        self.device = config.string(forKey: "device").flatMap { $0.isEmpty ? nil : $0 }
+        self.devices = DeviceSelection(devices: config.string(forKey: "devices"), device: config.string(forKey: "device"))
         self.pythonExecutable = config.string(forKey: "python", default: ".venv/bin/python")
         self.workerDirectory = URL(
             fileURLWithPath: config.string(forKey: "workerDir", default: "worker"),

@@ -4,11 +4,11 @@ import Logging
 import Metrics
 import ServiceLifecycle
 
-/// The GPU node's dispatcher: moves tasks from the store's queue to the worker, FIFO, never more than `maxConcurrent` at once, and
-/// records how each one ends. Everything it knows is in the store, so a restart picks up where it left off.
+/// The GPU node's dispatcher: moves tasks from the store's queue to the pool's workers, FIFO, each to the least
+/// busy ready worker and never more than the pool's capacity at once, and records how each one ends. Everything
+/// it knows is in the store, so a restart picks up where it left off.
 public actor Dispatcher: Service {
     public struct Configuration: Sendable {
-        public var maxConcurrent: Int
         public var maxAttempts: Int
         public var cancelGrace: Duration
         public var shutdownGrace: Duration
@@ -23,7 +23,7 @@ public actor Dispatcher: Service {
 
     private let store: any TaskStore
     private let media: MediaStore
-    private let worker: any InferenceWorker
+    private let pool: WorkerPool
     private let signal: DispatchSignal
     private let configuration: Configuration
     private let metrics: ServiceMetrics
@@ -34,7 +34,7 @@ public actor Dispatcher: Service {
     public init(
         store: any TaskStore,
         media: MediaStore,
-        worker: any InferenceWorker,
+        pool: WorkerPool,
         signal: DispatchSignal,
         configuration: Configuration,
         metrics: ServiceMetrics,
@@ -42,7 +42,7 @@ public actor Dispatcher: Service {
     ) {
         self.store = store
         self.media = media
-        self.worker = worker
+        self.pool = pool
         self.signal = signal
         self.configuration = configuration
         self.metrics = metrics
@@ -92,19 +92,23 @@ public actor Dispatcher: Service {
     }
 
     private func dispatch(into group: inout DiscardingTaskGroup) async {
-        guard await worker.readiness() != nil else { return }
-        while accepting && running.count < configuration.maxConcurrent {
+        // The worker is chosen before the claim, so a task leaves the queue only when a worker has room for it.
+        while accepting, let member = await pool.reserve() {
             let claimed: TaskRecord?
             do {
                 claimed = try await store.claimNext()
             } catch {
+                await pool.release(member)
                 logger.error("could not claim the next task", metadata: ["error": "\(error)"])
                 return
             }
-            guard let task = claimed else { break }
+            guard let task = claimed else {
+                await pool.release(member)
+                break
+            }
             let (cancels, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
             running[task.id] = RunningJob(cancels: continuation)
-            group.addTask { await self.execute(task, cancels: cancels) }
+            group.addTask { await self.execute(task, on: member, cancels: cancels) }
         }
         await updateGauges()
     }
@@ -149,9 +153,10 @@ public actor Dispatcher: Service {
         }
     }
 
-    private func execute(_ task: TaskRecord, cancels: AsyncStream<Void>) async {
+    private func execute(_ task: TaskRecord, on member: WorkerPool.Member, cancels: AsyncStream<Void>) async {
         var logger = self.logger
         logger[metadataKey: "requestId"] = "\(task.id)"
+        logger[metadataKey: "worker"] = "\(member.index)"
         let videoName = RandomIdentifier.hex128()
         let outputPath = media.videoURL(name: videoName).path
         let p = task.parameters
@@ -172,26 +177,27 @@ public actor Dispatcher: Service {
 
         let end: JobEnd
         do {
-            let updates = try await worker.start(job)
-            end = await follow(updates, task: task, cancels: cancels, logger: logger)
+            let updates = try await member.worker.start(job)
+            end = await follow(updates, task: task, worker: member.worker, cancels: cancels, logger: logger)
         } catch {
             end = .workerLost(reason: "\(error)", restartedByUs: true)
         }
         await record(end, task: task, videoName: videoName, logger: logger)
         running.removeValue(forKey: task.id)
+        await pool.release(member)
         await updateGauges()
         signal.wake()
     }
 
-    /// Follows one job's updates to its end, and turns a client's cancel into a worker cancel with a
-    /// deadline: a worker that does not stop within the grace is restarted.
+    /// Follows one job's updates to its end, and turns a client's cancel into a cancel to the worker that
+    /// holds the job, with a deadline: that worker (and only it) is restarted if it does not stop in time.
     private func follow(
         _ updates: AsyncStream<JobUpdate>,
         task: TaskRecord,
+        worker: any InferenceWorker,
         cancels: AsyncStream<Void>,
         logger: Logger
     ) async -> JobEnd {
-        let worker = self.worker
         let grace = configuration.cancelGrace
         let store = self.store
         let metrics = self.metrics

@@ -27,9 +27,45 @@ public protocol InferenceWorker: Sendable {
     func cancel(taskID: String) async
     /// Kills and restarts the worker process; every job it held ends with `.workerLost(restartedByUs: true)`.
     func restart(reason: String) async
+    /// Where the worker stands, for operators.
+    func status() async -> WorkerStatus
 }
 
-/// A wake-up for the dispatcher loop: new work, a free slot, a cancel, or the worker becoming ready.
+extension InferenceWorker {
+    /// A worker without a process of its own (a test double) is either ready or starting, and never restarts.
+    public func status() async -> WorkerStatus {
+        let ready = await readiness() != nil
+        return WorkerStatus(state: ready ? .ready : .starting, restarts: 0, pid: nil, problem: ready ? nil : "inference worker not ready")
+    }
+}
+
+public enum WorkerState: String, Sendable, Equatable {
+    case ready
+    /// Loading the model for the first time.
+    case starting
+    /// Coming back after its process went away.
+    case restarting
+    /// Its last start ended before it became ready (or it reported a fatal error); it is retried with backoff.
+    case failed
+}
+
+public struct WorkerStatus: Sendable, Equatable {
+    public var state: WorkerState
+    /// Times its process went away other than for a shutdown.
+    public var restarts: Int
+    public var pid: Int32?
+    /// Why it is not ready, in words an operator can act on; nil while it is.
+    public var problem: String?
+
+    public init(state: WorkerState, restarts: Int, pid: Int32?, problem: String?) {
+        self.state = state
+        self.restarts = restarts
+        self.pid = pid
+        self.problem = problem
+    }
+}
+
+/// A wake-up for the dispatcher loop: new work, a free slot, a cancel, or a worker becoming ready.
 /// Wake-ups coalesce; the loop re-reads the store each time, so none of them carries data.
 public struct DispatchSignal: Sendable {
     private let stream: AsyncStream<Void>

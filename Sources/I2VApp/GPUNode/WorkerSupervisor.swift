@@ -29,8 +29,11 @@ public struct WorkerLaunch: Sendable {
 
 /// Runs the Python worker as a child process, restarts it with backoff when it dies, and routes protocol
 /// messages between it and the jobs the dispatcher started. A dead worker never takes the service down: the
-/// jobs it held end with `.workerLost` and the dispatcher re-queues or fails them.
+/// jobs it held end with `.workerLost` and the dispatcher re-queues or fails them. A node runs one per device,
+/// each restarted on its own, so a crash costs only the jobs of that one worker.
 public actor WorkerSupervisor: InferenceWorker, Service {
+    public nonisolated let index: Int
+    public nonisolated let device: String
     private let launch: WorkerLaunch
     private let signal: DispatchSignal
     private let metrics: ServiceMetrics
@@ -45,17 +48,28 @@ public actor WorkerSupervisor: InferenceWorker, Service {
     private var restartReason: String?
     private var processID: Int32?
     private var shuttingDown = false
+    private var restarts = 0
+    /// Starts in a row that ended before the worker became ready: a crash loop, not a one-off loss.
+    private var failedStarts = 0
+    private var reportedFatal = false
 
     public init(
         launch: WorkerLaunch,
+        index: Int = 0,
+        device: String,
         signal: DispatchSignal,
         metrics: ServiceMetrics,
         logger: Logger,
         maxBackoff: Duration = .seconds(30)
     ) {
+        self.index = index
+        self.device = device
         self.launch = launch
         self.signal = signal
         self.metrics = metrics
+        var logger = logger
+        logger[metadataKey: "worker"] = "\(index)"
+        logger[metadataKey: "device"] = "\(device)"
         self.logger = logger
         self.maxBackoff = maxBackoff
     }
@@ -70,6 +84,15 @@ public actor WorkerSupervisor: InferenceWorker, Service {
     /// Why the worker is not ready, for `/ready`.
     public func unavailableReason() -> String {
         lastFailure.map { "inference worker not ready: \($0)" } ?? "inference worker is starting"
+    }
+
+    public func status() -> WorkerStatus {
+        let state: WorkerState =
+            if ready != nil { .ready }
+            else if failedStarts > 0 || reportedFatal { .failed }
+            else if restarts > 0 { .restarting }
+            else { .starting }
+        return WorkerStatus(state: state, restarts: restarts, pid: processID, problem: ready == nil ? unavailableReason() : nil)
     }
 
     public func start(_ job: WorkerJob) throws -> AsyncStream<JobUpdate> {
@@ -208,15 +231,18 @@ public actor WorkerSupervisor: InferenceWorker, Service {
         case .ready(let info):
             guard info.protocol == WorkerProtocol.version else {
                 lastFailure = "worker speaks protocol \(info.protocol), the server speaks \(WorkerProtocol.version)"
+                reportedFatal = true
                 logger.error("\(lastFailure ?? "")")
                 kills?.yield()
                 return
             }
             ready = info
             lastFailure = nil
+            failedStarts = 0
+            reportedFatal = false
             logger.info(
                 "inference worker ready",
-                metadata: ["model": "\(info.model.id)", "device": "\(info.device)", "dtype": "\(info.dtype)", "slots": "\(info.slots)"]
+                metadata: ["model": "\(info.model.id)", "torch_device": "\(info.device)", "dtype": "\(info.dtype)", "slots": "\(info.slots)"]
             )
             signal.wake()
         case .progress(let taskID, let step, let totalSteps):
@@ -231,6 +257,7 @@ public actor WorkerSupervisor: InferenceWorker, Service {
             }
         case .fatal(let message):
             lastFailure = message
+            reportedFatal = true
             logger.error("inference worker failed", metadata: ["message": "\(message)"])
         }
     }
@@ -247,7 +274,9 @@ public actor WorkerSupervisor: InferenceWorker, Service {
             ?? "the inference worker exited (\(status))"
         if !shuttingDown {
             logger.error("inference worker exited", metadata: ["status": "\(status)", "jobs": "\(jobs.count)"])
-            metrics.recordWorkerRestart()
+            metrics.recordWorkerRestart(index: index, device: device)
+            restarts += 1
+            if ready == nil { failedStarts += 1 }
             if lastFailure == nil { lastFailure = "exited (\(status))" }
         }
         ready = nil

@@ -4,10 +4,22 @@ import NIOCore
 /// `/health`, `/ready`, `/models` and `/metrics`: what operators and load balancers look at.
 struct OperationsController: Sendable {
     let store: any TaskStore
-    let worker: any InferenceWorker
-    let supervisor: WorkerSupervisor?
+    let pool: WorkerPool
     let catalog: ModelCatalog
     let metrics: ServiceMetrics
+
+    init(store: any TaskStore, pool: WorkerPool, catalog: ModelCatalog, metrics: ServiceMetrics) {
+        self.store = store
+        self.pool = pool
+        self.catalog = catalog
+        self.metrics = metrics
+    }
+
+    /// A node of one worker, for code that builds the router without the pool (the contract tests).
+    init(store: any TaskStore, worker: any InferenceWorker, supervisor: WorkerSupervisor?, catalog: ModelCatalog, metrics: ServiceMetrics) {
+        let member = WorkerPool.Member(index: 0, device: supervisor?.device ?? "cpu", worker: supervisor ?? worker, slots: WorkerPool.defaultCapacity(workers: 1))
+        self.init(store: store, pool: WorkerPool(members: [member], capacity: member.slots, metrics: metrics), catalog: catalog, metrics: metrics)
+    }
 
     func addRoutes(to router: Router<AppRequestContext>) {
         router.get("health") { _, _ in JSONBody.response(status: .ok, value: ["status": "ok"]) }
@@ -22,20 +34,31 @@ struct OperationsController: Sendable {
         } catch {
             throw APIError(.serviceUnavailable, "task store unreachable: \(error)")
         }
-        guard let ready = await worker.readiness() else {
-            throw APIError(.serviceUnavailable, await supervisor?.unavailableReason() ?? "inference worker not ready")
+        let workers = await pool.snapshot()
+        // One ready worker is enough to take work; the others are listed so an operator sees what is down.
+        guard let first = workers.first(where: { $0.ready != nil }), let ready = first.ready else {
+            throw APIError(.serviceUnavailable, Self.unavailableReason(workers))
         }
         return JSONBody.response(
             status: .ok,
             value: ReadyBody(
                 status: "ready",
                 model: ready.model.id,
-                device: ready.device,
+                device: first.device,
                 dtype: ready.dtype,
-                slots: ready.slots,
-                workerPid: await supervisor?.workerProcessID()
+                slots: pool.capacity,
+                workerPid: workers.first?.status.pid,
+                workers: workers.map {
+                    WorkerBody(index: $0.index, device: $0.device, state: $0.status.state.rawValue, running: $0.running, restarts: $0.status.restarts, pid: $0.status.pid)
+                }
             )
         )
+    }
+
+    static func unavailableReason(_ workers: [WorkerPool.Snapshot]) -> String {
+        if workers.count == 1 { return workers[0].status.problem ?? "inference worker not ready" }
+        let each = workers.map { "worker \($0.index) (\($0.device)): \($0.status.problem ?? $0.status.state.rawValue)" }
+        return "no inference worker is ready: " + each.joined(separator: "; ")
     }
 
     @Sendable func models(request: Request, context: AppRequestContext) async throws -> Response {
@@ -62,10 +85,21 @@ struct OperationsController: Sendable {
         var dtype: String
         var slots: Int
         var workerPid: Int32?
+        var workers: [WorkerBody]
         enum CodingKeys: String, CodingKey {
             case status, model, device, dtype, slots
             case workerPid = "worker_pid"
+            case workers
         }
+    }
+
+    struct WorkerBody: Encodable {
+        var index: Int
+        var device: String
+        var state: String
+        var running: Int
+        var restarts: Int
+        var pid: Int32?
     }
 
     struct ModelBody: Encodable {

@@ -47,8 +47,26 @@ public struct ServiceMetrics: Sendable {
             .increment()
     }
 
-    func recordWorkerRestart() {
-        CoreMetrics.Counter(label: "i2v_worker_restarts_total", factory: factory).increment()
+    func recordWorkerRestart(index: Int, device: String) {
+        workerRestarts(index: index, device: device).increment()
+    }
+
+    func recordWorkerRunning(index: Int, device: String, count: Int) {
+        workerRunning(index: index, device: device).record(count)
+    }
+
+    /// Puts a worker's series in the exposition at zero before anything happens to it.
+    func registerWorker(index: Int, device: String) {
+        workerRestarts(index: index, device: device).increment(by: 0)
+        workerRunning(index: index, device: device).record(0)
+    }
+
+    private func workerRestarts(index: Int, device: String) -> CoreMetrics.Counter {
+        CoreMetrics.Counter(label: "i2v_worker_restarts_total", dimensions: [("worker", String(index)), ("device", device)], factory: factory)
+    }
+
+    private func workerRunning(index: Int, device: String) -> CoreMetrics.Gauge {
+        CoreMetrics.Gauge(label: "i2v_worker_tasks_running", dimensions: [("worker", String(index)), ("device", device)], factory: factory)
     }
 
     func updateQueue(_ counts: QueueCounts) {

@@ -13,13 +13,19 @@ actor FakeWorker: InferenceWorker {
     private(set) var running: Set<String> = []
     private(set) var maxConcurrent = 0
     private(set) var started: [String] = []
-    private var cancelled: Set<String> = []
+    private(set) var cancelled: Set<String> = []
     private var lost: [String: AsyncStream<JobUpdate>.Continuation] = [:]
+    /// Which run of a task is the current one: a run cut short by a crash or a restart may still be parked
+    /// (held after its last step) when the task is started again, and must not end the new run.
+    private var runs: [String: Int] = [:]
+    private var nextRun = 0
     private(set) var restarts: [String] = []
     /// When set, a job that ran its last step waits here, as the real worker does while it decodes and
     /// encodes the video (cancels are no longer looked at), until `releaseHeldJobs()`.
     var holdsAfterLastStep = false
-    private(set) var heldAfterLastStep: Set<String> = []
+    private var held: [Int: String] = [:]
+    /// The tasks whose current run waits after its last step; a stale run still parked there is not one.
+    var heldAfterLastStep: Set<String> { Set(held.filter { runs[$0.value] == $0.key }.values) }
     private var release: [CheckedContinuation<Void, Never>] = []
     private var signal: DispatchSignal?
 
@@ -65,17 +71,24 @@ actor FakeWorker: InferenceWorker {
         started.append(job.taskID)
         maxConcurrent = max(maxConcurrent, running.count)
         lost[job.taskID] = continuation
+        nextRun += 1
+        runs[job.taskID] = nextRun
         let step = stepDuration
-        Task { await self.perform(job, step: step, continuation: continuation) }
+        let run = nextRun
+        Task { await self.perform(job, run: run, step: step, continuation: continuation) }
         return stream
     }
 
-    private func perform(_ job: WorkerJob, step: Duration, continuation: AsyncStream<JobUpdate>.Continuation) async {
+    private func isCurrent(_ taskID: String, run: Int) -> Bool {
+        lost[taskID] != nil && runs[taskID] == run
+    }
+
+    private func perform(_ job: WorkerJob, run: Int, step: Duration, continuation: AsyncStream<JobUpdate>.Continuation) async {
         let clock = ContinuousClock()
         let began = clock.now
         for index in 1...job.inferSteps {
             try? await Task.sleep(for: step)
-            guard lost[job.taskID] != nil else { return }
+            guard isCurrent(job.taskID, run: run) else { return }
             if cancelled.contains(job.taskID) && !ignoresCancel {
                 finish(job.taskID, .failed(kind: .cancelled, message: "cancelled at step \(index)"))
                 return
@@ -83,9 +96,10 @@ actor FakeWorker: InferenceWorker {
             continuation.yield(.progress(step: index, totalSteps: job.inferSteps))
         }
         if holdsAfterLastStep {
-            heldAfterLastStep.insert(job.taskID)
+            held[run] = job.taskID
             await withCheckedContinuation { release.append($0) }
-            heldAfterLastStep.remove(job.taskID)
+            held[run] = nil
+            guard isCurrent(job.taskID, run: run) else { return }
         }
         if let failure {
             finish(job.taskID, .failed(kind: failure.kind, message: failure.message))

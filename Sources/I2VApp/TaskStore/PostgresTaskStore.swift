@@ -1,0 +1,638 @@
+import Foundation
+import Logging
+import PostgresNIO
+import ServiceLifecycle
+
+/// The shared task store for several nodes: one PostgreSQL database, the same semantics as the SQLite store.
+///
+/// Queries go through `client`, a connection pool that only works while its `run()` is running: the
+/// application runs it as a service, shut down last so the dispatcher can still record how its jobs ended.
+/// Times are DOUBLE PRECISION epoch seconds, like SQLite's REAL: TIMESTAMPTZ keeps microseconds only, so a
+/// `Date` would not come back exactly as it went in.
+public struct PostgresTaskStore: TaskStore {
+    public let client: PostgresClient
+    public let endpoint: PostgresEndpoint
+    private let logger: Logger
+
+    /// The pool, to be run for as long as the store is used.
+    public var service: any Service { client }
+
+    /// Checks the database can be reached, applies the migrations, and returns a store whose `service`
+    /// must then be run. A database that cannot be reached or migrated throws `PostgresStoreUnavailable`.
+    public init(endpoint: PostgresEndpoint, maximumConnections: Int = 20, logger: Logger) async throws {
+        do {
+            try await Self.migrate(endpoint: endpoint, logger: logger)
+            var configuration = endpoint.clientConfiguration()
+            configuration.options.maximumConnections = maximumConnections
+            self.client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        } catch {
+            throw PostgresStoreUnavailable(endpoint: endpoint, reason: Self.describe(error))
+        }
+        self.endpoint = endpoint
+        self.logger = logger
+    }
+
+    // MARK: Migrations
+
+    /// Append only: a version, once released, never changes, because other nodes may already have applied it.
+    static let migrations: [(version: Int, name: String, statements: [String])] = [
+        (
+            1, "tasks",
+            [
+                """
+                CREATE TABLE tasks (
+                    seq BIGSERIAL PRIMARY KEY,
+                    id TEXT NOT NULL UNIQUE,
+                    owner_key_hash TEXT NOT NULL,
+                    status TEXT NOT NULL,
+                    model TEXT NOT NULL,
+                    prompt TEXT NOT NULL,
+                    negative_prompt TEXT NOT NULL,
+                    width BIGINT NOT NULL,
+                    height BIGINT NOT NULL,
+                    num_frames BIGINT NOT NULL,
+                    guidance_scale DOUBLE PRECISION NOT NULL,
+                    infer_steps BIGINT NOT NULL,
+                    seed BIGINT NOT NULL,
+                    input_path TEXT NOT NULL,
+                    fetch_seconds DOUBLE PRECISION NOT NULL DEFAULT 0,
+                    decode_seconds DOUBLE PRECISION NOT NULL DEFAULT 0,
+                    png_seconds DOUBLE PRECISION NOT NULL DEFAULT 0,
+                    reason TEXT,
+                    attempts BIGINT NOT NULL DEFAULT 0,
+                    cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+                    progress_step BIGINT,
+                    progress_total BIGINT,
+                    video_name TEXT,
+                    result_width BIGINT,
+                    result_height BIGINT,
+                    result_frames BIGINT,
+                    result_fps BIGINT,
+                    inference_seconds DOUBLE PRECISION,
+                    encode_seconds DOUBLE PRECISION,
+                    video_expired BOOLEAN NOT NULL DEFAULT FALSE,
+                    created_at DOUBLE PRECISION NOT NULL,
+                    started_at DOUBLE PRECISION,
+                    finished_at DOUBLE PRECISION
+                )
+                """,
+                "CREATE INDEX tasks_status_seq ON tasks (status, seq)",
+                "CREATE INDEX tasks_finished_at ON tasks (finished_at) WHERE finished_at IS NOT NULL",
+            ]
+        )
+    ]
+
+    /// Advisory lock keys; advisory locks are per database, so these only have to be unique within ours.
+    static let migrationLockKey = 0x6932_765F_6D69_6772  // "i2v_migr"
+    static let enqueueLockKey = 0x6932_765F_656E_7175  // "i2v_enqu"
+
+    /// Applies the missing migrations on a connection of its own, before the pool exists. Every node runs
+    /// this at start, possibly at the same moment: the session advisory lock makes the others wait until
+    /// the first has finished, and they then find nothing left to do. The lock also covers creating
+    /// `schema_migrations`, which `IF NOT EXISTS` alone does not make safe against a concurrent create.
+    static func migrate(endpoint: PostgresEndpoint, logger: Logger) async throws {
+        let connection = try await PostgresConnection.connect(
+            configuration: try endpoint.connectionConfiguration(),
+            id: 0,
+            logger: logger
+        )
+        do {
+            try await connection.query("SELECT pg_advisory_lock(\(migrationLockKey))", logger: logger)
+            try await connection.query(
+                """
+                CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL
+                )
+                """,
+                logger: logger
+            )
+            var applied = Set<Int>()
+            for try await version in try await connection.query("SELECT version FROM schema_migrations", logger: logger)
+                .decode(Int.self)
+            {
+                applied.insert(version)
+            }
+            for migration in migrations where !applied.contains(migration.version) {
+                logger.info("applying PostgreSQL migration", metadata: ["version": "\(migration.version)", "name": "\(migration.name)"])
+                try await connection.withTransaction(logger: logger) { connection in
+                    // Migrations are fixed text with nothing to bind.
+                    for statement in migration.statements {
+                        try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                    }
+                    try await connection.query(
+                        """
+                        INSERT INTO schema_migrations (version, name, applied_at)
+                        VALUES (\(migration.version), \(migration.name), \(Date().timeIntervalSince1970))
+                        """,
+                        logger: logger
+                    )
+                }
+            }
+            try await connection.query("SELECT pg_advisory_unlock(\(migrationLockKey))", logger: logger)
+        } catch {
+            // Closing the session releases the lock too.
+            try? await connection.close()
+            throw error
+        }
+        try await connection.close()
+    }
+
+    // MARK: TaskStore
+
+    /// The cap is checked and the row inserted under a transaction-level advisory lock that only enqueues
+    /// take, so two nodes cannot both see room for the last slot. Claims, cancels and reads never wait for
+    /// it, and they can only shrink the queue. SERIALIZABLE would need a retry loop that a burst of submits
+    /// keeps tripping; LOCK TABLE would stall the claims too.
+    public func enqueue(_ task: TaskRecord, maxQueued: Int) async throws {
+        try await transaction { connection in
+            try await connection.query("SELECT pg_advisory_xact_lock(\(Self.enqueueLockKey))", logger: logger)
+            // Read committed: this statement's snapshot is taken after the lock, so it sees the rows of
+            // every enqueue that held the lock before.
+            let queued = try await Self.single(
+                Int.self,
+                connection.query("SELECT count(*) FROM tasks WHERE status = 'InQueue'", logger: logger)
+            ) ?? 0
+            guard queued < maxQueued else { throw QueueFullError(queued: queued) }
+            let p = task.parameters
+            try await connection.query(
+                """
+                INSERT INTO tasks (id, owner_key_hash, status, model, prompt, negative_prompt, width, height,
+                    num_frames, guidance_scale, infer_steps, seed, input_path, fetch_seconds, decode_seconds,
+                    png_seconds, created_at)
+                VALUES (\(task.id), \(task.ownerKeyHash), 'InQueue', \(p.model), \(p.prompt), \(p.negativePrompt),
+                    \(p.width), \(p.height), \(p.numFrames), \(p.guidanceScale), \(p.inferSteps), \(p.seed),
+                    \(task.inputPath), \(task.intake.fetch), \(task.intake.decode), \(task.intake.encode),
+                    \(task.createdAt.timeIntervalSince1970))
+                """,
+                logger: logger
+            )
+        }
+    }
+
+    public func task(id: String) async throws -> TaskRecord? {
+        try await Self.records(client.query("SELECT * FROM tasks WHERE id = \(id)", logger: logger)).first
+    }
+
+    public func queuePosition(id: String) async throws -> Int? {
+        try await Self.single(
+            Int.self,
+            client.query(
+                """
+                SELECT (SELECT count(*) FROM tasks AS ahead WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq)
+                FROM tasks AS t WHERE t.id = \(id) AND t.status = 'InQueue'
+                """,
+                logger: logger
+            )
+        )
+    }
+
+    public func counts() async throws -> QueueCounts {
+        let rows = try await client.query(
+            """
+            SELECT count(*) FILTER (WHERE status = 'InQueue'), count(*) FILTER (WHERE status = 'InProgress')
+            FROM tasks WHERE status IN ('InQueue', 'InProgress')
+            """,
+            logger: logger
+        )
+        var counts = QueueCounts(queued: 0, running: 0)
+        for try await (queued, running) in rows.decode((Int, Int).self) {
+            counts = QueueCounts(queued: queued, running: running)
+        }
+        return counts
+    }
+
+    /// One statement: the oldest queued row that no other claimer holds is locked and moved. A row another
+    /// node is claiming at this moment is skipped rather than waited for, so two claims never get the same
+    /// task and never queue behind each other.
+    public func claimNext() async throws -> TaskRecord? {
+        try await Self.records(
+            client.query(
+                """
+                UPDATE tasks SET status = 'InProgress', attempts = attempts + 1,
+                    started_at = \(Date().timeIntervalSince1970), progress_step = 0, progress_total = infer_steps,
+                    reason = NULL
+                WHERE status = 'InQueue' AND seq = (
+                    SELECT seq FROM tasks WHERE status = 'InQueue' ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED
+                )
+                RETURNING *
+                """,
+                logger: logger
+            )
+        ).first
+    }
+
+    public func recordProgress(id: String, step: Int, total: Int) async throws {
+        try await client.query(
+            "UPDATE tasks SET progress_step = \(step), progress_total = \(total) WHERE id = \(id) AND status = 'InProgress'",
+            logger: logger
+        )
+    }
+
+    @discardableResult
+    public func finish(id: String, outcome: TaskOutcome) async throws -> FinishOutcome {
+        try await transaction { connection in
+            // FOR UPDATE: a cancel arriving through another node waits until this ending is recorded.
+            guard
+                let cancelRequested = try await Self.single(
+                    Bool.self,
+                    connection.query(
+                        "SELECT cancel_requested FROM tasks WHERE id = \(id) AND status = 'InProgress' FOR UPDATE",
+                        logger: logger
+                    )
+                )
+            else { return .notRunning }
+            let now = Date().timeIntervalSince1970
+            let ending: (status: TaskStatus, reason: String?)
+            switch outcome {
+            case .succeeded where cancelRequested:
+                ending = (.cancelled, "cancelled by the client")
+            case .succeeded(let result):
+                try await connection.query(
+                    """
+                    UPDATE tasks SET status = 'Succeed', finished_at = \(now), reason = NULL,
+                        video_name = \(result.videoName), result_width = \(result.width),
+                        result_height = \(result.height), result_frames = \(result.numFrames),
+                        result_fps = \(result.fps), inference_seconds = \(result.inferenceSeconds),
+                        encode_seconds = \(result.encodeSeconds), progress_step = NULL, progress_total = NULL
+                    WHERE id = \(id)
+                    """,
+                    logger: logger
+                )
+                return .ended(.succeed)
+            case .failed(let reason):
+                ending = (.failed, reason)
+            case .cancelled(let reason):
+                ending = (.cancelled, reason)
+            }
+            try await connection.query(
+                """
+                UPDATE tasks SET status = \(ending.status.rawValue), finished_at = \(now), reason = \(ending.reason),
+                    progress_step = NULL, progress_total = NULL
+                WHERE id = \(id)
+                """,
+                logger: logger
+            )
+            return .ended(ending.status)
+        }
+    }
+
+    public func cancel(id: String, ownerKeyHash: String) async throws -> CancelOutcome {
+        try await transaction { connection in
+            let rows = try await connection.query(
+                "SELECT status, owner_key_hash FROM tasks WHERE id = \(id) FOR UPDATE",
+                logger: logger
+            )
+            var found: (status: String, owner: String)?
+            for try await row in rows.decode((String, String).self) { found = row }
+            guard let found, found.owner == ownerKeyHash, let status = TaskStatus(rawValue: found.status) else {
+                return .notFound
+            }
+            switch status {
+            case .inQueue:
+                try await connection.query(
+                    """
+                    UPDATE tasks SET status = 'Cancelled', reason = 'cancelled by the client',
+                        finished_at = \(Date().timeIntervalSince1970), cancel_requested = TRUE
+                    WHERE id = \(id)
+                    """,
+                    logger: logger
+                )
+                return .cancelledQueued
+            case .inProgress:
+                try await connection.query("UPDATE tasks SET cancel_requested = TRUE WHERE id = \(id)", logger: logger)
+                return .cancelRequested
+            case .cancelled:
+                return .alreadyCancelled
+            case .succeed, .failed:
+                return .alreadyFinished(status)
+            }
+        }
+    }
+
+    public func cancelRequested(among ids: [String]) async throws -> Set<String> {
+        guard !ids.isEmpty else { return [] }
+        var requested = Set<String>()
+        let rows = try await client.query(
+            "SELECT id FROM tasks WHERE cancel_requested AND status = 'InProgress' AND id = ANY(\(ids))",
+            logger: logger
+        )
+        for try await id in rows.decode(String.self) { requested.insert(id) }
+        return requested
+    }
+
+    public func requeue(id: String, maxAttempts: Int, reason: String, countAttempt: Bool) async throws
+        -> RequeueOutcome
+    {
+        try await transaction { connection in
+            try await Self.requeue(
+                connection,
+                id: id,
+                maxAttempts: maxAttempts,
+                reason: reason,
+                countAttempt: countAttempt,
+                logger: logger
+            )
+        }
+    }
+
+    private static func requeue(
+        _ connection: PostgresConnection,
+        id: String,
+        maxAttempts: Int,
+        reason: String,
+        countAttempt: Bool,
+        logger: Logger
+    ) async throws -> RequeueOutcome {
+        let rows = try await connection.query(
+            "SELECT attempts, cancel_requested FROM tasks WHERE id = \(id) AND status = 'InProgress' FOR UPDATE",
+            logger: logger
+        )
+        var found: (attempts: Int, cancelRequested: Bool)?
+        for try await row in rows.decode((Int, Bool).self) { found = row }
+        guard let (attempts, cancelRequested) = found else { return .notRunning }
+        let now = Date().timeIntervalSince1970
+        if cancelRequested {
+            // The client asked for it to stop; putting it back would run it against their will.
+            try await connection.query(
+                """
+                UPDATE tasks SET status = 'Cancelled', reason = 'cancelled by the client', finished_at = \(now),
+                    progress_step = NULL, progress_total = NULL
+                WHERE id = \(id)
+                """,
+                logger: logger
+            )
+            return .cancelled
+        }
+        if countAttempt && attempts >= maxAttempts {
+            let failure = "\(reason); gave up after \(attempts) attempt\(attempts == 1 ? "" : "s")"
+            try await connection.query(
+                """
+                UPDATE tasks SET status = 'Failed', reason = \(failure), finished_at = \(now), progress_step = NULL,
+                    progress_total = NULL
+                WHERE id = \(id)
+                """,
+                logger: logger
+            )
+            return .failed(reason: failure)
+        }
+        try await connection.query(
+            """
+            UPDATE tasks SET status = 'InQueue', started_at = NULL, progress_step = NULL, progress_total = NULL,
+                attempts = attempts - \(countAttempt ? 0 : 1)
+            WHERE id = \(id)
+            """,
+            logger: logger
+        )
+        return .requeued
+    }
+
+    /// Like SQLite's: every InProgress task in the database, whichever node runs it. Tasks do not record
+    /// their node yet, so with several nodes this is only right when they all restart together.
+    public func recoverInterrupted(maxAttempts: Int) async throws -> [String: RequeueOutcome] {
+        try await transaction { connection in
+            var ids: [String] = []
+            let rows = try await connection.query(
+                "SELECT id FROM tasks WHERE status = 'InProgress' ORDER BY seq FOR UPDATE",
+                logger: logger
+            )
+            for try await id in rows.decode(String.self) { ids.append(id) }
+            var outcomes: [String: RequeueOutcome] = [:]
+            for id in ids {
+                outcomes[id] = try await Self.requeue(
+                    connection,
+                    id: id,
+                    maxAttempts: maxAttempts,
+                    reason: "the service stopped while the task was running",
+                    countAttempt: true,
+                    logger: logger
+                )
+            }
+            return outcomes
+        }
+    }
+
+    public func tasksWithVideosFinished(before: Date) async throws -> [TaskRecord] {
+        try await Self.records(
+            client.query(
+                """
+                SELECT * FROM tasks
+                WHERE status = 'Succeed' AND NOT video_expired AND finished_at < \(before.timeIntervalSince1970)
+                ORDER BY finished_at
+                """,
+                logger: logger
+            )
+        )
+    }
+
+    public func markVideoExpired(id: String) async throws {
+        try await client.query("UPDATE tasks SET video_expired = TRUE WHERE id = \(id)", logger: logger)
+    }
+
+    public func deleteTasks(finishedBefore: Date) async throws -> [TaskRecord] {
+        try await Self.records(
+            client.query(
+                """
+                DELETE FROM tasks
+                WHERE status IN ('Succeed', 'Failed', 'Cancelled') AND finished_at < \(finishedBefore.timeIntervalSince1970)
+                RETURNING *
+                """,
+                logger: logger
+            )
+        )
+    }
+
+    public func referencedFileNames() async throws -> Set<String> {
+        var names = Set<String>()
+        let rows = try await client.query("SELECT input_path, video_name FROM tasks", logger: logger)
+        for try await (input, video) in rows.decode((String, String?).self) {
+            names.insert((input as NSString).lastPathComponent)
+            if let video { names.insert("\(video).mp4") }
+        }
+        return names
+    }
+
+    public func ping() async throws {
+        try await client.query("SELECT 1", logger: logger)
+    }
+
+    /// One transaction on a pooled connection. PostgresNIO wraps whatever the body throws; callers get the
+    /// body's own error back (a `QueueFullError` must reach the submit as itself).
+    private func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        do {
+            return try await client.withTransaction(logger: logger) { connection in try await body(connection) }
+        } catch let error as PostgresTransactionError {
+            throw error.beginError ?? error.closureError ?? error.commitError ?? error
+        }
+    }
+
+    // MARK: Rows
+
+    private static func single<T: PostgresDecodable & Sendable>(_ type: T.Type, _ rows: PostgresRowSequence) async throws -> T? {
+        var value: T?
+        for try await decoded in rows.decode(T.self) where value == nil { value = decoded }
+        return value
+    }
+
+    private static func records(_ rows: PostgresRowSequence) async throws -> [TaskRecord] {
+        var records: [TaskRecord] = []
+        for try await row in rows { records.append(try record(row.makeRandomAccess())) }
+        return records
+    }
+
+    private static func record(_ row: PostgresRandomAccessRow) throws -> TaskRecord {
+        let parameters = TaskParameters(
+            model: try row["model"].decode(String.self),
+            prompt: try row["prompt"].decode(String.self),
+            negativePrompt: try row["negative_prompt"].decode(String.self),
+            width: try row["width"].decode(Int.self),
+            height: try row["height"].decode(Int.self),
+            numFrames: try row["num_frames"].decode(Int.self),
+            guidanceScale: try row["guidance_scale"].decode(Double.self),
+            inferSteps: try row["infer_steps"].decode(Int.self),
+            seed: try row["seed"].decode(Int.self)
+        )
+        var record = TaskRecord(
+            id: try row["id"].decode(String.self),
+            ownerKeyHash: try row["owner_key_hash"].decode(String.self),
+            parameters: parameters,
+            inputPath: try row["input_path"].decode(String.self),
+            intake: IntakeTimings(
+                fetch: try row["fetch_seconds"].decode(Double.self),
+                decode: try row["decode_seconds"].decode(Double.self),
+                encode: try row["png_seconds"].decode(Double.self)
+            ),
+            createdAt: Date(timeIntervalSince1970: try row["created_at"].decode(Double.self))
+        )
+        record.status = TaskStatus(rawValue: try row["status"].decode(String.self)) ?? .failed
+        record.reason = try row["reason"].decode(String?.self)
+        record.attempts = try row["attempts"].decode(Int.self)
+        record.cancelRequested = try row["cancel_requested"].decode(Bool.self)
+        record.progressStep = try row["progress_step"].decode(Int?.self)
+        record.progressTotal = try row["progress_total"].decode(Int?.self)
+        record.videoExpired = try row["video_expired"].decode(Bool.self)
+        record.startedAt = try row["started_at"].decode(Double?.self).map(Date.init(timeIntervalSince1970:))
+        record.finishedAt = try row["finished_at"].decode(Double?.self).map(Date.init(timeIntervalSince1970:))
+        if let videoName = try row["video_name"].decode(String?.self) {
+            record.result = TaskResult(
+                videoName: videoName,
+                width: try row["result_width"].decode(Int.self),
+                height: try row["result_height"].decode(Int.self),
+                numFrames: try row["result_frames"].decode(Int.self),
+                fps: try row["result_fps"].decode(Int.self),
+                inferenceSeconds: try row["inference_seconds"].decode(Double.self),
+                encodeSeconds: try row["encode_seconds"].decode(Double?.self) ?? 0
+            )
+        }
+        return record
+    }
+
+    /// PostgresNIO hides an error's details from its description so they do not reach end users; this
+    /// message goes to the operator, who needs them.
+    static func describe(_ error: any Error) -> String {
+        guard let error = error as? PSQLError else { return String(describing: error) }
+        if let message = error.serverInfo?[.message] {
+            return error.serverInfo?[.sqlState].map { "\(message) (SQLSTATE \($0))" } ?? message
+        }
+        if let underlying = error.underlying { return String(describing: underlying) }
+        return "\(error.code)"
+    }
+}
+
+/// The store could not start: the database was unreachable, refused the login, or could not be migrated.
+public struct PostgresStoreUnavailable: Error, CustomStringConvertible {
+    public var endpoint: PostgresEndpoint
+    public var reason: String
+    public var description: String { "could not use the PostgreSQL database \(endpoint): \(reason)" }
+}
+
+/// Where the PostgreSQL store lives, read from a `postgres://user:password@host:port/database` URL.
+/// `sslmode` (a query parameter) follows libpq: `disable`, `prefer` (the default) and `require` encrypt
+/// without checking the server's certificate, `verify-ca` checks it, `verify-full` checks the host name too.
+public struct PostgresEndpoint: Sendable, CustomStringConvertible {
+    public enum TLSMode: String, Sendable {
+        case disable
+        case prefer
+        case require
+        case verifyCA = "verify-ca"
+        case verifyFull = "verify-full"
+    }
+
+    public var host: String
+    public var port: Int
+    public var username: String
+    public var password: String?
+    public var database: String
+    public var tlsMode: TLSMode
+
+    public init(url: String) throws {
+        guard let components = URLComponents(string: url), ["postgres", "postgresql"].contains(components.scheme?.lowercased())
+        else { throw ConfigurationProblem("the database URL is not a postgres:// URL") }
+        guard let host = components.host, !host.isEmpty else {
+            throw ConfigurationProblem("the database URL names no host (postgres://user:password@host:port/database)")
+        }
+        self.host = host
+        self.port = components.port ?? 5432
+        self.username = components.user.flatMap { $0.isEmpty ? nil : $0 } ?? "postgres"
+        self.password = components.password
+        let path = components.path.hasPrefix("/") ? String(components.path.dropFirst()) : components.path
+        self.database = path.isEmpty ? username : path
+        let mode = components.queryItems?.first(where: { $0.name == "sslmode" })?.value ?? TLSMode.prefer.rawValue
+        guard let tlsMode = TLSMode(rawValue: mode) else {
+            throw ConfigurationProblem("the database URL's sslmode=\(mode) is not one of disable, prefer, require, verify-ca, verify-full")
+        }
+        self.tlsMode = tlsMode
+    }
+
+    /// Never shows the password: this goes into logs and error messages.
+    public var description: String { "\(username)@\(host):\(port)/\(database)" }
+
+    func with(database: String) -> PostgresEndpoint {
+        var copy = self
+        copy.database = database
+        return copy
+    }
+
+    private var tlsConfiguration: TLSConfiguration {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        switch tlsMode {
+        case .disable, .prefer, .require: tls.certificateVerification = .none
+        case .verifyCA: tls.certificateVerification = .noHostnameVerification
+        case .verifyFull: tls.certificateVerification = .fullVerification
+        }
+        return tls
+    }
+
+    func clientConfiguration() -> PostgresClient.Configuration {
+        let tls: PostgresClient.Configuration.TLS =
+            switch tlsMode {
+            case .disable: .disable
+            case .prefer: .prefer(tlsConfiguration)
+            case .require, .verifyCA, .verifyFull: .require(tlsConfiguration)
+            }
+        return PostgresClient.Configuration(
+            host: host,
+            port: port,
+            username: username,
+            password: password,
+            database: database,
+            tls: tls
+        )
+    }
+
+    func connectionConfiguration() throws -> PostgresConnection.Configuration {
+        let tls: PostgresConnection.Configuration.TLS =
+            switch tlsMode {
+            case .disable: .disable
+            case .prefer: .prefer(try NIOSSLContext(configuration: tlsConfiguration))
+            case .require, .verifyCA, .verifyFull: .require(try NIOSSLContext(configuration: tlsConfiguration))
+            }
+        return PostgresConnection.Configuration(
+            host: host,
+            port: port,
+            username: username,
+            password: password,
+            database: database,
+            tls: tls
+        )
+    }
+}
