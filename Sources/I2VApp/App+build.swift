@@ -129,7 +129,9 @@ public func buildApplication(configuration: ServiceConfiguration, overrides: App
                 intake: intake,
                 catalog: catalog,
                 queueChanged: signal,
-                deviceMemory: { await pool.largestFreeMemory() },
+                deviceMemory: {
+                    await pool.largestFreeMemory().map { DeviceMemory(freeBytes: $0.freeBytes, bytesPerToken: $0.bytesPerToken) }
+                },
                 metrics: metrics,
                 configuration: configuration
             ),

@@ -9,8 +9,8 @@ struct I2VServer {
         usage: i2v-server [serve]
 
           serve   run the API, the queue and the inference worker in one process tree (default)
-          api     API only, for multi-node deployments on PostgreSQL (not available yet)
-          worker  inference worker only, for multi-node deployments on PostgreSQL (not available yet)
+          api     API only, for multi-node deployments on PostgreSQL (not built yet)
+          worker  inference workers only, for multi-node deployments on PostgreSQL (not built yet)
 
         Configuration is read from I2V_* environment variables; see README.md.
         """
@@ -24,7 +24,7 @@ struct I2VServer {
             print(usage)
             return
         case "api", "worker":
-            FileHandle.standardError.write(Data("i2v-server \(command): multi-node roles need the PostgreSQL store, which this build does not have yet; use `serve`\n".utf8))
+            FileHandle.standardError.write(Data("i2v-server \(command): the multi-node roles are not built yet; use `serve` (on SQLite or PostgreSQL)\n".utf8))
             exit(2)
         default:
             FileHandle.standardError.write(Data("unknown command \(command)\n\n\(usage)\n".utf8))

@@ -64,18 +64,3 @@ public struct WorkerStatus: Sendable, Equatable {
         self.problem = problem
     }
 }
-
-/// A wake-up for the dispatcher loop: new work, a free slot, a cancel, or a worker becoming ready.
-/// Wake-ups coalesce; the loop re-reads the store each time, so none of them carries data.
-public struct DispatchSignal: Sendable {
-    private let stream: AsyncStream<Void>
-    private let continuation: AsyncStream<Void>.Continuation
-
-    public init() {
-        (stream, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
-    }
-
-    public func wake() { continuation.yield() }
-    func finish() { continuation.finish() }
-    func wakeups() -> AsyncStream<Void> { stream }
-}

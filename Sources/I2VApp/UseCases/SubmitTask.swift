@@ -28,7 +28,7 @@ struct SubmitTask: Sendable {
     let rateLimiter: SubmitRateLimiter
     let queueChanged: DispatchSignal
     /// The free device memory and the cost per latent token, where the node can tell them.
-    let deviceMemory: @Sendable () async -> WorkerMemory?
+    let deviceMemory: @Sendable () async -> DeviceMemory?
     let metrics: ServiceMetrics
     let limits: Limits
 

@@ -12,7 +12,7 @@ struct TaskUseCases: Sendable {
         intake: ImageIntake,
         catalog: ModelCatalog,
         queueChanged: DispatchSignal,
-        deviceMemory: @escaping @Sendable () async -> WorkerMemory?,
+        deviceMemory: @escaping @Sendable () async -> DeviceMemory?,
         metrics: ServiceMetrics,
         configuration: ServiceConfiguration
     ) {
