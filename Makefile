@@ -5,7 +5,7 @@ SWIFT_BUILD_FLAGS ?=
 RELEASE_FLAGS := -c release --scratch-path .build-release
 RELEASE_BIN := .build-release/release/i2v-server
 
-.PHONY: run test test-python build build-release python-env swagger-ui system-deps system-deps-test system-deps-bench bench clean-data
+.PHONY: run test test-python test-clients clients-env build build-release python-env swagger-ui system-deps system-deps-test system-deps-bench bench clean-data
 
 # The worker's venv (network and disk) is built while Swift compiles (CPU): started first, waited for last.
 # Its log goes to .build-logs/python-env.log and is shown when it fails.
@@ -28,9 +28,19 @@ test: swagger-ui
 	$(call WITH_PYTHON_ENV,scripts/install-system-deps.sh test && swift build --build-tests $(SWIFT_BUILD_FLAGS))
 	I2V_TEST_STRICT=1 I2V_TEST_PYTHON=$(CURDIR)/.venv/bin/python scripts/test-postgres.sh run swift test --skip-build $(SWIFT_BUILD_FLAGS) 2>&1 | tee .build/swift-test.log; test $${PIPESTATUS[0]} -eq 0
 	$(MAKE) test-python
+	$(MAKE) test-clients
 
 test-python: python-env
 	.venv/bin/python -m pytest worker/tests -q
+
+## make test-clients: the official OpenAI SDK against a real `serve` (debug build, demo model) on loopback
+test-clients: system-deps-test python-env clients-env
+	swift build --build-tests $(SWIFT_BUILD_FLAGS)
+	I2V_SERVER_BIN=$$(swift build --show-bin-path $(SWIFT_BUILD_FLAGS))/i2v-server I2V_TEST_PYTHON=$(CURDIR)/.venv/bin/python \
+	  .venv-clients/bin/python -m pytest tests/clients -q
+
+clients-env:
+	scripts/clients-env.sh
 
 ## make bench: release build, then the benchmark table (bench/README.md)
 bench: system-deps-bench python-env build-release

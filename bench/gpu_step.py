@@ -13,10 +13,15 @@ the pipeline's own order) at the pipeline's input shapes:
 
 It prints one JSON line: seconds per step (median of the timed steps, after one untimed warm-up step), the 30-step
 estimate (denoising only: the text and image encoders and the VAE decode are not included), peak GPU memory.
+With `--presets` it then measures the same step the way the speed presets run it (`presets` in the JSON): the
+repeated blocks compiled as the worker compiles them (`compile_repeated_blocks`, dynamic shapes; compile time
+reported apart), and, on GPUs with FP8 (compute capability 8.9+), the linear layers in FP8 through torchao, compiled.
+Random weights cannot say anything about output quality (PSNR against `quality` needs the real checkpoint) nor
+about the step cache (whose skips depend on real activations), so neither is measured here.
 Without CUDA it prints {"ok": false, "skipped": "no CUDA GPU on this machine"} and exits 0.
 
-    python bench/gpu_step.py [--steps 3] [--height 480 --width 832 --frames 81]
-    python bench/gpu_step.py --smoke-cpu      # a 2-layer toy config on the CPU: checks the code path only
+    python bench/gpu_step.py [--steps 3] [--height 480 --width 832 --frames 81] [--presets]
+    python bench/gpu_step.py --smoke-cpu [--presets]   # a 2-layer toy config on the CPU: checks the code path only
 """
 
 from __future__ import annotations
@@ -131,7 +136,14 @@ def step(model: Any, x: dict[str, torch.Tensor], timestep: torch.Tensor, guidanc
 
 
 def measure(
-    config: dict[str, Any], device: torch.device, dtype: torch.dtype, height: int, width: int, frames: int, steps: int
+    config: dict[str, Any],
+    device: torch.device,
+    dtype: torch.dtype,
+    height: int,
+    width: int,
+    frames: int,
+    steps: int,
+    presets: bool = False,
 ) -> dict[str, Any]:
     cuda = device.type == "cuda"
 
@@ -186,7 +198,53 @@ def measure(
     if cuda:
         result["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
         result["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved(device) / 2**30, 2)
+    if presets:
+        result["presets"] = measure_presets(model, x, timestep, steps, sync)
     return result
+
+
+def timed_steps(
+    model: Any, x: dict[str, torch.Tensor], timestep: torch.Tensor, steps: int, sync: Any
+) -> dict[str, Any]:
+    """One untimed step (compiles, where compiled), then `steps` timed ones."""
+    times: list[float] = []
+    with torch.inference_mode():
+        started = time.perf_counter()
+        step(model, x, timestep, 3.0)
+        sync()
+        first_s = time.perf_counter() - started
+        for _ in range(steps):
+            started = time.perf_counter()
+            step(model, x, timestep, 3.0)
+            sync()
+            times.append(time.perf_counter() - started)
+    return {"first_step_s": round(first_s, 3), "step_s": round(statistics.median(times), 4)}
+
+
+def measure_presets(
+    model: Any, x: dict[str, torch.Tensor], timestep: torch.Tensor, steps: int, sync: Any
+) -> dict[str, Any]:
+    """The step as `quality` runs it (blocks compiled) and as `fast` adds FP8 where the GPU has it."""
+    device = x["hidden_states"].device
+    results: dict[str, Any] = {}
+    model.compile_repeated_blocks(fullgraph=True, dynamic=True)
+    results["quality_compiled"] = timed_steps(model, x, timestep, steps, sync)
+    fp8 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    if not fp8:
+        results["fast_fp8"] = {"skipped": "no FP8 on this device (needs CUDA compute capability 8.9+)"}
+        return results
+    from torchao.quantization import (
+        Float8DynamicActivationFloat8WeightConfig,
+        quantize_,
+    )
+
+    torch._dynamo.reset()
+    # The blocks' linear layers, as TorchAoConfig does it while loading the real checkpoint.
+    quantize_(model, Float8DynamicActivationFloat8WeightConfig())
+    results["fast_fp8"] = timed_steps(model, x, timestep, steps, sync)
+    if device.type == "cuda":
+        results["fast_fp8"]["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,13 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--smoke-cpu", action="store_true", help="toy 2-layer config on the CPU (checks the code path)")
+    parser.add_argument("--presets", action="store_true", help="also the step as the speed presets run it")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.steps > 50:
         parser.error("--steps must be 1..50")
     try:
         if args.smoke_cpu:
             torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-            result = measure(SMOKE, torch.device("cpu"), torch.bfloat16, 64, 64, 5, args.steps)
+            result = measure(SMOKE, torch.device("cpu"), torch.bfloat16, 64, 64, 5, args.steps, args.presets)
             result["smoke"] = True
         elif not torch.cuda.is_available():
             result = {"ok": False, "skipped": "no CUDA GPU on this machine"}
@@ -210,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.backends.cuda.matmul.allow_tf32 = True
             result = measure(
                 WAN21_I2V_14B_480P, torch.device("cuda", torch.cuda.current_device()), torch.bfloat16,
-                args.height, args.width, args.frames, args.steps,
+                args.height, args.width, args.frames, args.steps, args.presets,
             )  # fmt: skip
     except torch.OutOfMemoryError as exc:
         result = {"ok": False, "error": f"out of memory: {str(exc)[:300]}"}

@@ -103,6 +103,7 @@ public struct ImageIntake: Sendable {
     }
 
     /// Downloads `url` (already known to be an absolute http/https URL), checks it, and prepares the frame.
+    /// A `data:image/…;base64,…` URL is decoded instead of downloaded, under the same byte cap.
     /// - Parameter logger: the request's logger (with its requestId); the intake's own one if nil.
     public func prepare(
         url: String,
@@ -111,6 +112,9 @@ public struct ImageIntake: Sendable {
         logger: Logger? = nil
     ) async throws(ImageIntakeError) -> PreparedImage {
         let logger = logger ?? self.logger
+        if url.prefix(5).lowercased() == "data:" {
+            return try await process(try decodeDataURL(url), size: size, planner: planner, fetch: .zero, logger: logger)
+        }
         let clock = ContinuousClock()
         let start = clock.now
         let download: ImageFetcher.Download

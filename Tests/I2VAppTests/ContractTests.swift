@@ -28,6 +28,7 @@ import Testing
         let router = try buildRouter(
             configuration: configuration,
             video: VideoController(useCases: useCases, catalog: catalog, metrics: metrics, configuration: configuration),
+            openAI: OpenAIVideosController(useCases: useCases, catalog: catalog, metrics: metrics, configuration: configuration, logger: .init(label: "test")),
             operations: OperationsController(store: store, worker: worker, supervisor: nil, catalog: catalog, metrics: metrics),
             keyring: APIKeyring(keys: ["k"]),
             logger: .init(label: "test")

@@ -63,7 +63,7 @@ import Testing
         for folder in [inputs, videos] { try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true) }
         let live = inputs.appending(path: "live.png")
         var record = TaskStoreTests.record("live")
-        record.inputPath = live.path
+        record.inputKey = live.lastPathComponent
         try await store.enqueue(record, maxQueued: 10)
         let orphanVideo = videos.appending(path: "\(String(repeating: "c", count: 32)).mp4")
         let freshOrphan = videos.appending(path: "\(String(repeating: "d", count: 32)).mp4.tmp")

@@ -13,7 +13,9 @@ import Testing
     @Test func stopMidQueueThenEverythingFinishesAfterRestart() async throws {
         let directory = try TemporaryDirectory()
         let ids = try await withImageServer { base in
-            let slow = FakeWorker(stepDuration: .milliseconds(200))
+            // Slow enough (20 steps of a second) that the first task is still running when the app has
+            // shut down, however long a busy machine takes to get there.
+            let slow = FakeWorker(stepDuration: .seconds(1))
             let first = try await makeTestApp(dataDir: directory.url, worker: slow, ["i2v.maxConcurrent": 1, "i2v.shutdownGraceSeconds": 0])
             let ids = try await first.test(.router) { client in
                 var ids: [String] = []

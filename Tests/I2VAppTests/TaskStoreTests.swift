@@ -16,10 +16,13 @@ import Testing
                 model: "m", prompt: "a prompt of enough length", negativePrompt: "", width: 160, height: 96,
                 numFrames: 81, guidanceScale: 3, inferSteps: 30, seed: 7
             ),
-            inputPath: "/tmp/\(id).png",
+            inputKey: "\(id).png",
             intake: IntakeTimings()
         )
     }
+
+    static let node = "node-a"
+    static let lease = Duration.seconds(30)
 
     static let result = TaskResult(videoName: "v", width: 16, height: 16, numFrames: 5, fps: 16, inferenceSeconds: 1, encodeSeconds: 0)
 
@@ -29,16 +32,16 @@ import Testing
             for index in 0..<3 { try await store.enqueue(Self.record("t\(index)"), maxQueued: 3) }
             await #expect(throws: QueueFullError.self) { try await store.enqueue(Self.record("t3"), maxQueued: 3) }
             #expect(try await store.queuePosition(id: "t2") == 3)
-            let first = try await store.claimNext()
+            let first = try await store.claimNext(node: Self.node, lease: Self.lease)
             #expect(first?.id == "t0" && first?.status == .inProgress && first?.attempts == 1)
             #expect(first?.progressStep == 0 && first?.progressTotal == 30 && first?.startedAt != nil)
             #expect(try await store.queuePosition(id: "t2") == 2)
             #expect(try await store.queuePosition(id: "t0") == nil)
             #expect(try await store.queuePosition(id: "nope") == nil)
             #expect(try await store.counts() == QueueCounts(queued: 2, running: 1))
-            #expect(try await store.claimNext()?.id == "t1")
-            #expect(try await store.claimNext()?.id == "t2")
-            #expect(try await store.claimNext() == nil)
+            #expect(try await store.claimNext(node: Self.node, lease: Self.lease)?.id == "t1")
+            #expect(try await store.claimNext(node: Self.node, lease: Self.lease)?.id == "t2")
+            #expect(try await store.claimNext(node: Self.node, lease: Self.lease) == nil)
         }
     }
 
@@ -47,15 +50,15 @@ import Testing
         try await withStoreDatabase(kind) { database in
             try await database.withStore { store in
                 try await store.enqueue(Self.record("a"), maxQueued: 10)
-                _ = try await store.claimNext()
+                _ = try await store.claimNext(node: Self.node, lease: Self.lease)
             }
             // A new process opens the same database: the running task goes back to the queue, once.
             try await database.withStore { reopened in
-                #expect(try await reopened.recoverInterrupted(maxAttempts: 2) == ["a": .requeued])
+                #expect(try await reopened.recoverInterrupted(node: Self.node, maxAttempts: 2) == ["a": .requeued])
                 let requeued = try await reopened.task(id: "a")
                 #expect(requeued?.status == .inQueue && requeued?.startedAt == nil && requeued?.progressStep == nil)
-                #expect(try await reopened.claimNext()?.attempts == 2)
-                let outcomes = try await reopened.recoverInterrupted(maxAttempts: 2)
+                #expect(try await reopened.claimNext(node: Self.node, lease: Self.lease)?.attempts == 2)
+                let outcomes = try await reopened.recoverInterrupted(node: Self.node, maxAttempts: 2)
                 guard case .failed(let reason) = outcomes["a"] else {
                     Issue.record("expected failure, got \(outcomes)")
                     return
@@ -63,7 +66,7 @@ import Testing
                 #expect(reason.contains("2 attempts"))
                 let task = try await reopened.task(id: "a")
                 #expect(task?.status == .failed && task?.reason == reason && task?.finishedAt != nil)
-                #expect(try await reopened.recoverInterrupted(maxAttempts: 2).isEmpty)
+                #expect(try await reopened.recoverInterrupted(node: Self.node, maxAttempts: 2).isEmpty)
             }
         }
     }
@@ -73,15 +76,15 @@ import Testing
         try await withStore(kind) { store in
             try await store.enqueue(Self.record("a"), maxQueued: 10)
             try await store.enqueue(Self.record("b"), maxQueued: 10)
-            #expect(try await store.requeue(id: "a", maxAttempts: 1, reason: "x", countAttempt: true) == .notRunning)
-            _ = try await store.claimNext()
+            #expect(try await store.requeue(id: "a", node: Self.node, maxAttempts: 1, reason: "x", countAttempt: true) == .notRunning)
+            _ = try await store.claimNext(node: Self.node, lease: Self.lease)
             // Not the task's fault (the worker restarted): the attempt is given back.
-            #expect(try await store.requeue(id: "a", maxAttempts: 1, reason: "worker restarted", countAttempt: false) == .requeued)
+            #expect(try await store.requeue(id: "a", node: Self.node, maxAttempts: 1, reason: "worker restarted", countAttempt: false) == .requeued)
             #expect(try await store.task(id: "a")?.attempts == 0)
             // Back at the front of the queue, ahead of the younger task.
             #expect(try await store.queuePosition(id: "a") == 1)
-            #expect(try await store.claimNext()?.id == "a")
-            let outcome = try await store.requeue(id: "a", maxAttempts: 1, reason: "worker died", countAttempt: true)
+            #expect(try await store.claimNext(node: Self.node, lease: Self.lease)?.id == "a")
+            let outcome = try await store.requeue(id: "a", node: Self.node, maxAttempts: 1, reason: "worker died", countAttempt: true)
             #expect(outcome == .failed(reason: "worker died; gave up after 1 attempt"))
             #expect(try await store.task(id: "a")?.status == .failed)
         }
@@ -95,13 +98,13 @@ import Testing
             #expect(try await store.cancel(id: "q", ownerKeyHash: "someone else") == .notFound)
             #expect(try await store.cancel(id: "q", ownerKeyHash: "owner") == .cancelledQueued)
             #expect(try await store.cancel(id: "q", ownerKeyHash: "owner") == .alreadyCancelled)
-            #expect(try await store.claimNext()?.id == "r")
+            #expect(try await store.claimNext(node: Self.node, lease: Self.lease)?.id == "r")
             #expect(try await store.cancelRequested(among: ["r", "q"]).isEmpty)
             #expect(try await store.cancel(id: "r", ownerKeyHash: "owner") == .cancelRequested)
             #expect(try await store.cancelRequested(among: ["r", "q", "nope"]) == ["r"])
             #expect(try await store.cancelRequested(among: []).isEmpty)
             // A running task the client cancelled is never put back in the queue.
-            #expect(try await store.requeue(id: "r", maxAttempts: 5, reason: "worker died", countAttempt: true) == .cancelled)
+            #expect(try await store.requeue(id: "r", node: Self.node, maxAttempts: 5, reason: "worker died", countAttempt: true) == .cancelled)
             #expect(try await store.task(id: "r")?.status == .cancelled)
             #expect(try await store.cancel(id: "r", ownerKeyHash: "owner") == .alreadyCancelled)
             #expect(try await store.cancel(id: "nope", ownerKeyHash: "owner") == .notFound)
@@ -115,17 +118,17 @@ import Testing
         try await withStore(kind) { store in
             try await store.enqueue(Self.record("late"), maxQueued: 10)
             try await store.enqueue(Self.record("kept"), maxQueued: 10)
-            _ = try await store.claimNext()
-            _ = try await store.claimNext()
+            _ = try await store.claimNext(node: Self.node, lease: Self.lease)
+            _ = try await store.claimNext(node: Self.node, lease: Self.lease)
             #expect(try await store.cancel(id: "late", ownerKeyHash: "owner") == .cancelRequested)
-            #expect(try await store.finish(id: "late", outcome: .succeeded(Self.result)) == .ended(.cancelled))
+            #expect(try await store.finish(id: "late", node: Self.node, outcome: .succeeded(Self.result)) == .ended(.cancelled))
             let late = try await store.task(id: "late")
             #expect(late?.status == .cancelled && late?.result == nil && late?.reason == "cancelled by the client")
-            #expect(try await store.finish(id: "kept", outcome: .succeeded(Self.result)) == .ended(.succeed))
+            #expect(try await store.finish(id: "kept", node: Self.node, outcome: .succeeded(Self.result)) == .ended(.succeed))
             #expect(try await store.task(id: "kept")?.result?.videoName == "v")
             #expect(try await store.cancel(id: "kept", ownerKeyHash: "owner") == .alreadyFinished(.succeed))
             // Once ended, a second result changes nothing.
-            #expect(try await store.finish(id: "kept", outcome: .failed(reason: "x")) == .notRunning)
+            #expect(try await store.finish(id: "kept", node: Self.node, outcome: .failed(reason: "x")) == .notRunning)
             #expect(try await store.task(id: "kept")?.status == .succeed)
         }
     }
@@ -142,32 +145,35 @@ import Testing
                     negativePrompt: "blurry", width: 832, height: 480, numFrames: 81, guidanceScale: 5.25,
                     inferSteps: 40, seed: Int(Int32.max) + 12_345
                 ),
-                inputPath: "/data/inputs/round-trip.png",
+                inputKey: "round-trip.png",
                 intake: IntakeTimings(fetch: 0.125, decode: 0.0625, encode: 1.0 / 3.0),
                 createdAt: Date(timeIntervalSince1970: 1_753_000_000.123_456_7)
             )
             try await store.enqueue(submitted, maxQueued: 10)
             #expect(try await store.task(id: "round-trip") == submitted)
 
-            let claimed = try #require(try await store.claimNext())
-            try await store.recordProgress(id: "round-trip", step: 7, total: 40)
+            let claimed = try #require(try await store.claimNext(node: Self.node, lease: Self.lease))
+            try await store.recordProgress(id: "round-trip", node: Self.node, step: 7, total: 40)
             submitted.status = .inProgress
             submitted.attempts = 1
             submitted.progressStep = 7
             submitted.progressTotal = 40
             submitted.startedAt = claimed.startedAt
+            submitted.lease = claimed.lease
+            #expect(claimed.lease?.node == Self.node)
             #expect(try await store.task(id: "round-trip") == submitted)
 
             let result = TaskResult(
                 videoName: "vid-1", width: 832, height: 480, numFrames: 81, fps: 16, inferenceSeconds: 12.5,
-                encodeSeconds: 0.75
+                encodeSeconds: 0.75, inferSteps: 4, guidanceScale: 1
             )
-            #expect(try await store.finish(id: "round-trip", outcome: .succeeded(result)) == .ended(.succeed))
+            #expect(try await store.finish(id: "round-trip", node: Self.node, outcome: .succeeded(result)) == .ended(.succeed))
             let finished = try #require(try await store.task(id: "round-trip"))
             submitted.status = .succeed
             submitted.progressStep = nil
             submitted.progressTotal = nil
             submitted.result = result
+            submitted.lease = nil
             submitted.finishedAt = finished.finishedAt
             #expect(finished == submitted)
             #expect(finished.finishedAt != nil)
@@ -178,16 +184,18 @@ import Testing
     func videoExpiryAndReferencedFiles(_ kind: StoreKind) async throws {
         try await withStore(kind) { store in
             for id in ["done", "failed", "waiting"] { try await store.enqueue(Self.record(id), maxQueued: 10) }
-            _ = try await store.claimNext()
-            _ = try await store.claimNext()
-            try await store.finish(id: "done", outcome: .succeeded(Self.result))
-            try await store.finish(id: "failed", outcome: .failed(reason: "boom"))
+            _ = try await store.claimNext(node: Self.node, lease: Self.lease)
+            _ = try await store.claimNext(node: Self.node, lease: Self.lease)
+            try await store.finish(id: "done", node: Self.node, outcome: .succeeded(Self.result))
+            try await store.finish(id: "failed", node: Self.node, outcome: .failed(reason: "boom"))
             #expect(try await store.task(id: "failed")?.reason == "boom")
             #expect(try await store.referencedFileNames() == ["done.png", "failed.png", "waiting.png", "v.mp4"])
 
             #expect(try await store.tasksWithVideosFinished(before: Date().addingTimeInterval(-60)).isEmpty)
             #expect(try await store.tasksWithVideosFinished(before: Date().addingTimeInterval(1)).map(\.id) == ["done"])
-            try await store.markVideoExpired(id: "done")
+            // A second sweeper (another node) marking it too is told it was already done.
+            #expect(try await store.markVideoExpired(id: "done"))
+            #expect(try await store.markVideoExpired(id: "done") == false)
             #expect(try await store.task(id: "done")?.videoExpired == true)
             #expect(try await store.tasksWithVideosFinished(before: Date().addingTimeInterval(1)).isEmpty)
             try await store.ping()
@@ -199,8 +207,8 @@ import Testing
         try await withStore(kind) { store in
             try await store.enqueue(Self.record("old"), maxQueued: 10)
             try await store.enqueue(Self.record("queued"), maxQueued: 10)
-            _ = try await store.claimNext()
-            try await store.finish(id: "old", outcome: .failed(reason: "x"))
+            _ = try await store.claimNext(node: Self.node, lease: Self.lease)
+            try await store.finish(id: "old", node: Self.node, outcome: .failed(reason: "x"))
             #expect(try await store.deleteTasks(finishedBefore: Date().addingTimeInterval(-60)).isEmpty)
             #expect(try await store.deleteTasks(finishedBefore: Date().addingTimeInterval(1)).map(\.id) == ["old"])
             #expect(try await store.task(id: "old") == nil)
@@ -229,7 +237,7 @@ import Testing
                     let claimed = try await withThrowingTaskGroup(of: String?.self) { group in
                         for index in 0..<20 {
                             let store = index.isMultiple(of: 2) ? first : second
-                            group.addTask { try await store.claimNext()?.id }
+                            group.addTask { try await store.claimNext(node: Self.node, lease: Self.lease)?.id }
                         }
                         var ids: [String] = []
                         for try await id in group { if let id { ids.append(id) } }
@@ -257,10 +265,10 @@ import Testing
                 try await withPostgresConnection(endpoint) { other in
                     try await other.query("BEGIN", logger: TestCluster.logger)
                     try await other.query("SELECT id FROM tasks WHERE id = 'held' FOR UPDATE", logger: TestCluster.logger)
-                    #expect(try await store.claimNext()?.id == "free")
+                    #expect(try await store.claimNext(node: Self.node, lease: Self.lease)?.id == "free")
                     try await other.query("ROLLBACK", logger: TestCluster.logger)
                 }
-                #expect(try await store.claimNext()?.id == "held")
+                #expect(try await store.claimNext(node: Self.node, lease: Self.lease)?.id == "held")
             }
         }
     }
@@ -356,10 +364,7 @@ import Testing
     @Test func theServiceRunsOnPostgres() async throws {
         try await withFreshPostgresDatabase { endpoint in
             let directory = try TemporaryDirectory()
-            let clusterURL = try #require(TestCluster.url)
-            var components = try #require(URLComponents(string: clusterURL))
-            components.path = "/\(endpoint.database)"
-            let url = try #require(components.string)
+            let url = try TestCluster.url(database: endpoint.database)
             let app = try await makeTestApp(dataDir: directory.url, worker: FakeWorker(), ["i2v.databaseUrl": .init(stringLiteral: url)])
             try await withImageServer { base in
                 try await app.test(.router) { client in

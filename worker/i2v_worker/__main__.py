@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from .protocol import Runner, serve
+from .loop import Runner, serve
 
 
 def main() -> None:
@@ -21,9 +21,14 @@ def main() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.captureWarnings(True)
+    # Importing diffusers imports torchao (for FP8), which warns on every start about optional kernels this worker
+    # never uses (builds for other Pythons, Triton, CUTLASS); real errors still get through.
+    for name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
     def load() -> Runner:
-        from .pipeline import Engine, Settings
+        from .pipeline import Engine
+        from .settings import Settings
 
         return Engine.load(Settings.from_env(os.environ))
 

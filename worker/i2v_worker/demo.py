@@ -6,6 +6,7 @@ machine builds the same checkpoint; it is saved with `save_pretrained` and loade
 code path as the real model. Its output is noise by design.
 
     python -m i2v_worker.demo --output DIR
+    python -m i2v_worker.demo --lora FILE      # a step-distillation-shaped LoRA for it, for I2V_SPEED=turbo
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from .metadata import MODEL_INFO_FILE, ModelInfo
 
@@ -33,6 +35,12 @@ TEXT_DIM = 32  # UMT5 d_model, the transformer's text_dim
 IMAGE_DIM = 16  # CLIP vision hidden size, the transformer's image_dim
 HEADS = 2
 HEAD_DIM = 12
+DIM = HEADS * HEAD_DIM  # the transformer's hidden size
+FFN_DIM = 32
+FREQ_DIM = 32
+OUT_PATCH = 16 * 1 * 2 * 2  # out_channels x patch volume: the head's output
+LORA_RANK = 4
+LORA_SEED = 20250102
 
 
 def _vocabulary() -> list[tuple[str, float]]:
@@ -49,7 +57,12 @@ def _vocabulary() -> list[tuple[str, float]]:
 def build(output: Path) -> None:
     """Builds the demo checkpoint into `output`, a directory that must not exist yet."""
     import torch
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanImageToVideoPipeline,
+        WanTransformer3DModel,
+    )
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -101,8 +114,8 @@ def build(output: Path) -> None:
         in_channels=36,
         out_channels=16,
         text_dim=TEXT_DIM,
-        freq_dim=32,
-        ffn_dim=32,
+        freq_dim=FREQ_DIM,
+        ffn_dim=FFN_DIM,
         num_layers=2,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
@@ -113,7 +126,7 @@ def build(output: Path) -> None:
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
     )
-    pipe = WanImageToVideoPipeline(
+    pipe: Any = WanImageToVideoPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         vae=vae,
@@ -125,6 +138,67 @@ def build(output: Path) -> None:
     pipe.save_pretrained(output, safe_serialization=True)
     # Written last: its presence marks a complete checkpoint.
     (output / MODEL_INFO_FILE).write_text(json.dumps(DEMO_MODEL.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def lora_layout() -> dict[str, tuple[tuple[int, int] | None, tuple[int, ...] | None]]:
+    """The layers a lightx2v Wan2.1 I2V step-distillation LoRA touches, in Wan's original module names (as its
+    file names them, under `diffusion_model.`), at the demo transformer's sizes: layer -> ((out, in) of a linear
+    layer, or None) and (shape of its `diff`/`diff_b` extras, or None)."""
+    layers: dict[str, tuple[tuple[int, int] | None, tuple[int, ...] | None]] = {}
+    for block in range(2):
+        prefix = f"blocks.{block}"
+        for name in ("q", "k", "v", "o"):
+            layers[f"{prefix}.self_attn.{name}"] = ((DIM, DIM), (DIM,))
+        for name in ("q", "k", "v", "o", "k_img", "v_img"):
+            layers[f"{prefix}.cross_attn.{name}"] = ((DIM, DIM), (DIM,))
+        layers[f"{prefix}.ffn.0"] = ((FFN_DIM, DIM), (FFN_DIM,))
+        layers[f"{prefix}.ffn.2"] = ((DIM, FFN_DIM), (DIM,))
+        for norm in ("self_attn.norm_q", "self_attn.norm_k", "cross_attn.norm_q", "cross_attn.norm_k",
+                     "cross_attn.norm_k_img", "norm3"):  # fmt: skip
+            layers[f"{prefix}.{norm}"] = (None, (DIM,))
+        layers[f"{prefix}.modulation"] = (None, (1, 6, DIM))
+    layers["head.head"] = ((OUT_PATCH, DIM), (OUT_PATCH,))
+    layers["text_embedding.0"] = ((DIM, TEXT_DIM), (DIM,))
+    layers["text_embedding.2"] = ((DIM, DIM), (DIM,))
+    layers["time_embedding.0"] = ((DIM, FREQ_DIM), (DIM,))
+    layers["time_embedding.2"] = ((DIM, DIM), (DIM,))
+    layers["time_projection.1"] = ((6 * DIM, DIM), (6 * DIM,))
+    layers["img_emb.proj.1"] = ((IMAGE_DIM, IMAGE_DIM), (IMAGE_DIM,))
+    layers["img_emb.proj.3"] = ((DIM, IMAGE_DIM), (DIM,))
+    return layers
+
+
+def build_lora(output: Path, rank: int = LORA_RANK, scale: float = 0.5) -> None:
+    """Writes a random LoRA for the demo transformer with the key layout of lightx2v's Wan2.1 I2V 4-step LoRA:
+    `diffusion_model.<layer>.lora_down.weight` (rank x in), `.lora_up.weight` (out x rank) and `.diff_b` (bias
+    change) for linear layers, `.diff` (and `.diff_b` for norm3) for norms, `blocks.N.diff_m` for the modulation.
+    Its weights are random, so it changes the demo's (random) output without making it any better."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(LORA_SEED)
+
+    def rand(*shape: int, std: float) -> torch.Tensor:
+        return (torch.randn(*shape, generator=generator) * std).to(torch.bfloat16)
+
+    tensors: dict[str, torch.Tensor] = {}
+    for layer, (linear, extra) in lora_layout().items():
+        key = f"diffusion_model.{layer}"
+        if layer.endswith(".modulation"):
+            tensors[key.removesuffix(".modulation") + ".diff_m"] = rand(*(extra or ()), std=scale / 10)
+        elif linear is None:
+            tensors[f"{key}.diff"] = rand(*(extra or ()), std=scale / 10)
+            if layer.endswith("norm3"):
+                tensors[f"{key}.diff_b"] = rand(*(extra or ()), std=scale / 10)
+        else:
+            out_features, in_features = linear
+            tensors[f"{key}.lora_down.weight"] = rand(rank, in_features, std=scale)
+            tensors[f"{key}.lora_up.weight"] = rand(out_features, rank, std=scale)
+            tensors[f"{key}.diff_b"] = rand(*(extra or ()), std=scale / 10)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, output)
 
 
 def _make_readable(root: Path) -> None:
@@ -174,12 +248,19 @@ def ensure(output: Path, force: bool = False) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m i2v_worker.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True, type=Path, help="checkpoint directory to create")
+    parser.add_argument("--output", type=Path, help="checkpoint directory to create")
     parser.add_argument("--force", action="store_true", help="rebuild even when a complete checkpoint is there")
+    parser.add_argument("--lora", type=Path, help="also write a demo step-distillation LoRA to this .safetensors file")
     args = parser.parse_args(argv)
+    if args.output is None and args.lora is None:
+        parser.error("give --output, --lora or both")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ensure(args.output, force=args.force)
-    print(args.output.resolve())
+    if args.output is not None:
+        ensure(args.output, force=args.force)
+        print(args.output.resolve())
+    if args.lora is not None:
+        build_lora(args.lora)
+        print(args.lora.resolve())
     return 0
 
 

@@ -6,6 +6,9 @@ per-run state), its own shallow copy of the VAE (`AutoencoderKLWan` keeps its ca
 module object; the copy shares the weights), its own tokenizer copy (a tokenizers-backed tokenizer must not be
 called from two threads at once), and its own per-call attributes (`_interrupt`, `_num_timesteps`,
 `_guidance_scale`, `_current_timestep` live on the pipeline object).
+
+`Engine.run` returns a `GenerationResult` or raises a `JobError` (`BadInput`, `Cancelled`, `OutOfMemory`); anything
+else it raises is a bug of ours or of a library, reported as an internal error.
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,74 +28,21 @@ import torch
 from PIL import Image
 
 from .encode import encode_mp4, to_uint8
+from .errors import BadInput, Cancelled, JobError, OutOfMemory
+from .jobs import EngineInfo, GenerationResult, Job, SpeedPlan, StepCallback
 from .metadata import AREA_720P, ModelInfo, read_model_info
-from .protocol import Done, Error, ErrorKind, MemoryInfo, Ready, Run
+from .settings import ConfigurationError, Settings
+from .speed import DistilledFlowScheduler, apply, fp8_quantization, plan
 
 logger = logging.getLogger("i2v_worker")
 
-OOM_MESSAGE = "out of memory: lower the resolution (image_size) or num_frames"
-MAX_MESSAGE_CHARS = 2000
+FIXED_SIZES = ((832, 480), (480, 832))  # the API's two fixed frame sizes, served for every model
+WARM_UP_FRAMES = 5
 
 
 def frame_count(num_frames: int) -> int:
     """The frame count Wan makes for a requested one: 4k + 1 (24 -> 25, 50 -> 49, 81 -> 81, 120 -> 121)."""
     return num_frames // 4 * 4 + 1
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    value = env.get(name, "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    raise ValueError(f"{name} must be 0 or 1, got {value!r}")
-
-
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    value = env.get(name, "").strip()
-    if not value:
-        return default
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-@dataclass(frozen=True)
-class Settings:
-    model_path: str
-    device: str | None  # None: cuda if available, else cpu
-    slots: int = 1
-    cpu_offload: bool = False
-    vae_tiling: bool = False
-    torch_threads: int = 1  # per job, on the CPU
-    bytes_per_token: int | None = None  # measured peak activation bytes per latent token, if the operator knows it
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Settings:
-        model_path = env.get("I2V_MODEL_PATH", "").strip()
-        if not model_path:
-            raise ValueError("I2V_MODEL_PATH is not set")
-        bytes_per_token = env.get("I2V_BYTES_PER_TOKEN", "").strip()
-        return cls(
-            model_path=model_path,
-            device=env.get("I2V_DEVICE", "").strip() or None,
-            slots=_positive_int(env, "I2V_WORKER_SLOTS", 1),
-            cpu_offload=_flag(env, "I2V_CPU_OFFLOAD"),
-            vae_tiling=_flag(env, "I2V_VAE_TILING"),
-            torch_threads=_positive_int(env, "I2V_TORCH_THREADS", 1),
-            bytes_per_token=_positive_int(env, "I2V_BYTES_PER_TOKEN", 1) if bytes_per_token else None,
-        )
-
-
-class BadInput(ValueError):
-    pass
-
-
-class Cancelled(Exception):
-    def __init__(self, step: int, total: int) -> None:
-        super().__init__(f"cancelled at step {step} of {total}")
-        self.step = step
-        self.total = total
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -104,17 +52,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and (
         "can't allocate memory" in text or "DefaultCPUAllocator" in text or "CUDA out of memory" in text
     )
-
-
-def classify(exc: BaseException) -> tuple[ErrorKind, str]:
-    """The protocol error kind and message for a job that raised `exc`."""
-    if isinstance(exc, Cancelled):
-        return "cancelled", str(exc)
-    if isinstance(exc, BadInput):
-        return "bad_input", str(exc)
-    if is_out_of_memory(exc):
-        return "oom", OOM_MESSAGE
-    return "internal", f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]
 
 
 def load_image(path: str, width: int, height: int) -> Image.Image:
@@ -135,25 +72,31 @@ def load_image(path: str, width: int, height: int) -> Image.Image:
 def _resolve_device(requested: str | None) -> torch.device:
     if requested is None:
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ConfigurationError(f"unsupported I2V_DEVICE={requested}: use cuda, cuda:N or cpu") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"I2V_DEVICE={requested} but CUDA is not available")
+            raise ConfigurationError(f"I2V_DEVICE={requested} but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
     elif device.type != "cpu":
-        raise RuntimeError(f"unsupported I2V_DEVICE={requested}: use cuda, cuda:N or cpu")
+        raise ConfigurationError(f"unsupported I2V_DEVICE={requested}: use cuda, cuda:N or cpu")
     return device
 
 
 class Engine:
     """The loaded pipeline and its per-job views."""
 
-    def __init__(self, pipe: Any, info: ModelInfo, device: torch.device, settings: Settings) -> None:
+    def __init__(
+        self, *, pipe: Any, info: ModelInfo, device: torch.device, settings: Settings, speed: SpeedPlan
+    ) -> None:
         self.pipe = pipe
         self.info = info
         self.device = device
         self.settings = settings
+        self.speed = speed
         self.offload = settings.cpu_offload and device.type == "cuda"
         self._scheduler_class = type(pipe.scheduler)
         self._scheduler_config = pipe.scheduler.config
@@ -164,7 +107,7 @@ class Engine:
             pipe.set_progress_bar_config(disable=True)
             self._views.put(pipe)
         else:
-            for _ in range(settings.slots):
+            for _ in range(1 if speed.serial else settings.slots):
                 self._views.put(self._make_view())
 
     @property
@@ -180,6 +123,7 @@ class Engine:
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
         device = _resolve_device(settings.device)
+        speed = plan(settings, device)  # refuses what the device cannot do before the slow part
         info = read_model_info(settings.model_path)
         if device.type == "cpu":
             torch.set_num_threads(settings.torch_threads)
@@ -187,9 +131,12 @@ class Engine:
         else:
             # The transformer (and the UMT5 text encoder) in bf16; the image encoder and the VAE stay in fp32.
             dtype = {"default": torch.bfloat16, "image_encoder": torch.float32, "vae": torch.float32}
+        options: dict[str, Any] = {"dtype": dtype}
+        if speed.fp8:
+            options["quantization_config"] = fp8_quantization()
         started = time.monotonic()
-        logger.info("loading %s on %s", settings.model_path, device)
-        pipe = WanImageToVideoPipeline.from_pretrained(settings.model_path, dtype=dtype)
+        logger.info("loading %s on %s (speed %s)", settings.model_path, device, speed.preset)
+        pipe = WanImageToVideoPipeline.from_pretrained(settings.model_path, **options)
         flow_shift = 5.0 if info.native_area >= AREA_720P else 3.0
         pipe.scheduler = UniPCMultistepScheduler.from_config(
             pipe.scheduler.config, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift
@@ -202,7 +149,8 @@ class Engine:
             pipe.to(device)
         if settings.vae_tiling:
             pipe.vae.enable_tiling()
-        engine = cls(pipe, info, device, settings)
+        apply(pipe, speed)
+        engine = cls(pipe=pipe, info=info, device=device, settings=settings, speed=speed)
         logger.info("loaded %s in %.1f s; warming up", info.id, time.monotonic() - started)
         engine.warm_up()
         return engine
@@ -225,44 +173,72 @@ class Engine:
     def dtype(self) -> torch.dtype:
         return self.pipe.transformer.dtype
 
-    def ready_message(self) -> Ready:
+    def describe(self) -> EngineInfo:
         free: int | None = None
         if self.device.type == "cuda":
             free = int(torch.cuda.mem_get_info(self.device)[0])
-        return Ready(
+        return EngineInfo(
             model=self.info,
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
             slots=self.settings.slots,
-            memory=MemoryInfo(free_bytes=free, bytes_per_token=self.settings.bytes_per_token),
+            free_bytes=free,
+            bytes_per_token=self.settings.bytes_per_token,
+            speed=self.speed,
         )
+
+    def warm_sizes(self) -> list[tuple[int, int]]:
+        """Frame sizes the warm-up runs. Compiled blocks: the API's two fixed sizes and the native one, so the
+        compile (one graph with dynamic shapes) and its checks are done before the first job. Eager: one tiny size."""
+        side = self.info.size_multiple * 2
+        if not self.speed.compile:
+            return [(side, side)]
+        native = read_native_size(self.info)
+        return list(dict.fromkeys([*FIXED_SIZES, native]))
 
     def warm_up(self) -> None:
         started = time.monotonic()
-        side = self.info.size_multiple * 2
-        image = Image.new("RGB", (side, side), (127, 127, 127))
-        self.generate(image, "warm-up", "", side, side, 5, 2, 3.0, 0, lambda step, total: None, threading.Event())
+        for width, height in self.warm_sizes():
+            image = Image.new("RGB", (width, height), (127, 127, 127))
+            compiled = self.speed.compile
+            self.generate(
+                image=image, prompt="warm-up", negative_prompt="", width=width, height=height,
+                num_frames=WARM_UP_FRAMES, infer_steps=2, guidance_scale=3.0, seed=0,
+                on_step=lambda step, total: None, cancelled=threading.Event(), decode=not compiled,
+            )  # fmt: skip
         logger.info("warm-up done in %.2f s", time.monotonic() - started)
+
+    def job_steps(self, infer_steps: int) -> int:
+        return self.speed.infer_steps if self.speed.infer_steps is not None else infer_steps
+
+    def job_guidance(self, guidance_scale: float) -> float:
+        return self.speed.guidance_scale if self.speed.guidance_scale is not None else guidance_scale
 
     def generate(
         self,
+        *,
         image: Image.Image,
         prompt: str,
         negative_prompt: str,
         width: int,
         height: int,
         num_frames: int,
-        steps: int,
+        infer_steps: int,
         guidance_scale: float,
         seed: int,
-        report: Callable[[int, int], None],
+        on_step: StepCallback,
         cancelled: threading.Event,
+        decode: bool = True,
     ) -> np.ndarray:
         """Runs the pipeline on a free view: uint8 frames, shape (frame_count(num_frames), height, width, 3).
 
-        `report(step, steps)` is called after every denoising step. When `cancelled` is set the run stops at the
+        The preset's steps and guidance replace `infer_steps` and `guidance_scale` where it has its own.
+        `on_step(step, steps)` is called after every denoising step. When `cancelled` is set the run stops at the
         next step boundary by raising `Cancelled` from the step callback, so the VAE decode is skipped too.
+        `decode=False` (the warm-up) stops after denoising and returns an empty array.
         """
+        steps = self.job_steps(infer_steps)
+        guidance = self.job_guidance(guidance_scale)
         if self.device.type == "cpu":
             torch.set_num_threads(self.settings.torch_threads)
         else:
@@ -271,13 +247,16 @@ class Engine:
         def on_step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if cancelled.is_set():
                 raise Cancelled(index + 1, steps)
-            report(index + 1, steps)
+            on_step(index + 1, steps)
             return {}
 
         view = self._take_view(cancelled, steps)
         try:
-            view.scheduler = self._scheduler_class.from_config(self._scheduler_config)
             generator = torch.Generator(device=self.device).manual_seed(seed)
+            scheduler = self._scheduler_class.from_config(self._scheduler_config)
+            if isinstance(scheduler, DistilledFlowScheduler):
+                scheduler.generator = generator
+            view.scheduler = scheduler
             output = view(
                 image=image,
                 prompt=prompt,
@@ -286,18 +265,21 @@ class Engine:
                 width=width,
                 num_frames=frame_count(num_frames),
                 num_inference_steps=steps,
-                guidance_scale=guidance_scale,
+                guidance_scale=guidance,
                 generator=generator,
-                output_type="np",
+                output_type="np" if decode else "latent",
                 callback_on_step_end=on_step_end,
                 callback_on_step_end_tensor_inputs=[],
             )
         except BaseException:
-            if self.offload:
-                view.maybe_free_model_hooks()  # what the pipeline does at the end of a run that completes
+            # What the pipeline does at the end of a run that completes: offload hooks back in place, the step
+            # cache's state cleared for the next job.
+            view.maybe_free_model_hooks()
             raise
         finally:
             self._views.put(view)
+        if not decode:
+            return np.empty((0, height, width, 3), dtype=np.uint8)
         return to_uint8(output.frames[0])
 
     def _take_view(self, cancelled: threading.Event, steps: int) -> Any:
@@ -309,55 +291,60 @@ class Engine:
             except queue.Empty:
                 continue
 
-    def run(self, job: Run, report: Callable[[int, int], None], cancelled: threading.Event) -> Done | Error:
-        """One whole job: checks, generation, MP4. Never raises; every failure becomes an `Error`."""
-        task = job.task_id
-        frames_wanted = frame_count(job.num_frames)
+    def run(self, job: Job, *, on_step: StepCallback, cancelled: threading.Event) -> GenerationResult:
+        """One whole job: checks, generation, MP4. Raises `JobError` for the failures a user is told about; after
+        any failure the memory the job held is freed, so the worker goes on serving."""
+        try:
+            return self._run(job, on_step=on_step, cancelled=cancelled)
+        except Exception as exc:
+            if not isinstance(exc, JobError) and not is_out_of_memory(exc):
+                logger.exception("task=%s failed", job.task_id)
+            # The traceback holds the frames of the failed run, and with them its tensors: drop it, then free.
+            exc.__traceback__ = None
+            failure: Exception = OutOfMemory() if is_out_of_memory(exc) else exc
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        logger.info("task=%s failed: %s", job.task_id, failure)
+        raise failure
+
+    def _run(self, job: Job, *, on_step: StepCallback, cancelled: threading.Event) -> GenerationResult:
+        steps = self.job_steps(job.infer_steps)
+        guidance = self.job_guidance(job.guidance_scale)
         logger.info(
             "task=%s start %dx%d, %d frames, %d steps, guidance %.2f, seed %d",
-            task, job.width, job.height, frames_wanted, job.infer_steps, job.guidance_scale, job.seed,
+            job.task_id, job.width, job.height, frame_count(job.num_frames), steps, guidance, job.seed,
         )  # fmt: skip
-        kind: ErrorKind | None = None
-        message = ""
-        try:
-            self._check(job)
-            image = load_image(job.image_path, job.width, job.height)
-            started = time.monotonic()
-            frames = self.generate(
-                image, job.prompt, job.negative_prompt, job.width, job.height, job.num_frames,
-                job.infer_steps, job.guidance_scale, job.seed, report, cancelled,
-            )  # fmt: skip
-            inference_seconds = time.monotonic() - started
-            started = time.monotonic()
-            encode_mp4(frames, job.output_path, self.info.fps)
-            encode_seconds = time.monotonic() - started
-        except Exception as exc:
-            kind, message = classify(exc)
-            if kind == "internal":
-                logger.exception("task=%s failed", task)
-        if kind is not None:
-            # The exception and its frames (which may hold large tensors) are gone by now: free the memory.
-            gc.collect()
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            logger.info("task=%s %s: %s", task, kind, message)
-            return Error(task_id=task, kind=kind, message=message)
+        self._check(job)
+        image = load_image(job.image_path, job.width, job.height)
+        started = time.monotonic()
+        frames = self.generate(
+            image=image, prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width, height=job.height,
+            num_frames=job.num_frames, infer_steps=steps, guidance_scale=guidance, seed=job.seed, on_step=on_step,
+            cancelled=cancelled,
+        )  # fmt: skip
+        inference_seconds = time.monotonic() - started
+        started = time.monotonic()
+        encode_mp4(frames, job.output_path, self.info.fps)
+        encode_seconds = time.monotonic() - started
         logger.info(
-            "task=%s done: %s (inference %.2f s, encode %.2f s)", task, job.output_path, inference_seconds, encode_seconds
-        )
-        return Done(
-            task_id=task,
+            "task=%s done: %s (inference %.2f s, encode %.2f s)",
+            job.task_id, job.output_path, inference_seconds, encode_seconds,
+        )  # fmt: skip
+        return GenerationResult(
             path=job.output_path,
             width=job.width,
             height=job.height,
             num_frames=int(frames.shape[0]),
             fps=self.info.fps,
             seed=job.seed,
+            infer_steps=steps,
+            guidance_scale=guidance,
             inference_seconds=round(inference_seconds, 3),
             encode_seconds=round(encode_seconds, 3),
         )
 
-    def _check(self, job: Run) -> None:
+    def _check(self, job: Job) -> None:
         m = self.info.size_multiple
         if job.width % m or job.height % m:
             raise BadInput(f"width and height must be multiples of {m}, got {job.width}x{job.height}")
@@ -366,3 +353,12 @@ class Engine:
             raise BadInput(f"output directory does not exist: {out_dir}")
         if not os.access(out_dir, os.W_OK):
             raise BadInput(f"output directory is not writable: {out_dir}")
+
+
+def read_native_size(info: ModelInfo) -> tuple[int, int]:
+    """The landscape 16:9-ish frame of the model's native area, as `auto` makes it for a 16:9 picture."""
+    aspect = 9 / 16
+    m = info.size_multiple
+    height = max(m, round((info.native_area * aspect) ** 0.5) // m * m)
+    width = max(m, round((info.native_area / aspect) ** 0.5) // m * m)
+    return width, height

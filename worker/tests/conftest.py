@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from i2v_worker.protocol import Run
+from i2v_worker.jobs import Job
 
 WIDTH, HEIGHT = 160, 96  # the demo model's native size
 
@@ -26,7 +26,8 @@ def demo_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def engine(demo_checkpoint: Path) -> Iterator[object]:
     """One engine with two slots, shared by the tests that run jobs in-process."""
-    from i2v_worker.pipeline import Engine, Settings
+    from i2v_worker.pipeline import Engine
+    from i2v_worker.settings import Settings
 
     yield Engine.load(Settings(model_path=str(demo_checkpoint), device="cpu", slots=2))
 
@@ -43,7 +44,17 @@ def image_file(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
-def make_run(image: Path, output: Path, **overrides: object) -> Run:
+@pytest.fixture(scope="session")
+def demo_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA for the demo transformer with the key layout of lightx2v's Wan2.1 I2V 4-step LoRA."""
+    from i2v_worker import demo
+
+    path = tmp_path_factory.mktemp("loras") / "demo-lora.safetensors"
+    demo.build_lora(path)
+    return path
+
+
+def make_job(image: Path, output: Path, **overrides: object) -> Job:
     fields: dict[str, object] = dict(
         task_id="0123456789abcdef0123456789abcdef",
         image_path=str(image),
@@ -58,7 +69,7 @@ def make_run(image: Path, output: Path, **overrides: object) -> Run:
         output_path=str(output),
     )
     fields.update(overrides)
-    return Run(**fields)  # type: ignore[arg-type]
+    return Job(**fields)  # type: ignore[arg-type]
 
 
 class Recorder:

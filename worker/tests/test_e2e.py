@@ -15,7 +15,7 @@ from typing import IO, Any
 import pytest
 from conftest import HEIGHT, WIDTH, needs_ffmpeg
 
-from i2v_worker.protocol import parse_line
+from i2v_worker.messages import parse_line
 
 WORKER_DIR = Path(__file__).resolve().parents[1]
 
@@ -115,6 +115,8 @@ def test_worker_process_end_to_end(worker: Any, image_file: Callable[..., Path],
         "type": "ready", "protocol": 1,
         "model": {"id": "wan2.1-i2v-demo", "native_area": 15360, "size_multiple": 16, "fps": 16},
         "device": "cpu", "dtype": "float32", "slots": 2, "memory": {"free_bytes": None, "bytes_per_token": None},
+        "speed": {"preset": "quality", "compiled": False, "cache_threshold": None, "fp8": False, "lora": None,
+                  "infer_steps": None, "guidance_scale": None},
     }  # fmt: skip
     image = image_file()
 
@@ -126,6 +128,7 @@ def test_worker_process_end_to_end(worker: Any, image_file: Callable[..., Path],
     done = seen[-1]
     assert done["task_id"] == a and done["path"] == str(tmp_path / "a.mp4")
     assert (done["width"], done["height"], done["num_frames"], done["fps"], done["seed"]) == (WIDTH, HEIGHT, 17, 16, 42)
+    assert (done["infer_steps"], done["guidance_scale"]) == (3, 3.0)
     assert (tmp_path / "a.mp4").read_bytes()[4:8] == b"ftyp"
 
     # A long job cancelled after its first step.
@@ -191,8 +194,43 @@ def test_model_load_failure_is_fatal(worker: Any, tmp_path: Path) -> None:
     assert w.wait() != 0
 
 
-def test_bad_configuration_is_fatal(worker: Any) -> None:
-    w = worker(I2V_WORKER_SLOTS="many")
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        ({"I2V_WORKER_SLOTS": "many"}, "I2V_WORKER_SLOTS must be a positive integer"),
+        ({"I2V_SPEED": "turbo"}, "I2V_SPEED=turbo needs I2V_LORA_PATH"),
+        ({"I2V_SPEED": "fast", "I2V_FP8": "1"}, "I2V_FP8=1 cannot run here: the device is cpu, not a CUDA GPU"),
+    ],
+    ids=["slots", "turbo-without-lora", "fp8-on-cpu"],
+)
+def test_bad_configuration_is_fatal_and_not_a_restart_loop(worker: Any, env: dict[str, str], reason: str) -> None:
+    w = worker(**env)
     fatal = w.next(timeout=120)
-    assert fatal["type"] == "fatal" and "I2V_WORKER_SLOTS" in fatal["message"]
-    assert w.wait() != 0
+    assert fatal["type"] == "fatal" and fatal["message"].startswith("cannot start: ") and reason in fatal["message"]
+    # It stays up, refusing work, until the server ends it: exiting would only get it restarted into the same error.
+    assert w.proc.poll() is None
+    w.send({"type": "shutdown"})
+    assert w.wait() == 1
+
+
+@needs_ffmpeg
+def test_turbo_worker_runs_4_step_jobs_and_says_so(
+    worker: Any, image_file: Callable[..., Path], tmp_path: Path, demo_lora: Path
+) -> None:
+    w = worker(I2V_SPEED="turbo", I2V_LORA_PATH=str(demo_lora))
+    ready = w.next(timeout=120)
+    assert ready["type"] == "ready", ready
+    assert ready["speed"] == {
+        "preset": "turbo", "compiled": False, "cache_threshold": None, "fp8": False, "lora": demo_lora.name,
+        "infer_steps": 4, "guidance_scale": 1.0,
+    }  # fmt: skip
+    w.send(run_message("a" * 32, image_file(), tmp_path / "a.mp4", infer_steps=30, guidance_scale=5.0))
+    seen = w.until(lambda m: m["type"] in ("done", "error"))
+    assert [(m["type"], m.get("step"), m.get("total_steps")) for m in seen[:-1]] == [
+        ("progress", step, 4) for step in range(1, 5)
+    ]
+    done = seen[-1]
+    assert (done["type"], done["infer_steps"], done["guidance_scale"]) == ("done", 4, 1.0)
+    assert (tmp_path / "a.mp4").read_bytes()[4:8] == b"ftyp"
+    w.send({"type": "shutdown"})
+    assert w.wait() == 0

@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import HEIGHT, WIDTH, Recorder, make_run, needs_ffmpeg, needs_ffprobe
+from conftest import HEIGHT, WIDTH, Recorder, make_job, needs_ffmpeg, needs_ffprobe
 
 from i2v_worker.encode import EncodeError, encode_mp4, to_uint8
 from i2v_worker.pipeline import Engine
-from i2v_worker.protocol import Done
 
 
 def top_level_boxes(path: Path) -> list[str]:
@@ -50,8 +49,8 @@ def test_job_video_is_h264_yuv420p_16fps_with_moov_first(
     engine: Engine, image_file: Callable[..., Path], tmp_path: Path
 ) -> None:
     output = tmp_path / "video.mp4"
-    result = engine.run(make_run(image_file(), output, num_frames=17, infer_steps=2), Recorder(), threading.Event())
-    assert isinstance(result, Done), result
+    result = engine.run(make_job(image_file(), output, num_frames=17, infer_steps=2), on_step=Recorder(),
+                        cancelled=threading.Event())  # fmt: skip
     stream = ffprobe(output)
     assert stream["codec_name"] == "h264"
     assert stream["pix_fmt"] == "yuv420p"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -15,30 +14,40 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import HEIGHT, WIDTH, Recorder, make_run, needs_ffmpeg
+from conftest import HEIGHT, WIDTH, Recorder, make_job, needs_ffmpeg
 from PIL import Image
 
 from i2v_worker import demo
+from i2v_worker.errors import OOM_MESSAGE, BadInput, Cancelled, JobError, OutOfMemory
+from i2v_worker.jobs import GenerationResult
 from i2v_worker.metadata import ModelInfo
-from i2v_worker.pipeline import (
-    OOM_MESSAGE,
-    Cancelled,
-    Engine,
-    Settings,
-    classify,
-    frame_count,
-)
-from i2v_worker.protocol import Done, Error
+from i2v_worker.pipeline import Engine, frame_count
+from i2v_worker.settings import ConfigurationError, Settings
 
 
 def generate(engine: Engine, seed: int = 42, steps: int = 3, num_frames: int = 9, **kw: Any) -> np.ndarray:
-    image = kw.pop("image", None) or Image.new("RGB", (WIDTH, HEIGHT), (200, 120, 40))
-    report = kw.pop("report", lambda step, total: None)
-    cancelled = kw.pop("cancelled", threading.Event())
+    width, height = kw.pop("width", WIDTH), kw.pop("height", HEIGHT)
     return engine.generate(
-        image, kw.pop("prompt", "a cat dancing"), "blurry", kw.pop("width", WIDTH), kw.pop("height", HEIGHT),
-        num_frames, steps, 3.0, seed, report, cancelled,
-    )  # fmt: skip
+        image=kw.pop("image", None) or Image.new("RGB", (width, height), (200, 120, 40)),
+        prompt=kw.pop("prompt", "a cat dancing"),
+        negative_prompt="blurry",
+        width=width,
+        height=height,
+        num_frames=num_frames,
+        infer_steps=steps,
+        guidance_scale=kw.pop("guidance_scale", 3.0),
+        seed=seed,
+        on_step=kw.pop("report", lambda step, total: None),
+        cancelled=kw.pop("cancelled", threading.Event()),
+    )
+
+
+def run_job(engine: Engine, job: Any, report: Any = None, cancelled: threading.Event | None = None) -> Any:
+    """`engine.run`, returning the error it raised instead of raising it."""
+    try:
+        return engine.run(job, on_step=report or Recorder(), cancelled=cancelled or threading.Event())
+    except Exception as exc:  # noqa: BLE001 (the test looks at which error it was)
+        return exc
 
 
 # --- the demo checkpoint ------------------------------------------------------------------------------------------
@@ -66,10 +75,11 @@ def test_demo_refuses_to_overwrite_a_foreign_directory(tmp_path: Path) -> None:
 
 
 def test_engine_loads_the_demo(engine: Engine) -> None:
-    ready = engine.ready_message()
-    assert ready.model == ModelInfo(id="wan2.1-i2v-demo", native_area=15360, size_multiple=16, fps=16)
-    assert (ready.device, ready.dtype, ready.slots) == ("cpu", "float32", 2)
-    assert ready.memory.free_bytes is None and ready.memory.bytes_per_token is None
+    info = engine.describe()
+    assert info.model == ModelInfo(id="wan2.1-i2v-demo", native_area=15360, size_multiple=16, fps=16)
+    assert (info.device, info.dtype, info.slots) == ("cpu", "float32", 2)
+    assert info.free_bytes is None and info.bytes_per_token is None
+    assert (info.speed.preset, info.speed.compile, info.speed.cache_threshold) == ("quality", False, None)
     scheduler = engine.pipe.scheduler
     assert type(scheduler).__name__ == "UniPCMultistepScheduler"
     assert scheduler.config.flow_shift == 3.0 and scheduler.config.use_flow_sigmas
@@ -116,11 +126,13 @@ def test_same_seed_same_frames_across_processes(engine: Engine, demo_checkpoint:
     script = (
         "import hashlib, threading, sys\n"
         "from PIL import Image\n"
-        "from i2v_worker.pipeline import Engine, Settings\n"
+        "from i2v_worker.pipeline import Engine\n"
+        "from i2v_worker.settings import Settings\n"
         f"e = Engine.load(Settings(model_path={str(demo_checkpoint)!r}, device='cpu', slots=1))\n"
         f"img = Image.new('RGB', ({WIDTH}, {HEIGHT}), (200, 120, 40))\n"
-        f"f = e.generate(img, 'a cat dancing', 'blurry', {WIDTH}, {HEIGHT}, 9, 3, 3.0, 11, lambda s, t: None,"
-        " threading.Event())\n"
+        f"f = e.generate(image=img, prompt='a cat dancing', negative_prompt='blurry', width={WIDTH}, height={HEIGHT},"
+        " num_frames=9, infer_steps=3, guidance_scale=3.0, seed=11, on_step=lambda s, t: None,"
+        " cancelled=threading.Event())\n"
         "print(hashlib.sha256(f.tobytes()).hexdigest())\n"
     )
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
@@ -138,11 +150,13 @@ def test_progress_on_every_step(engine: Engine) -> None:
 def test_run_writes_the_video_and_reports_it(engine: Engine, image_file: Callable[..., Path], tmp_path: Path) -> None:
     output = tmp_path / "out.mp4"
     recorder = Recorder()
-    result = engine.run(make_run(image_file(), output, num_frames=10, infer_steps=2), recorder, threading.Event())
-    assert isinstance(result, Done), result
+    result = engine.run(make_job(image_file(), output, num_frames=10, infer_steps=2), on_step=recorder,
+                        cancelled=threading.Event())  # fmt: skip
+    assert isinstance(result, GenerationResult), result
     assert (result.path, result.width, result.height, result.num_frames, result.fps, result.seed) == (
         str(output), WIDTH, HEIGHT, 9, 16, 42,
     )  # fmt: skip
+    assert (result.infer_steps, result.guidance_scale) == (2, 3.0)  # the quality preset runs what the job asked
     assert result.inference_seconds > 0 and result.encode_seconds > 0
     assert output.stat().st_size > 0
     assert recorder.steps == [(1, 2), (2, 2)]
@@ -171,8 +185,8 @@ def test_cancel_stops_at_the_next_step_and_writes_nothing(
             cancelled.set()
 
     output = tmp_path / "out.mp4"
-    result = engine.run(make_run(image_file(), output, infer_steps=30), report, cancelled)
-    assert result == Error(task_id=result.task_id, kind="cancelled", message="cancelled at step 4 of 30")
+    result = run_job(engine, make_job(image_file(), output, infer_steps=30), report, cancelled)
+    assert isinstance(result, Cancelled) and str(result) == "cancelled at step 4 of 30"
     assert recorder.steps == [(1, 30), (2, 30), (3, 30)]
     assert decodes == []  # the VAE decode never ran
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input.png"]
@@ -181,9 +195,8 @@ def test_cancel_stops_at_the_next_step_and_writes_nothing(
 def test_cancel_before_start(engine: Engine, image_file: Callable[..., Path], tmp_path: Path) -> None:
     cancelled = threading.Event()
     cancelled.set()
-    result = engine.run(make_run(image_file(), tmp_path / "out.mp4"), Recorder(), cancelled)
-    assert isinstance(result, Error) and result.kind == "cancelled"
-    assert result.message == "cancelled at step 0 of 3"
+    result = run_job(engine, make_job(image_file(), tmp_path / "out.mp4"), cancelled=cancelled)
+    assert isinstance(result, Cancelled) and str(result) == "cancelled at step 0 of 3"
 
 
 @pytest.mark.parametrize(
@@ -216,18 +229,17 @@ def test_out_of_memory_is_reported_and_the_worker_goes_on(
 
     monkeypatch.setattr(WanTransformer3DModel, "forward", failing_forward)
     image = image_file()
-    result = engine.run(make_run(image, tmp_path / "a.mp4"), Recorder(), threading.Event())
-    assert isinstance(result, Error)
-    assert (result.kind, result.message) == ("oom", OOM_MESSAGE)
-    assert "resolution" in result.message and "num_frames" in result.message
+    result = run_job(engine, make_job(image, tmp_path / "a.mp4"))
+    assert isinstance(result, OutOfMemory) and str(result) == OOM_MESSAGE
+    assert "resolution" in str(result) and "num_frames" in str(result)
     assert not (tmp_path / "a.mp4").exists()
 
     monkeypatch.setattr(WanTransformer3DModel, "forward", original_forward)
-    after = engine.run(make_run(image, tmp_path / "b.mp4", num_frames=5, infer_steps=2), Recorder(), threading.Event())
-    if isinstance(after, Error):  # without ffmpeg the encode fails; the pipeline itself must have run
-        assert "ffmpeg" in after.message
+    after = run_job(engine, make_job(image, tmp_path / "b.mp4", num_frames=5, infer_steps=2))
+    if isinstance(after, Exception):  # without ffmpeg the encode fails; the pipeline itself must have run
+        assert "ffmpeg" in str(after)
     else:
-        assert isinstance(after, Done) and after.num_frames == 5
+        assert isinstance(after, GenerationResult) and after.num_frames == 5
 
 
 def test_internal_error_is_reported_and_the_worker_goes_on(
@@ -240,44 +252,36 @@ def test_internal_error_is_reported_and_the_worker_goes_on(
 
     with monkeypatch.context() as patch:
         patch.setattr(WanImageToVideoPipeline, "__call__", boom)
-        result = engine.run(make_run(image_file(), tmp_path / "a.mp4"), Recorder(), threading.Event())
-    assert result == Error(task_id=result.task_id, kind="internal", message="RuntimeError: boom")
+        result = run_job(engine, make_job(image_file(), tmp_path / "a.mp4"))
+    assert isinstance(result, RuntimeError) and not isinstance(result, JobError) and str(result) == "boom"
     # Both views went back to the pool: two jobs can still run side by side.
     assert engine._views.qsize() == 2
     assert generate(engine, steps=1, num_frames=1).shape == (1, HEIGHT, WIDTH, 3)
 
 
-def test_classify() -> None:
-    assert classify(Cancelled(4, 30)) == ("cancelled", "cancelled at step 4 of 30")
-    assert classify(torch.OutOfMemoryError("x")) == ("oom", OOM_MESSAGE)
-    assert classify(RuntimeError("DefaultCPUAllocator: can't allocate memory")) == ("oom", OOM_MESSAGE)
-    assert classify(ValueError("bad")) == ("internal", "ValueError: bad")
-    assert classify(RuntimeError("x" * 5000))[1].__len__() == 2000
-
-
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda img, tmp: make_run(tmp / "missing.png", tmp / "o.mp4"), "image not found"),
-        (lambda img, tmp: make_run(img(100, 100), tmp / "o.mp4"), "image is 100x100, expected 160x96"),
-        (lambda img, tmp: make_run(img(150, 96), tmp / "o.mp4", width=150), "multiples of 16"),
-        (lambda img, tmp: make_run(img(), tmp / "nodir" / "o.mp4"), "output directory does not exist"),
+        (lambda img, tmp: make_job(tmp / "missing.png", tmp / "o.mp4"), "image not found"),
+        (lambda img, tmp: make_job(img(100, 100), tmp / "o.mp4"), "image is 100x100, expected 160x96"),
+        (lambda img, tmp: make_job(img(150, 96), tmp / "o.mp4", width=150), "multiples of 16"),
+        (lambda img, tmp: make_job(img(), tmp / "nodir" / "o.mp4"), "output directory does not exist"),
     ],
     ids=["missing", "wrong-size", "not-multiple", "no-output-dir"],
 )
 def test_bad_input(
     engine: Engine, image_file: Callable[..., Path], tmp_path: Path, make: Callable[..., Any], message: str
 ) -> None:
-    result = engine.run(make(image_file, tmp_path), Recorder(), threading.Event())
-    assert isinstance(result, Error) and result.kind == "bad_input"
-    assert message in result.message
+    result = run_job(engine, make(image_file, tmp_path))
+    assert isinstance(result, BadInput)
+    assert message in str(result)
 
 
 def test_not_an_image_is_bad_input(engine: Engine, tmp_path: Path) -> None:
     path = tmp_path / "input.png"
     path.write_bytes(b"not a png")
-    result = engine.run(make_run(path, tmp_path / "o.mp4"), Recorder(), threading.Event())
-    assert isinstance(result, Error) and result.kind == "bad_input"
+    result = run_job(engine, make_job(path, tmp_path / "o.mp4"))
+    assert isinstance(result, BadInput)
 
 
 def test_two_jobs_in_parallel_interleave_and_match_their_solo_frames(engine: Engine) -> None:
@@ -319,11 +323,11 @@ def test_settings_from_env() -> None:
         {"I2V_MODEL_PATH": "/m", "I2V_WORKER_SLOTS": "3", "I2V_CPU_OFFLOAD": "1", "I2V_VAE_TILING": "0"}
     )
     assert settings == Settings(model_path="/m", device=None, slots=3, cpu_offload=True, vae_tiling=False)
-    with pytest.raises(ValueError, match="I2V_MODEL_PATH"):
+    with pytest.raises(ConfigurationError, match="I2V_MODEL_PATH"):
         Settings.from_env({})
-    with pytest.raises(ValueError, match="I2V_WORKER_SLOTS"):
+    with pytest.raises(ConfigurationError, match="I2V_WORKER_SLOTS"):
         Settings.from_env({"I2V_MODEL_PATH": "/m", "I2V_WORKER_SLOTS": "0"})
-    with pytest.raises(ValueError, match="I2V_CPU_OFFLOAD"):
+    with pytest.raises(ConfigurationError, match="I2V_CPU_OFFLOAD"):
         Settings.from_env({"I2V_MODEL_PATH": "/m", "I2V_CPU_OFFLOAD": "maybe"})
 
 

@@ -35,7 +35,7 @@ enum SubmitRequest {
             throw RequestValidationError(issues: reader.issues)
         }
         return Submission(
-            imageURL: imageURL,
+            image: .url(imageURL),
             prompt: prompt,
             model: model,
             imageSize: size,
@@ -63,7 +63,7 @@ enum SubmitRequest {
 }
 
 /// Reads one field at a time, collecting every problem so a client sees all of them in one answer.
-private struct FieldReader {
+struct FieldReader {
     let fields: [String: JSONValue]
     var issues: [ValidationIssue] = []
 

@@ -92,7 +92,9 @@ struct VideoController: Sendable {
                     width: result.width,
                     height: result.height,
                     numFrames: result.numFrames,
-                    fps: result.fps
+                    fps: result.fps,
+                    inferSteps: result.inferSteps ?? task.parameters.inferSteps,
+                    guidanceScale: result.guidanceScale ?? task.parameters.guidanceScale
                 )
                 if task.videoExpired { body.reason = "video expired" }
             }
@@ -141,10 +143,15 @@ struct StatusBody: Encodable {
         var height: Int
         var numFrames: Int
         var fps: Int
+        /// What ran, which a speed preset may have changed from what was asked.
+        var inferSteps: Int
+        var guidanceScale: Double
         enum CodingKeys: String, CodingKey {
             case videos, timings, seed, width, height
             case numFrames = "num_frames"
             case fps
+            case inferSteps = "infer_steps"
+            case guidanceScale = "guidance_scale"
         }
     }
 

@@ -11,6 +11,15 @@ public struct ServiceConfiguration: Sendable {
     public var apiKeys: [String]
     public var dataDirectory: URL
     public var databaseURL: String?
+    /// How long one store call may wait for PostgreSQL before the request fails with 503.
+    public var databaseTimeout: Duration
+    /// This node's name in the shared store (`I2V_NODE_ID`); by default the host name and port, which stay
+    /// the same across restarts and differ between nodes on one machine.
+    public var nodeID: String
+    /// How long a node's claim on a running task lasts without a heartbeat (`I2V_LEASE_SECONDS`).
+    public var lease: Duration
+    /// How often a worker node reads the queue when nothing woke it (`I2V_POLL_SECONDS`).
+    public var pollInterval: Duration
     public var publicURL: String
     /// The node's total of jobs at once, as set; nil leaves it to the number of workers.
     public var maxConcurrent: Int?
@@ -44,6 +53,8 @@ public struct ServiceConfiguration: Sendable {
     public var workerDirectory: URL
     public var cpuOffload: Bool
     public var vaeTiling: Bool
+    /// How every worker runs the model (`I2V_SPEED` and its knobs).
+    public var speed: SpeedSettings
     public var docsAssetsDirectory: URL
     public var logLevel: String
 
@@ -51,6 +62,8 @@ public struct ServiceConfiguration: Sendable {
         let config = reader.scoped(to: "i2v")
         self.host = config.string(forKey: "host", default: "0.0.0.0")
         self.port = config.int(forKey: "port", default: 8088)
+        let hostName = ProcessInfo.processInfo.hostName
+        self.nodeID = config.string(forKey: "nodeId").flatMap { $0.isEmpty ? nil : $0 } ?? "\(hostName):\(self.port)"
         self.apiKeys = (config.string(forKey: "apiKeys", isSecret: true) ?? "")
             .split(separator: ",")
             .map { $0.trimmingCharacters(in: .whitespaces) }
@@ -60,6 +73,12 @@ public struct ServiceConfiguration: Sendable {
             isDirectory: true
         ).standardizedFileURL
         self.databaseURL = config.string(forKey: "databaseUrl", isSecret: true).flatMap { $0.isEmpty ? nil : $0 }
+        self.databaseTimeout = .seconds(max(0.1, config.seconds(forKey: "databaseTimeoutSeconds", default: 10)))
+        self.lease = .seconds(max(1, config.seconds(forKey: "leaseSeconds", default: 30)))
+        let postgres = self.databaseURL.map { $0.lowercased().hasPrefix("postgres") } ?? false
+        // On PostgreSQL notifications wake the node; on SQLite everything is in one process and wakes it
+        // directly. Either way the poll only covers a lost wake-up.
+        self.pollInterval = .seconds(max(0.05, config.seconds(forKey: "pollSeconds", default: postgres ? 5 : 1)))
         let publicURL = config.string(forKey: "publicUrl", default: "http://localhost:8088")
         self.publicURL = publicURL.hasSuffix("/") ? String(publicURL.dropLast()) : publicURL
         self.maxConcurrent = config.int(forKey: "maxConcurrent").map { max(1, $0) }
@@ -89,6 +108,13 @@ public struct ServiceConfiguration: Sendable {
         ).standardizedFileURL
         self.cpuOffload = config.bool(forKey: "cpuOffload", default: false)
         self.vaeTiling = config.bool(forKey: "vaeTiling", default: false)
+        self.speed = SpeedSettings(
+            preset: config.string(forKey: "speed"),
+            compile: config.string(forKey: "compile"),
+            cacheThreshold: config.string(forKey: "cacheThreshold"),
+            fp8: config.string(forKey: "fp8"),
+            loraPath: config.string(forKey: "loraPath")
+        )
         self.docsAssetsDirectory = URL(
             fileURLWithPath: config.string(forKey: "docsAssetsDir", default: ".swagger-ui"),
             isDirectory: true
@@ -99,9 +125,50 @@ public struct ServiceConfiguration: Sendable {
     public var inputsDirectory: URL { dataDirectory.appending(path: "inputs", directoryHint: .isDirectory) }
     public var videosDirectory: URL { dataDirectory.appending(path: "videos", directoryHint: .isDirectory) }
     public var databaseFile: URL { dataDirectory.appending(path: "tasks.sqlite") }
+    /// Whether `I2V_DATABASE_URL` names a PostgreSQL database (otherwise the SQLite file in the data dir).
+    public var usesPostgres: Bool {
+        guard let url = databaseURL?.lowercased() else { return false }
+        return url.hasPrefix("postgres://") || url.hasPrefix("postgresql://")
+    }
     /// Where the demo checkpoint is built when `I2V_MODEL_PATH` is not set.
     public var demoModelDirectory: URL {
         dataDirectory.appending(path: "models/wan2.1-i2v-demo", directoryHint: .isDirectory)
+    }
+}
+
+/// The worker's speed preset and its knobs, as set: `I2V_SPEED` (`quality`, `fast`, `turbo`), `I2V_COMPILE`,
+/// `I2V_CACHE_THRESHOLD`, `I2V_FP8` and `I2V_LORA_PATH`. The worker checks them against its device and refuses to
+/// start, saying why, on what it cannot do; the server passes them on unchanged (unset ones stay unset, so the
+/// worker's defaults apply) to every worker, so all the devices of a node run the same preset.
+public struct SpeedSettings: Sendable, Equatable {
+    public var preset: String?
+    public var compile: String?
+    public var cacheThreshold: String?
+    public var fp8: String?
+    /// Made absolute against the server's working directory, which the worker shares.
+    public var loraPath: String?
+
+    public init(preset: String? = nil, compile: String? = nil, cacheThreshold: String? = nil, fp8: String? = nil, loraPath: String? = nil) {
+        func given(_ value: String?) -> String? {
+            guard let value = value?.trimmingCharacters(in: .whitespaces), !value.isEmpty else { return nil }
+            return value
+        }
+        self.preset = given(preset)
+        self.compile = given(compile)
+        self.cacheThreshold = given(cacheThreshold)
+        self.fp8 = given(fp8)
+        self.loraPath = given(loraPath).map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+    }
+
+    /// The worker's environment variables for the settings that were given.
+    public var environment: [String: String] {
+        var environment: [String: String] = [:]
+        environment["I2V_SPEED"] = preset
+        environment["I2V_COMPILE"] = compile
+        environment["I2V_CACHE_THRESHOLD"] = cacheThreshold
+        environment["I2V_FP8"] = fp8
+        environment["I2V_LORA_PATH"] = loraPath
+        return environment
     }
 }
 

@@ -6,7 +6,13 @@ let defaultNegativePrompt =
 
 /// What a client asks to be made, whichever API it came through, once validated.
 struct Submission: Sendable, Equatable {
-    var imageURL: String
+    /// Where the image comes from: a URL the service downloads, or bytes the request carried.
+    enum Image: Sendable, Equatable {
+        case url(String)
+        case bytes([UInt8])
+    }
+
+    var image: Image
     var prompt: String
     var model: String
     var imageSize: ImageSizeRequest

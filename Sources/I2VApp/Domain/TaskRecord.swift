@@ -51,6 +51,32 @@ public struct TaskResult: Codable, Sendable, Equatable {
     public var fps: Int
     public var inferenceSeconds: Double
     public var encodeSeconds: Double
+    /// What the worker actually ran, where it reports it: a speed preset may replace the request's steps and
+    /// guidance (a distilled model runs 4 steps without guidance whatever was asked).
+    public var inferSteps: Int?
+    public var guidanceScale: Double?
+
+    public init(
+        videoName: String,
+        width: Int,
+        height: Int,
+        numFrames: Int,
+        fps: Int,
+        inferenceSeconds: Double,
+        encodeSeconds: Double,
+        inferSteps: Int? = nil,
+        guidanceScale: Double? = nil
+    ) {
+        self.videoName = videoName
+        self.width = width
+        self.height = height
+        self.numFrames = numFrames
+        self.fps = fps
+        self.inferenceSeconds = inferenceSeconds
+        self.encodeSeconds = encodeSeconds
+        self.inferSteps = inferSteps
+        self.guidanceScale = guidanceScale
+    }
 }
 
 /// One row of the task store. The store is the truth; every other view of a task is derived from it.
@@ -59,13 +85,18 @@ public struct TaskRecord: Sendable, Equatable {
     public var ownerKeyHash: String
     public var status: TaskStatus
     public var parameters: TaskParameters
-    public var inputPath: String
+    /// The prepared input image's name in the media store: a key, not a path, because nodes sharing the
+    /// storage root may mount it in different places.
+    public var inputKey: String
     public var intake: IntakeTimings
     public var reason: String?
     public var attempts: Int
     public var cancelRequested: Bool
     public var progressStep: Int?
     public var progressTotal: Int?
+    /// The node running it and until when its claim holds; the node's heartbeat extends it, and once it
+    /// passes any node may put the task back in the queue.
+    public var lease: Lease?
     public var result: TaskResult?
     public var videoExpired: Bool
     public var createdAt: Date
@@ -76,7 +107,7 @@ public struct TaskRecord: Sendable, Equatable {
         id: String,
         ownerKeyHash: String,
         parameters: TaskParameters,
-        inputPath: String,
+        inputKey: String,
         intake: IntakeTimings,
         createdAt: Date = Date()
     ) {
@@ -84,18 +115,30 @@ public struct TaskRecord: Sendable, Equatable {
         self.ownerKeyHash = ownerKeyHash
         self.status = .inQueue
         self.parameters = parameters
-        self.inputPath = inputPath
+        self.inputKey = inputKey
         self.intake = intake
         self.reason = nil
         self.attempts = 0
         self.cancelRequested = false
         self.progressStep = nil
         self.progressTotal = nil
+        self.lease = nil
         self.result = nil
         self.videoExpired = false
         self.createdAt = createdAt
         self.startedAt = nil
         self.finishedAt = nil
+    }
+}
+
+/// A node's claim on a running task.
+public struct Lease: Sendable, Equatable {
+    public var node: String
+    public var expiresAt: Date
+
+    public init(node: String, expiresAt: Date) {
+        self.node = node
+        self.expiresAt = expiresAt
     }
 }
 
@@ -129,7 +172,8 @@ public enum FinishOutcome: Sendable, Equatable {
     /// Recorded with this final status. A result that arrives after the client's cancel was acknowledged
     /// ends `cancelled`: the acknowledgement promised that, so the result is discarded.
     case ended(TaskStatus)
-    /// The task was no longer running (it had already ended or been put back): nothing changed.
+    /// The task was no longer running under this node (it had already ended, been put back, or its lease
+    /// had expired and another node took it): nothing changed.
     case notRunning
 }
 

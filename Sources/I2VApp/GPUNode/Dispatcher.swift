@@ -7,11 +7,40 @@ import ServiceLifecycle
 /// The GPU node's dispatcher: moves tasks from the store's queue to the pool's workers, FIFO, each to the least
 /// busy ready worker and never more than the pool's capacity at once, and records how each one ends. Everything
 /// it knows is in the store, so a restart picks up where it left off.
+///
+/// It claims each task under the node's name with a lease and renews the leases of its running tasks on a
+/// heartbeat. A task whose lease it finds it no longer holds (the node was cut off from the database for
+/// longer than the lease, and another node has taken the task) is stopped here without recording anything.
 public actor Dispatcher: Service {
     public struct Configuration: Sendable {
+        /// The node's name in the store; stable across restarts, so a restart can take back its own tasks.
+        public var node: String
+        public var lease: Duration
         public var maxAttempts: Int
         public var cancelGrace: Duration
         public var shutdownGrace: Duration
+        /// How often the queue is read without a wake-up; wake-ups (in-process, or the store's
+        /// notifications across nodes) make it a fallback, so a lost one only delays.
+        public var pollInterval: Duration
+
+        public init(
+            node: String,
+            lease: Duration,
+            maxAttempts: Int,
+            cancelGrace: Duration,
+            shutdownGrace: Duration,
+            pollInterval: Duration = .seconds(1)
+        ) {
+            self.node = node
+            self.lease = lease
+            self.maxAttempts = maxAttempts
+            self.cancelGrace = cancelGrace
+            self.shutdownGrace = shutdownGrace
+            self.pollInterval = pollInterval
+        }
+
+        /// Renewed three times a lease, so one late or failed heartbeat never lets a lease run out.
+        var heartbeat: Duration { lease / 3 }
     }
 
     private struct RunningJob {
@@ -19,6 +48,8 @@ public actor Dispatcher: Service {
         var stoppingForShutdown = false
         /// The client's cancel was read from the store and passed to the job.
         var cancelForwarded = false
+        /// Another node holds the task now: the job is stopped and its end is not recorded.
+        var leaseLost = false
     }
 
     private let store: any TaskStore
@@ -50,7 +81,20 @@ public actor Dispatcher: Service {
     }
 
     public func run() async throws {
-        let recovered = try await store.recoverInterrupted(maxAttempts: configuration.maxAttempts)
+        // The database may be away at start too: wait for it rather than stop the node (a service that ends
+        // ends the whole service group).
+        var recovered: [String: RequeueOutcome] = [:]
+        while true {
+            do {
+                recovered = try await store.recoverInterrupted(node: configuration.node, maxAttempts: configuration.maxAttempts)
+                storeProblem(nil)
+                break
+            } catch {
+                storeProblem(error)
+                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(1)) }
+                if Task.isShuttingDownGracefully || Task.isCancelled { return }
+            }
+        }
         for (id, outcome) in recovered.sorted(by: { $0.key < $1.key }) {
             logger.warning("task was running when the service stopped", metadata: ["requestId": "\(id)", "outcome": "\(outcome)"])
             switch outcome {
@@ -65,10 +109,18 @@ public actor Dispatcher: Service {
             await withDiscardingTaskGroup { group in
                 // A slow tick as well as the wake-ups, so a missed wake-up can delay work but never strand it.
                 let signal = self.signal
+                let poll = self.configuration.pollInterval
                 group.addTask {
                     while !Task.isCancelled {
-                        try? await Task.sleep(for: .seconds(1))
+                        try? await Task.sleep(for: poll)
                         signal.wake()
+                    }
+                }
+                let heartbeat = self.configuration.heartbeat
+                group.addTask {
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: heartbeat)
+                        await self.renewLeases()
                     }
                 }
                 for await _ in self.signal.wakeups() {
@@ -95,22 +147,59 @@ public actor Dispatcher: Service {
         // The worker is chosen before the claim, so a task leaves the queue only when a worker has room for it.
         while accepting, let member = await pool.reserve() {
             let claimed: TaskRecord?
+            let started = ContinuousClock.now
             do {
-                claimed = try await store.claimNext()
+                claimed = try await store.claimNext(node: configuration.node, lease: configuration.lease)
+                metrics.claimLatency.record(duration: ContinuousClock.now - started)
+                storeProblem(nil)
             } catch {
                 await pool.release(member)
-                logger.error("could not claim the next task", metadata: ["error": "\(error)"])
+                storeProblem(error)
                 return
             }
             guard let task = claimed else {
                 await pool.release(member)
                 break
             }
+            metrics.queueWait.recordSeconds(max(0, Date().timeIntervalSince(task.createdAt)))
+            await pool.assign(task.id, to: member)
             let (cancels, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
             running[task.id] = RunningJob(cancels: continuation)
             group.addTask { await self.execute(task, on: member, cancels: cancels) }
         }
         await updateGauges()
+    }
+
+    /// While the database is away every tick fails the same way: say so once, and once when it is back.
+    private var storeAway = false
+    private func storeProblem(_ error: (any Error)?) {
+        if let error, !storeAway {
+            storeAway = true
+            logger.error("the task store cannot be reached; running jobs continue and are recorded when it is back", metadata: ["error": "\(error)"])
+        } else if error == nil, storeAway {
+            storeAway = false
+            logger.info("the task store is reachable again")
+        }
+    }
+
+    /// The heartbeat: extends the leases of the running tasks, and stops the jobs of any task another node
+    /// now holds (its lease ran out while this node could not reach the store).
+    private func renewLeases() async {
+        let ids = running.filter { !$0.value.leaseLost }.map(\.key)
+        guard !ids.isEmpty else { return }
+        let held: Set<String>
+        do {
+            held = try await store.renewLeases(node: configuration.node, ids: ids, lease: configuration.lease)
+        } catch {
+            storeProblem(error)
+            return
+        }
+        // A task that ended between reading `running` and the renewal is simply gone from `running` now.
+        for id in ids where !held.contains(id) && running[id] != nil {
+            logger.warning("lost the lease on a running task; stopping it", metadata: ["requestId": "\(id)"])
+            running[id]?.leaseLost = true
+            running[id]?.cancels.yield()
+        }
     }
 
     /// Clients cancel through the store; every wake-up (a cancel wakes the loop, and the slow tick is the
@@ -149,7 +238,7 @@ public actor Dispatcher: Service {
             try? await Task.sleep(for: .milliseconds(50))
         }
         for id in running.keys {
-            _ = try? await store.requeue(id: id, maxAttempts: configuration.maxAttempts, reason: "service shutdown", countAttempt: false)
+            _ = try? await store.requeue(id: id, node: configuration.node, maxAttempts: configuration.maxAttempts, reason: "service shutdown", countAttempt: false)
         }
     }
 
@@ -162,7 +251,7 @@ public actor Dispatcher: Service {
         let p = task.parameters
         let job = WorkerJob(
             taskID: task.id,
-            imagePath: task.inputPath,
+            imagePath: media.inputURL(key: task.inputKey).path,
             prompt: p.prompt,
             negativePrompt: p.negativePrompt,
             width: p.width,
@@ -184,7 +273,7 @@ public actor Dispatcher: Service {
         }
         await record(end, task: task, videoName: videoName, logger: logger)
         running.removeValue(forKey: task.id)
-        await pool.release(member)
+        await pool.release(member, taskID: task.id)
         await updateGauges()
         signal.wake()
     }
@@ -200,6 +289,7 @@ public actor Dispatcher: Service {
     ) async -> JobEnd {
         let grace = configuration.cancelGrace
         let store = self.store
+        let node = configuration.node
         let metrics = self.metrics
         return await withTaskGroup(of: JobEnd?.self) { group in
             group.addTask {
@@ -221,7 +311,7 @@ public actor Dispatcher: Service {
                         let now = ContinuousClock.now
                         metrics.stepLatency.record(duration: now - lastStep)
                         lastStep = now
-                        try? await store.recordProgress(id: task.id, step: step, total: total)
+                        try? await store.recordProgress(id: task.id, node: node, step: step, total: total)
                     case .finished(let end):
                         return end
                     }
@@ -240,75 +330,100 @@ public actor Dispatcher: Service {
         }
     }
 
+    /// Records how a job ended. While the store cannot be reached it keeps trying (the job's work is done
+    /// and would be lost otherwise) until the node shuts down or the lease is found lost.
     private func record(_ end: JobEnd, task: TaskRecord, videoName: String, logger: Logger) async {
-        let stoppingForShutdown = running[task.id]?.stoppingForShutdown ?? false
-        do {
-            switch end {
-            case .done(let done):
-                let result = TaskResult(
-                    videoName: videoName,
-                    width: done.width,
-                    height: done.height,
-                    numFrames: done.numFrames,
-                    fps: done.fps,
-                    inferenceSeconds: done.inferenceSeconds,
-                    encodeSeconds: done.encodeSeconds ?? 0
-                )
-                switch try await store.finish(id: task.id, outcome: .succeeded(result)) {
-                case .ended(.succeed):
-                    metrics.inferenceLatency.recordSeconds(done.inferenceSeconds)
-                    metrics.encodeLatency.recordSeconds(done.encodeSeconds ?? 0)
-                    metrics.recordOutcome(.succeed)
-                    logger.info("task succeeded", metadata: ["inference_seconds": "\(done.inferenceSeconds)", "video": "\(videoName).mp4"])
-                case .ended(let status):
-                    // The client's cancel was acknowledged while the video was being decoded or encoded.
-                    removeFile(done.path)
-                    if status == .cancelled { metrics.recordOutcome(.cancelled) }
-                    logger.info("task cancelled after its last step; its video is discarded", metadata: ["status": "\(status.rawValue)"])
-                case .notRunning:
-                    removeFile(done.path)
-                    logger.warning("a result arrived for a task that was no longer running; its video is discarded")
-                }
-                removeFile(task.inputPath)
-            case .failed(.cancelled, _) where stoppingForShutdown:
-                _ = try await store.requeue(id: task.id, maxAttempts: configuration.maxAttempts, reason: "service shutdown", countAttempt: false)
-                logger.info("task put back in the queue for the next start")
-            case .failed(.cancelled, _):
-                try await store.finish(id: task.id, outcome: .cancelled(reason: "cancelled by the client"))
-                metrics.recordOutcome(.cancelled)
-                logger.info("task cancelled while running")
-                removeFile(task.inputPath)
-            case .failed(let kind, let message):
-                let reason = switch kind {
-                case .oom: message.lowercased().contains("out of memory") ? message : "out of memory: \(message); lower the resolution (image_size) or num_frames"
-                case .badInput: "bad input: \(message)"
-                default: "inference failed: \(message)"
-                }
-                try await store.finish(id: task.id, outcome: .failed(reason: reason))
-                metrics.recordOutcome(.failed)
-                logger.warning("task failed", metadata: ["kind": "\(kind.rawValue)", "reason": "\(reason)"])
-                removeFile(task.inputPath)
-            case .workerLost(let reason, let restartedByUs):
-                let outcome = try await store.requeue(
-                    id: task.id,
-                    maxAttempts: configuration.maxAttempts,
-                    reason: reason,
-                    countAttempt: !restartedByUs && !stoppingForShutdown
-                )
-                logger.warning("task lost its worker", metadata: ["reason": "\(reason)", "outcome": "\(outcome)"])
-                switch outcome {
-                case .failed:
-                    metrics.recordOutcome(.failed)
-                    removeFile(task.inputPath)
-                case .cancelled:
-                    metrics.recordOutcome(.cancelled)
-                    removeFile(task.inputPath)
-                case .requeued, .notRunning:
-                    break
-                }
+        if running[task.id]?.leaseLost == true {
+            if case .done(let done) = end { removeFile(done.path) }
+            logger.warning("the task's end is not recorded: another node holds it now")
+            return
+        }
+        var delay = Duration.milliseconds(250)
+        while true {
+            do {
+                try await recordOnce(end, task: task, videoName: videoName, logger: logger)
+                storeProblem(nil)
+                return
+            } catch is StoreUnavailable where accepting {
+                storeProblem(StoreUnavailable(reason: "recording the end of \(task.id)"))
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(5))
+            } catch {
+                logger.error("could not record the task's end", metadata: ["error": "\(error)"])
+                return
             }
-        } catch {
-            logger.error("could not record the task's end", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func recordOnce(_ end: JobEnd, task: TaskRecord, videoName: String, logger: Logger) async throws {
+        let node = configuration.node
+        let stoppingForShutdown = running[task.id]?.stoppingForShutdown ?? false
+        switch end {
+        case .done(let done):
+            let result = TaskResult(
+                videoName: videoName,
+                width: done.width,
+                height: done.height,
+                numFrames: done.numFrames,
+                fps: done.fps,
+                inferenceSeconds: done.inferenceSeconds,
+                encodeSeconds: done.encodeSeconds ?? 0,
+                inferSteps: done.inferSteps,
+                guidanceScale: done.guidanceScale
+            )
+            switch try await store.finish(id: task.id, node: node, outcome: .succeeded(result)) {
+            case .ended(.succeed):
+                metrics.inferenceLatency.recordSeconds(done.inferenceSeconds)
+                metrics.encodeLatency.recordSeconds(done.encodeSeconds ?? 0)
+                metrics.recordOutcome(.succeed)
+                logger.info("task succeeded", metadata: ["inference_seconds": "\(done.inferenceSeconds)", "video": "\(videoName).mp4"])
+            case .ended(let status):
+                // The client's cancel was acknowledged while the video was being decoded or encoded.
+                removeFile(done.path)
+                if status == .cancelled { metrics.recordOutcome(.cancelled) }
+                logger.info("task cancelled after its last step; its video is discarded", metadata: ["status": "\(status.rawValue)"])
+            case .notRunning:
+                removeFile(done.path)
+                logger.warning("a result arrived for a task that was no longer running; its video is discarded")
+            }
+            media.removeInput(key: task.inputKey)
+        case .failed(.cancelled, _) where stoppingForShutdown:
+            _ = try await store.requeue(id: task.id, node: node, maxAttempts: configuration.maxAttempts, reason: "service shutdown", countAttempt: false)
+            logger.info("task put back in the queue for the next start")
+        case .failed(.cancelled, _):
+            try await store.finish(id: task.id, node: node, outcome: .cancelled(reason: "cancelled by the client"))
+            metrics.recordOutcome(.cancelled)
+            logger.info("task cancelled while running")
+            media.removeInput(key: task.inputKey)
+        case .failed(let kind, let message):
+            let reason = switch kind {
+            case .oom: message.lowercased().contains("out of memory") ? message : "out of memory: \(message); lower the resolution (image_size) or num_frames"
+            case .badInput: "bad input: \(message)"
+            default: "inference failed: \(message)"
+            }
+            try await store.finish(id: task.id, node: node, outcome: .failed(reason: reason))
+            metrics.recordOutcome(.failed)
+            logger.warning("task failed", metadata: ["kind": "\(kind.rawValue)", "reason": "\(reason)"])
+            media.removeInput(key: task.inputKey)
+        case .workerLost(let reason, let restartedByUs):
+            let outcome = try await store.requeue(
+                id: task.id,
+                node: node,
+                maxAttempts: configuration.maxAttempts,
+                reason: reason,
+                countAttempt: !restartedByUs && !stoppingForShutdown
+            )
+            logger.warning("task lost its worker", metadata: ["reason": "\(reason)", "outcome": "\(outcome)"])
+            switch outcome {
+            case .failed:
+                metrics.recordOutcome(.failed)
+                media.removeInput(key: task.inputKey)
+            case .cancelled:
+                metrics.recordOutcome(.cancelled)
+                media.removeInput(key: task.inputKey)
+            case .requeued, .notRunning:
+                break
+            }
         }
     }
 

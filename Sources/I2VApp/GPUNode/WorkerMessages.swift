@@ -36,6 +36,62 @@ public struct WorkerMemory: Codable, Sendable, Equatable {
     }
 }
 
+/// The speed preset a worker runs and what it turned on for it (`I2V_SPEED`): regional compilation, the step
+/// cache, FP8, a fused step-distillation LoRA, and the steps and guidance that then replace every job's.
+public struct WorkerSpeed: Codable, Sendable, Equatable {
+    public var preset: String
+    public var compiled: Bool
+    public var cacheThreshold: Double?
+    public var fp8: Bool
+    public var lora: String?
+    public var inferSteps: Int?
+    public var guidanceScale: Double?
+
+    enum CodingKeys: String, CodingKey {
+        case preset, compiled
+        case cacheThreshold = "cache_threshold"
+        case fp8, lora
+        case inferSteps = "infer_steps"
+        case guidanceScale = "guidance_scale"
+    }
+
+    public init(
+        preset: String, compiled: Bool = false, cacheThreshold: Double? = nil, fp8: Bool = false, lora: String? = nil,
+        inferSteps: Int? = nil, guidanceScale: Double? = nil
+    ) {
+        self.preset = preset
+        self.compiled = compiled
+        self.cacheThreshold = cacheThreshold
+        self.fp8 = fp8
+        self.lora = lora
+        self.inferSteps = inferSteps
+        self.guidanceScale = guidanceScale
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        self.preset = try container.decode(String.self, forKey: .preset)
+        self.compiled = try container.decodeIfPresent(Bool.self, forKey: .compiled) ?? false
+        self.cacheThreshold = try container.decodeIfPresent(Double.self, forKey: .cacheThreshold)
+        self.fp8 = try container.decodeIfPresent(Bool.self, forKey: .fp8) ?? false
+        self.lora = try container.decodeIfPresent(String.self, forKey: .lora)
+        self.inferSteps = try container.decodeIfPresent(Int.self, forKey: .inferSteps)
+        self.guidanceScale = try container.decodeIfPresent(Double.self, forKey: .guidanceScale)
+    }
+
+    /// Whatever is off or not replaced is written as `null`, as the protocol spells it, rather than left out.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(preset, forKey: .preset)
+        try container.encode(compiled, forKey: .compiled)
+        try container.encode(cacheThreshold, forKey: .cacheThreshold)
+        try container.encode(fp8, forKey: .fp8)
+        try container.encode(lora, forKey: .lora)
+        try container.encode(inferSteps, forKey: .inferSteps)
+        try container.encode(guidanceScale, forKey: .guidanceScale)
+    }
+}
+
 public struct WorkerReady: Codable, Sendable, Equatable {
     public var `protocol`: Int
     public var model: WorkerModelInfo
@@ -43,6 +99,8 @@ public struct WorkerReady: Codable, Sendable, Equatable {
     public var dtype: String
     public var slots: Int
     public var memory: WorkerMemory?
+    /// Absent from workers older than speed presets.
+    public var speed: WorkerSpeed?
 }
 
 public enum WorkerErrorKind: String, Codable, Sendable {
@@ -62,6 +120,10 @@ public struct WorkerDone: Codable, Sendable, Equatable {
     public var seed: Int
     public var inferenceSeconds: Double
     public var encodeSeconds: Double?
+    /// The denoising steps the job ran and the guidance it used: the job's own, or the speed preset's where it
+    /// replaces them (turbo). Absent from workers older than speed presets.
+    public var inferSteps: Int?
+    public var guidanceScale: Double?
 
     enum CodingKeys: String, CodingKey {
         case taskID = "task_id"
@@ -70,6 +132,8 @@ public struct WorkerDone: Codable, Sendable, Equatable {
         case fps, seed
         case inferenceSeconds = "inference_seconds"
         case encodeSeconds = "encode_seconds"
+        case inferSteps = "infer_steps"
+        case guidanceScale = "guidance_scale"
     }
 }
 

@@ -24,6 +24,8 @@ public actor WorkerPool {
         public var device: String
         public var status: WorkerStatus
         public var running: Int
+        /// The tasks it is running now.
+        public var tasks: [String]
         public var ready: WorkerReady?
     }
 
@@ -32,6 +34,7 @@ public actor WorkerPool {
     public nonisolated let capacity: Int
     private let metrics: ServiceMetrics
     private var running: [Int]
+    private var tasks: [[String]]
 
     public init(members: [Member], capacity: Int, metrics: ServiceMetrics) {
         precondition(!members.isEmpty, "a node needs at least one worker")
@@ -39,6 +42,7 @@ public actor WorkerPool {
         self.capacity = capacity
         self.metrics = metrics
         self.running = Array(repeating: 0, count: members.count)
+        self.tasks = Array(repeating: [], count: members.count)
         // Every worker shows up in /metrics from the start, not only once it has run or lost something.
         for member in members { metrics.registerWorker(index: member.index, device: member.device) }
     }
@@ -76,7 +80,14 @@ public actor WorkerPool {
         return chosen
     }
 
-    func release(_ member: Member) {
+    /// Records which task a reserved slot is running.
+    func assign(_ taskID: String, to member: Member) {
+        tasks[member.index].append(taskID)
+    }
+
+    /// Gives back a reserved slot, and forgets its task if one was assigned.
+    func release(_ member: Member, taskID: String? = nil) {
+        if let taskID { tasks[member.index].removeAll { $0 == taskID } }
         running[member.index] = max(0, running[member.index] - 1)
         metrics.recordWorkerRunning(index: member.index, device: member.device, count: running[member.index])
     }
@@ -88,7 +99,14 @@ public actor WorkerPool {
         for member in members {
             let status = await member.worker.status()
             let ready = await member.worker.readiness()
-            snapshots.append(Snapshot(index: member.index, device: member.device, status: status, running: running[member.index], ready: ready))
+            snapshots.append(Snapshot(
+                index: member.index,
+                device: member.device,
+                status: status,
+                running: running[member.index],
+                tasks: tasks[member.index],
+                ready: ready
+            ))
         }
         return snapshots
     }

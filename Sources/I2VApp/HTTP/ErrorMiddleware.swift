@@ -15,6 +15,10 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             throw error
         } catch let error as RequestValidationError {
             throw error
+        } catch let error as StoreUnavailable {
+            // Nothing was changed: the client can send the same request again once the database is back.
+            context.logger.warning("request refused: task store unavailable", metadata: ["reason": "\(error.reason)"])
+            throw APIError(.serviceUnavailable, "\(error.description); try again shortly", headers: [.retryAfter: "5"])
         } catch let error as HTTPError {
             throw APIError(error.status, Self.reason(for: error.status), headers: error.headers)
         } catch let error as any HTTPResponseError {

@@ -18,9 +18,12 @@ public struct MediaStore: Sendable {
         }
     }
 
-    /// Where the prepared input of a task lives.
-    public func inputURL(taskID: String) -> URL {
-        inputsDirectory.appending(path: "\(taskID).png")
+    /// The key a task's prepared input is stored under.
+    public static func inputKey(taskID: String) -> String { "\(taskID).png" }
+
+    /// Where the input stored under `key` lives on this node.
+    public func inputURL(key: String) -> URL {
+        inputsDirectory.appending(path: key)
     }
 
     /// Where a video lives; `name` is the random name the video is published under.
@@ -28,12 +31,12 @@ public struct MediaStore: Sendable {
         videosDirectory.appending(path: "\(name).mp4")
     }
 
-    /// Writes a task's input in one step (a reader never sees half a file) and returns where it is.
-    public func writeInput(_ bytes: [UInt8], taskID: String) throws -> URL {
-        let url = inputURL(taskID: taskID)
+    /// Writes a task's input in one step (a reader never sees half a file) and returns its key.
+    public func writeInput(_ bytes: [UInt8], taskID: String) throws -> String {
+        let key = Self.inputKey(taskID: taskID)
         try FileManager.default.createDirectory(at: inputsDirectory, withIntermediateDirectories: true)
-        try Data(bytes).write(to: url, options: .atomic)
-        return url
+        try Data(bytes).write(to: inputURL(key: key), options: .atomic)
+        return key
     }
 
     /// Deletes a file if it is there. Several nodes may sweep the same root, so "already gone" is success.
@@ -41,8 +44,8 @@ public struct MediaStore: Sendable {
         try? FileManager.default.removeItem(at: url)
     }
 
-    public func removeInput(path: String) {
-        remove(URL(fileURLWithPath: path))
+    public func removeInput(key: String) {
+        remove(inputURL(key: key))
     }
 
     public func removeVideo(name: String) {

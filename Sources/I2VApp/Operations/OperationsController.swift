@@ -3,12 +3,17 @@ import NIOCore
 
 /// `/health`, `/ready`, `/models` and `/metrics`: what operators and load balancers look at.
 struct OperationsController: Sendable {
+    let role: NodeRole
+    let node: String
     let store: any TaskStore
-    let pool: WorkerPool
+    /// The node's workers; nil on an API node, which is ready whenever it can reach the store.
+    let pool: WorkerPool?
     let catalog: ModelCatalog
     let metrics: ServiceMetrics
 
-    init(store: any TaskStore, pool: WorkerPool, catalog: ModelCatalog, metrics: ServiceMetrics) {
+    init(role: NodeRole = .serve, node: String = "", store: any TaskStore, pool: WorkerPool?, catalog: ModelCatalog, metrics: ServiceMetrics) {
+        self.role = role
+        self.node = node
         self.store = store
         self.pool = pool
         self.catalog = catalog
@@ -34,6 +39,12 @@ struct OperationsController: Sendable {
         } catch {
             throw APIError(.serviceUnavailable, "task store unreachable: \(error)")
         }
+        guard let pool else {
+            return JSONBody.response(
+                status: .ok,
+                value: ReadyBody(status: "ready", role: role.rawValue, node: node, model: catalog.defaultModel.id)
+            )
+        }
         let workers = await pool.snapshot()
         // One ready worker is enough to take work; the others are listed so an operator sees what is down.
         guard let first = workers.first(where: { $0.ready != nil }), let ready = first.ready else {
@@ -43,13 +54,25 @@ struct OperationsController: Sendable {
             status: .ok,
             value: ReadyBody(
                 status: "ready",
+                role: role.rawValue,
+                node: node,
                 model: ready.model.id,
                 device: first.device,
                 dtype: ready.dtype,
+                speed: ready.speed,
                 slots: pool.capacity,
                 workerPid: workers.first?.status.pid,
                 workers: workers.map {
-                    WorkerBody(index: $0.index, device: $0.device, state: $0.status.state.rawValue, running: $0.running, restarts: $0.status.restarts, pid: $0.status.pid)
+                    WorkerBody(
+                        index: $0.index,
+                        device: $0.device,
+                        state: $0.status.state.rawValue,
+                        running: $0.running,
+                        tasks: $0.tasks,
+                        restarts: $0.status.restarts,
+                        pid: $0.status.pid,
+                        speed: $0.ready?.speed
+                    )
                 }
             )
         )
@@ -63,8 +86,13 @@ struct OperationsController: Sendable {
 
     @Sendable func models(request: Request, context: AppRequestContext) async throws -> Response {
         let defaultID = catalog.defaultModel.id
+        // The preset as a ready worker of this node reports it (what it really turned on); unknown without one.
+        let speed = await pool?.snapshot().first { $0.ready != nil }?.ready?.speed
         let models = catalog.models.map {
-            ModelBody(id: $0.id, default: $0.id == defaultID, nativeArea: $0.nativeArea, sizeMultiple: $0.sizeMultiple, fps: $0.fps)
+            ModelBody(
+                id: $0.id, default: $0.id == defaultID, nativeArea: $0.nativeArea, sizeMultiple: $0.sizeMultiple, fps: $0.fps,
+                speed: speed
+            )
         }
         return JSONBody.response(status: .ok, value: ["models": models])
     }
@@ -78,16 +106,21 @@ struct OperationsController: Sendable {
         )
     }
 
+    /// An API node has no workers: it says only its role, its name and the default model.
     struct ReadyBody: Encodable {
         var status: String
+        var role: String
+        var node: String
         var model: String
-        var device: String
-        var dtype: String
-        var slots: Int
+        var device: String?
+        var dtype: String?
+        /// The speed preset of the first ready worker and what it turned on.
+        var speed: WorkerSpeed?
+        var slots: Int?
         var workerPid: Int32?
-        var workers: [WorkerBody]
+        var workers: [WorkerBody]?
         enum CodingKeys: String, CodingKey {
-            case status, model, device, dtype, slots
+            case status, role, node, model, device, dtype, speed, slots
             case workerPid = "worker_pid"
             case workers
         }
@@ -98,8 +131,12 @@ struct OperationsController: Sendable {
         var device: String
         var state: String
         var running: Int
+        /// The ids of the tasks it is running.
+        var tasks: [String]
         var restarts: Int
         var pid: Int32?
+        /// What this worker runs (every worker of a node gets the same settings); nil until it is ready.
+        var speed: WorkerSpeed?
     }
 
     struct ModelBody: Encodable {
@@ -108,11 +145,13 @@ struct OperationsController: Sendable {
         var nativeArea: Int
         var sizeMultiple: Int
         var fps: Int
+        /// The speed preset it is served with, as a ready worker reports it; left out while none is ready.
+        var speed: WorkerSpeed?
         enum CodingKeys: String, CodingKey {
             case id, `default`
             case nativeArea = "native_area"
             case sizeMultiple = "size_multiple"
-            case fps
+            case fps, speed
         }
     }
 }

@@ -37,13 +37,15 @@ public struct ResultSweeper: Service {
         do {
             for task in try await store.tasksWithVideosFinished(before: now.addingTimeInterval(-configuration.videoTTL.seconds)) {
                 if let video = task.result?.videoName { media.removeVideo(name: video) }
-                media.removeInput(path: task.inputPath)
-                try await store.markVideoExpired(id: task.id)
-                logger.info("video expired", metadata: ["requestId": "\(task.id)"])
+                media.removeInput(key: task.inputKey)
+                // Another node's sweeper may have got there first; the files are gone either way.
+                if try await store.markVideoExpired(id: task.id) {
+                    logger.info("video expired", metadata: ["requestId": "\(task.id)"])
+                }
             }
             for task in try await store.deleteTasks(finishedBefore: now.addingTimeInterval(-configuration.taskRetention.seconds)) {
                 if let video = task.result?.videoName { media.removeVideo(name: video) }
-                media.removeInput(path: task.inputPath)
+                media.removeInput(key: task.inputKey)
             }
             try await removeOrphans(now: now)
         } catch {

@@ -14,6 +14,13 @@ public struct ServiceMetrics: Sendable {
     let stepLatency: CoreMetrics.Timer
     let inferenceLatency: CoreMetrics.Timer
     let encodeLatency: CoreMetrics.Timer
+    /// One claim of the next queued task (a store round trip), as the dispatcher saw it.
+    let claimLatency: CoreMetrics.Timer
+    /// The submit's image intake by phase, and how long a task waited in the queue (for the benchmarks' per-job splits).
+    let intakeFetch: CoreMetrics.Timer
+    let intakeDecode: CoreMetrics.Timer
+    let intakePNG: CoreMetrics.Timer
+    let queueWait: CoreMetrics.Timer
 
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
@@ -23,6 +30,11 @@ public struct ServiceMetrics: Sendable {
             "i2v_step_duration_seconds": [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40].map(Duration.seconds),
             "i2v_inference_duration_seconds": [1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 2400].map(Duration.seconds),
             "i2v_encode_duration_seconds": [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30].map(Duration.seconds),
+            "i2v_claim_duration_seconds": [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1].map(Duration.seconds),
+            "i2v_intake_fetch_duration_seconds": Self.intakeBuckets,
+            "i2v_intake_decode_duration_seconds": Self.intakeBuckets,
+            "i2v_intake_png_duration_seconds": Self.intakeBuckets,
+            "i2v_queue_wait_seconds": [0.001, 0.01, 0.1, 1, 10, 60, 300, 900, 3600, 14400].map(Duration.seconds),
         ]
         self.factory = factory
         self.queueDepth = CoreMetrics.Gauge(label: "i2v_queue_depth", factory: factory)
@@ -31,6 +43,31 @@ public struct ServiceMetrics: Sendable {
         self.stepLatency = CoreMetrics.Timer(label: "i2v_step_duration_seconds", factory: factory)
         self.inferenceLatency = CoreMetrics.Timer(label: "i2v_inference_duration_seconds", factory: factory)
         self.encodeLatency = CoreMetrics.Timer(label: "i2v_encode_duration_seconds", factory: factory)
+        self.claimLatency = CoreMetrics.Timer(label: "i2v_claim_duration_seconds", factory: factory)
+        self.intakeFetch = CoreMetrics.Timer(label: "i2v_intake_fetch_duration_seconds", factory: factory)
+        self.intakeDecode = CoreMetrics.Timer(label: "i2v_intake_decode_duration_seconds", factory: factory)
+        self.intakePNG = CoreMetrics.Timer(label: "i2v_intake_png_duration_seconds", factory: factory)
+        self.queueWait = CoreMetrics.Timer(label: "i2v_queue_wait_seconds", factory: factory)
+    }
+
+    private static let intakeBuckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15].map(Duration.seconds)
+
+    /// One accepted submit's image fetch, decode + resize, and PNG encode, in seconds.
+    func recordIntake(fetch: Double, decode: Double, png: Double) {
+        intakeFetch.recordSeconds(fetch)
+        intakeDecode.recordSeconds(decode)
+        intakePNG.recordSeconds(png)
+    }
+
+    /// A running task taken back from a node whose lease ran out, by what became of it.
+    func recordLeaseExpired(_ outcome: RequeueOutcome) {
+        let label = switch outcome {
+        case .requeued: "requeued"
+        case .failed: "failed"
+        case .cancelled: "cancelled"
+        case .notRunning: "not_running"
+        }
+        CoreMetrics.Counter(label: "i2v_lease_expirations_total", dimensions: [("outcome", label)], factory: factory).increment()
     }
 
     func recordOutcome(_ status: TaskStatus) {

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import PostgresNIO
 import ServiceLifecycle
+import Synchronization
 
 /// The shared task store for several nodes: one PostgreSQL database, the same semantics as the SQLite store.
 ///
@@ -12,14 +13,16 @@ import ServiceLifecycle
 public struct PostgresTaskStore: TaskStore {
     public let client: PostgresClient
     public let endpoint: PostgresEndpoint
-    private let logger: Logger
+    /// How long one call may wait for the database before it fails with `StoreUnavailable`.
+    public let timeout: Duration
+    let logger: Logger
 
     /// The pool, to be run for as long as the store is used.
     public var service: any Service { client }
 
     /// Checks the database can be reached, applies the migrations, and returns a store whose `service`
     /// must then be run. A database that cannot be reached or migrated throws `PostgresStoreUnavailable`.
-    public init(endpoint: PostgresEndpoint, maximumConnections: Int = 20, logger: Logger) async throws {
+    public init(endpoint: PostgresEndpoint, maximumConnections: Int = 20, timeout: Duration = .seconds(10), logger: Logger) async throws {
         do {
             try await Self.migrate(endpoint: endpoint, logger: logger)
             var configuration = endpoint.clientConfiguration()
@@ -29,6 +32,7 @@ public struct PostgresTaskStore: TaskStore {
             throw PostgresStoreUnavailable(endpoint: endpoint, reason: Self.describe(error))
         }
         self.endpoint = endpoint
+        self.timeout = timeout
         self.logger = logger
     }
 
@@ -79,8 +83,27 @@ public struct PostgresTaskStore: TaskStore {
                 "CREATE INDEX tasks_status_seq ON tasks (status, seq)",
                 "CREATE INDEX tasks_finished_at ON tasks (finished_at) WHERE finished_at IS NOT NULL",
             ]
-        )
+        ),
+        (
+            2, "leases, input keys, what the worker ran, listing by owner",
+            [
+                "ALTER TABLE tasks RENAME COLUMN input_path TO input_key",
+                // Inputs used to be recorded by absolute path; the file name is the key.
+                "UPDATE tasks SET input_key = regexp_replace(input_key, '^.*/', '') WHERE input_key LIKE '%/%'",
+                "ALTER TABLE tasks ADD COLUMN lease_node TEXT",
+                "ALTER TABLE tasks ADD COLUMN lease_expires_at DOUBLE PRECISION",
+                "ALTER TABLE tasks ADD COLUMN result_infer_steps BIGINT",
+                "ALTER TABLE tasks ADD COLUMN result_guidance_scale DOUBLE PRECISION",
+                "CREATE INDEX tasks_lease ON tasks (lease_expires_at) WHERE status = 'InProgress'",
+                // Listing a key's tasks, newest or oldest first.
+                "CREATE INDEX tasks_owner_seq ON tasks (owner_key_hash, seq)",
+            ]
+        ),
     ]
+
+    /// The channel every enqueue, requeue and cancel notifies, so idle nodes claim at once and a cancel
+    /// reaches the node running the task without waiting for its next poll.
+    static let notificationChannel = "i2v_tasks"
 
     /// Advisory lock keys; advisory locks are per database, so these only have to be unique within ours.
     static let migrationLockKey = 0x6932_765F_6D69_6772  // "i2v_migr"
@@ -157,23 +180,27 @@ public struct PostgresTaskStore: TaskStore {
             try await connection.query(
                 """
                 INSERT INTO tasks (id, owner_key_hash, status, model, prompt, negative_prompt, width, height,
-                    num_frames, guidance_scale, infer_steps, seed, input_path, fetch_seconds, decode_seconds,
+                    num_frames, guidance_scale, infer_steps, seed, input_key, fetch_seconds, decode_seconds,
                     png_seconds, created_at)
                 VALUES (\(task.id), \(task.ownerKeyHash), 'InQueue', \(p.model), \(p.prompt), \(p.negativePrompt),
                     \(p.width), \(p.height), \(p.numFrames), \(p.guidanceScale), \(p.inferSteps), \(p.seed),
-                    \(task.inputPath), \(task.intake.fetch), \(task.intake.decode), \(task.intake.encode),
+                    \(task.inputKey), \(task.intake.fetch), \(task.intake.decode), \(task.intake.encode),
                     \(task.createdAt.timeIntervalSince1970))
                 """,
                 logger: logger
             )
+            try await Self.notify(connection, "queued", logger: logger)
         }
     }
 
     public func task(id: String) async throws -> TaskRecord? {
-        try await Self.records(client.query("SELECT * FROM tasks WHERE id = \(id)", logger: logger)).first
+        try await withDeadline {
+            try await Self.records(client.query("SELECT * FROM tasks WHERE id = \(id)", logger: logger)).first
+        }
     }
 
     public func queuePosition(id: String) async throws -> Int? {
+        try await withDeadline {
         try await Self.single(
             Int.self,
             client.query(
@@ -184,9 +211,11 @@ public struct PostgresTaskStore: TaskStore {
                 logger: logger
             )
         )
+        }
     }
 
     public func counts() async throws -> QueueCounts {
+        try await withDeadline {
         let rows = try await client.query(
             """
             SELECT count(*) FILTER (WHERE status = 'InQueue'), count(*) FILTER (WHERE status = 'InProgress')
@@ -199,18 +228,22 @@ public struct PostgresTaskStore: TaskStore {
             counts = QueueCounts(queued: queued, running: running)
         }
         return counts
+        }
     }
 
     /// One statement: the oldest queued row that no other claimer holds is locked and moved. A row another
     /// node is claiming at this moment is skipped rather than waited for, so two claims never get the same
     /// task and never queue behind each other.
-    public func claimNext() async throws -> TaskRecord? {
+    public func claimNext(node: String, lease: Duration) async throws -> TaskRecord? {
+        let now = Date()
+        return try await withDeadline {
         try await Self.records(
             client.query(
                 """
                 UPDATE tasks SET status = 'InProgress', attempts = attempts + 1,
-                    started_at = \(Date().timeIntervalSince1970), progress_step = 0, progress_total = infer_steps,
-                    reason = NULL
+                    started_at = \(now.timeIntervalSince1970), progress_step = 0, progress_total = infer_steps,
+                    reason = NULL, lease_node = \(node),
+                    lease_expires_at = \(now.addingTimeInterval(lease.seconds).timeIntervalSince1970)
                 WHERE status = 'InQueue' AND seq = (
                     SELECT seq FROM tasks WHERE status = 'InQueue' ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED
                 )
@@ -219,24 +252,51 @@ public struct PostgresTaskStore: TaskStore {
                 logger: logger
             )
         ).first
+        }
     }
 
-    public func recordProgress(id: String, step: Int, total: Int) async throws {
-        try await client.query(
-            "UPDATE tasks SET progress_step = \(step), progress_total = \(total) WHERE id = \(id) AND status = 'InProgress'",
-            logger: logger
-        )
+    public func renewLeases(node: String, ids: [String], lease: Duration) async throws -> Set<String> {
+        guard !ids.isEmpty else { return [] }
+        let expires = Date().addingTimeInterval(lease.seconds).timeIntervalSince1970
+        return try await withDeadline {
+            var held = Set<String>()
+            let rows = try await client.query(
+                """
+                UPDATE tasks SET lease_expires_at = \(expires)
+                WHERE status = 'InProgress' AND lease_node = \(node) AND id = ANY(\(ids))
+                RETURNING id
+                """,
+                logger: logger
+            )
+            for try await id in rows.decode(String.self) { held.insert(id) }
+            return held
+        }
+    }
+
+    public func recordProgress(id: String, node: String, step: Int, total: Int) async throws {
+        try await withDeadline {
+            try await client.query(
+                """
+                UPDATE tasks SET progress_step = \(step), progress_total = \(total)
+                WHERE id = \(id) AND status = 'InProgress' AND lease_node = \(node)
+                """,
+                logger: logger
+            )
+        }
     }
 
     @discardableResult
-    public func finish(id: String, outcome: TaskOutcome) async throws -> FinishOutcome {
+    public func finish(id: String, node: String, outcome: TaskOutcome) async throws -> FinishOutcome {
         try await transaction { connection in
             // FOR UPDATE: a cancel arriving through another node waits until this ending is recorded.
             guard
                 let cancelRequested = try await Self.single(
                     Bool.self,
                     connection.query(
-                        "SELECT cancel_requested FROM tasks WHERE id = \(id) AND status = 'InProgress' FOR UPDATE",
+                        """
+                        SELECT cancel_requested FROM tasks
+                        WHERE id = \(id) AND status = 'InProgress' AND lease_node = \(node) FOR UPDATE
+                        """,
                         logger: logger
                     )
                 )
@@ -253,7 +313,9 @@ public struct PostgresTaskStore: TaskStore {
                         video_name = \(result.videoName), result_width = \(result.width),
                         result_height = \(result.height), result_frames = \(result.numFrames),
                         result_fps = \(result.fps), inference_seconds = \(result.inferenceSeconds),
-                        encode_seconds = \(result.encodeSeconds), progress_step = NULL, progress_total = NULL
+                        encode_seconds = \(result.encodeSeconds), result_infer_steps = \(result.inferSteps),
+                        result_guidance_scale = \(result.guidanceScale), progress_step = NULL, progress_total = NULL,
+                        lease_node = NULL, lease_expires_at = NULL
                     WHERE id = \(id)
                     """,
                     logger: logger
@@ -267,7 +329,7 @@ public struct PostgresTaskStore: TaskStore {
             try await connection.query(
                 """
                 UPDATE tasks SET status = \(ending.status.rawValue), finished_at = \(now), reason = \(ending.reason),
-                    progress_step = NULL, progress_total = NULL
+                    progress_step = NULL, progress_total = NULL, lease_node = NULL, lease_expires_at = NULL
                 WHERE id = \(id)
                 """,
                 logger: logger
@@ -300,6 +362,7 @@ public struct PostgresTaskStore: TaskStore {
                 return .cancelledQueued
             case .inProgress:
                 try await connection.query("UPDATE tasks SET cancel_requested = TRUE WHERE id = \(id)", logger: logger)
+                try await Self.notify(connection, "cancel", logger: logger)
                 return .cancelRequested
             case .cancelled:
                 return .alreadyCancelled
@@ -311,20 +374,27 @@ public struct PostgresTaskStore: TaskStore {
 
     public func cancelRequested(among ids: [String]) async throws -> Set<String> {
         guard !ids.isEmpty else { return [] }
-        var requested = Set<String>()
-        let rows = try await client.query(
-            "SELECT id FROM tasks WHERE cancel_requested AND status = 'InProgress' AND id = ANY(\(ids))",
-            logger: logger
-        )
-        for try await id in rows.decode(String.self) { requested.insert(id) }
-        return requested
+        return try await withDeadline {
+            var requested = Set<String>()
+            let rows = try await client.query(
+                "SELECT id FROM tasks WHERE cancel_requested AND status = 'InProgress' AND id = ANY(\(ids))",
+                logger: logger
+            )
+            for try await id in rows.decode(String.self) { requested.insert(id) }
+            return requested
+        }
     }
 
-    public func requeue(id: String, maxAttempts: Int, reason: String, countAttempt: Bool) async throws
+    public func requeue(id: String, node: String, maxAttempts: Int, reason: String, countAttempt: Bool) async throws
         -> RequeueOutcome
     {
         try await transaction { connection in
-            try await Self.requeue(
+            let holder = try await Self.single(
+                String.self,
+                connection.query("SELECT lease_node FROM tasks WHERE id = \(id) AND lease_node = \(node) FOR UPDATE", logger: logger)
+            )
+            guard holder != nil else { return .notRunning }
+            return try await Self.requeue(
                 connection,
                 id: id,
                 maxAttempts: maxAttempts,
@@ -335,6 +405,7 @@ public struct PostgresTaskStore: TaskStore {
         }
     }
 
+    /// The caller has checked who holds the task, or is taking it from a node that is gone.
     private static func requeue(
         _ connection: PostgresConnection,
         id: String,
@@ -356,7 +427,7 @@ public struct PostgresTaskStore: TaskStore {
             try await connection.query(
                 """
                 UPDATE tasks SET status = 'Cancelled', reason = 'cancelled by the client', finished_at = \(now),
-                    progress_step = NULL, progress_total = NULL
+                    progress_step = NULL, progress_total = NULL, lease_node = NULL, lease_expires_at = NULL
                 WHERE id = \(id)
                 """,
                 logger: logger
@@ -368,7 +439,7 @@ public struct PostgresTaskStore: TaskStore {
             try await connection.query(
                 """
                 UPDATE tasks SET status = 'Failed', reason = \(failure), finished_at = \(now), progress_step = NULL,
-                    progress_total = NULL
+                    progress_total = NULL, lease_node = NULL, lease_expires_at = NULL
                 WHERE id = \(id)
                 """,
                 logger: logger
@@ -378,31 +449,56 @@ public struct PostgresTaskStore: TaskStore {
         try await connection.query(
             """
             UPDATE tasks SET status = 'InQueue', started_at = NULL, progress_step = NULL, progress_total = NULL,
-                attempts = attempts - \(countAttempt ? 0 : 1)
+                attempts = attempts - \(countAttempt ? 0 : 1), lease_node = NULL, lease_expires_at = NULL
             WHERE id = \(id)
             """,
             logger: logger
         )
+        try await notify(connection, "queued", logger: logger)
         return .requeued
     }
 
-    /// Like SQLite's: every InProgress task in the database, whichever node runs it. Tasks do not record
-    /// their node yet, so with several nodes this is only right when they all restart together.
-    public func recoverInterrupted(maxAttempts: Int) async throws -> [String: RequeueOutcome] {
+    public func recoverInterrupted(node: String, maxAttempts: Int) async throws -> [String: RequeueOutcome] {
+        try await requeueEach(
+            """
+            SELECT id, lease_node FROM tasks WHERE status = 'InProgress' AND lease_node = \(node)
+            ORDER BY seq FOR UPDATE SKIP LOCKED
+            """,
+            maxAttempts: maxAttempts
+        ) { _ in TaskStoreReasons.interrupted }
+    }
+
+    /// SKIP LOCKED: when several nodes reap at once, each expired task is taken by one of them, and none
+    /// waits on a row another is finishing.
+    public func requeueExpiredLeases(maxAttempts: Int, now: Date) async throws -> [String: RequeueOutcome] {
+        try await requeueEach(
+            """
+            SELECT id, lease_node FROM tasks
+            WHERE status = 'InProgress' AND (lease_expires_at IS NULL OR lease_expires_at < \(now.timeIntervalSince1970))
+            ORDER BY seq FOR UPDATE SKIP LOCKED
+            """,
+            maxAttempts: maxAttempts,
+            reason: TaskStoreReasons.leaseExpired(node:)
+        )
+    }
+
+    private func requeueEach(
+        _ select: PostgresQuery,
+        maxAttempts: Int,
+        reason: @escaping @Sendable (String?) -> String
+    ) async throws -> [String: RequeueOutcome] {
         try await transaction { connection in
-            var ids: [String] = []
-            let rows = try await connection.query(
-                "SELECT id FROM tasks WHERE status = 'InProgress' ORDER BY seq FOR UPDATE",
-                logger: logger
-            )
-            for try await id in rows.decode(String.self) { ids.append(id) }
+            var found: [(id: String, node: String?)] = []
+            for try await row in try await connection.query(select, logger: logger).decode((String, String?).self) {
+                found.append(row)
+            }
             var outcomes: [String: RequeueOutcome] = [:]
-            for id in ids {
+            for (id, node) in found {
                 outcomes[id] = try await Self.requeue(
                     connection,
                     id: id,
                     maxAttempts: maxAttempts,
-                    reason: "the service stopped while the task was running",
+                    reason: reason(node),
                     countAttempt: true,
                     logger: logger
                 )
@@ -412,6 +508,7 @@ public struct PostgresTaskStore: TaskStore {
     }
 
     public func tasksWithVideosFinished(before: Date) async throws -> [TaskRecord] {
+        try await withDeadline {
         try await Self.records(
             client.query(
                 """
@@ -422,13 +519,24 @@ public struct PostgresTaskStore: TaskStore {
                 logger: logger
             )
         )
+        }
     }
 
-    public func markVideoExpired(id: String) async throws {
-        try await client.query("UPDATE tasks SET video_expired = TRUE WHERE id = \(id)", logger: logger)
+    @discardableResult
+    public func markVideoExpired(id: String) async throws -> Bool {
+        try await withDeadline {
+            let rows = try await client.query(
+                "UPDATE tasks SET video_expired = TRUE WHERE id = \(id) AND NOT video_expired RETURNING id",
+                logger: logger
+            )
+            var changed = false
+            for try await _ in rows.decode(String.self) { changed = true }
+            return changed
+        }
     }
 
     public func deleteTasks(finishedBefore: Date) async throws -> [TaskRecord] {
+        try await withDeadline {
         try await Self.records(
             client.query(
                 """
@@ -439,30 +547,90 @@ public struct PostgresTaskStore: TaskStore {
                 logger: logger
             )
         )
+        }
     }
 
     public func referencedFileNames() async throws -> Set<String> {
-        var names = Set<String>()
-        let rows = try await client.query("SELECT input_path, video_name FROM tasks", logger: logger)
-        for try await (input, video) in rows.decode((String, String?).self) {
-            names.insert((input as NSString).lastPathComponent)
-            if let video { names.insert("\(video).mp4") }
+        try await withDeadline {
+            var names = Set<String>()
+            let rows = try await client.query("SELECT input_key, video_name FROM tasks", logger: logger)
+            for try await (input, video) in rows.decode((String, String?).self) {
+                names.insert(input)
+                if let video { names.insert("\(video).mp4") }
+            }
+            return names
         }
-        return names
     }
 
     public func ping() async throws {
-        try await client.query("SELECT 1", logger: logger)
+        try await withDeadline { try await client.query("SELECT 1", logger: logger) }
+    }
+
+    private static func notify(_ connection: PostgresConnection, _ event: String, logger: Logger) async throws {
+        // NOTIFY takes no bind parameters; pg_notify does. Delivered at commit, so a listener that wakes
+        // on it already sees the row.
+        try await connection.query("SELECT pg_notify(\(notificationChannel), \(event))", logger: logger)
     }
 
     /// One transaction on a pooled connection. PostgresNIO wraps whatever the body throws; callers get the
     /// body's own error back (a `QueueFullError` must reach the submit as itself).
-    private func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
-        do {
-            return try await client.withTransaction(logger: logger) { connection in try await body(connection) }
-        } catch let error as PostgresTransactionError {
-            throw error.beginError ?? error.closureError ?? error.commitError ?? error
+    func transaction<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        try await withDeadline {
+            do {
+                return try await client.withTransaction(logger: logger) { connection in try await body(connection) }
+            } catch let error as PostgresTransactionError {
+                throw error.beginError ?? error.closureError ?? error.commitError ?? error
+            }
         }
+    }
+
+    /// A call that cannot get an answer within `timeout` throws `StoreUnavailable` instead of waiting: the
+    /// pool would otherwise hold it while it keeps trying to reconnect, and a submit would hang with it.
+    /// Errors that say the server cannot be reached, or is shutting down, become `StoreUnavailable` too;
+    /// errors in a statement stay what they are.
+    ///
+    /// The call runs in a task of its own that is cancelled, not awaited, once the time is up: a task
+    /// group would wait for it, and an operation that does not heed cancellation (a request parked in the
+    /// pool while the server is away) would then hold the caller, the dispatcher's loop included, for as
+    /// long as the outage lasts.
+    func withDeadline<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let timeout = self.timeout
+        let endpoint = self.endpoint
+        let work = Task { try await body() }
+        let outcome = FirstOutcome<T>()
+        let result = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Result<T, any Error>, Never>) in
+                outcome.setContinuation(continuation)
+                let timer = Task {
+                    try await Task.sleep(for: timeout)
+                    outcome.resolve(.failure(StoreUnavailable(reason: "no answer from \(endpoint) within \(timeout)")))
+                }
+                Task {
+                    let result = await work.result
+                    timer.cancel()
+                    outcome.resolve(result)
+                }
+            }
+        } onCancel: {
+            work.cancel()
+        }
+        work.cancel()
+        do {
+            return try result.get()
+        } catch let error as PSQLError where Self.isUnavailable(error) {
+            throw StoreUnavailable(reason: "\(endpoint): \(Self.describe(error))")
+        }
+    }
+
+    static func isUnavailable(_ error: PSQLError) -> Bool {
+        guard let state = error.serverInfo?[.sqlState] else {
+            // No answer from a server at all: the connection failed, closed, or never came up.
+            return true
+        }
+        // 08: connection exception; 57: operator intervention (shutting down, cannot connect now);
+        // 53: insufficient resources (too many connections); 55000 is what a new connection gets from a
+        // database closed to connections for maintenance.
+        return state.hasPrefix("08") || state.hasPrefix("57") || state.hasPrefix("53") || state == "55000"
     }
 
     // MARK: Rows
@@ -479,7 +647,7 @@ public struct PostgresTaskStore: TaskStore {
         return records
     }
 
-    private static func record(_ row: PostgresRandomAccessRow) throws -> TaskRecord {
+    static func record(_ row: PostgresRandomAccessRow) throws -> TaskRecord {
         let parameters = TaskParameters(
             model: try row["model"].decode(String.self),
             prompt: try row["prompt"].decode(String.self),
@@ -495,7 +663,7 @@ public struct PostgresTaskStore: TaskStore {
             id: try row["id"].decode(String.self),
             ownerKeyHash: try row["owner_key_hash"].decode(String.self),
             parameters: parameters,
-            inputPath: try row["input_path"].decode(String.self),
+            inputKey: try row["input_key"].decode(String.self),
             intake: IntakeTimings(
                 fetch: try row["fetch_seconds"].decode(Double.self),
                 decode: try row["decode_seconds"].decode(Double.self),
@@ -510,6 +678,11 @@ public struct PostgresTaskStore: TaskStore {
         record.progressStep = try row["progress_step"].decode(Int?.self)
         record.progressTotal = try row["progress_total"].decode(Int?.self)
         record.videoExpired = try row["video_expired"].decode(Bool.self)
+        if record.status == .inProgress, let node = try row["lease_node"].decode(String?.self),
+            let expires = try row["lease_expires_at"].decode(Double?.self)
+        {
+            record.lease = Lease(node: node, expiresAt: Date(timeIntervalSince1970: expires))
+        }
         record.startedAt = try row["started_at"].decode(Double?.self).map(Date.init(timeIntervalSince1970:))
         record.finishedAt = try row["finished_at"].decode(Double?.self).map(Date.init(timeIntervalSince1970:))
         if let videoName = try row["video_name"].decode(String?.self) {
@@ -520,7 +693,9 @@ public struct PostgresTaskStore: TaskStore {
                 numFrames: try row["result_frames"].decode(Int.self),
                 fps: try row["result_fps"].decode(Int.self),
                 inferenceSeconds: try row["inference_seconds"].decode(Double.self),
-                encodeSeconds: try row["encode_seconds"].decode(Double?.self) ?? 0
+                encodeSeconds: try row["encode_seconds"].decode(Double?.self) ?? 0,
+                inferSteps: try row["result_infer_steps"].decode(Int?.self),
+                guidanceScale: try row["result_guidance_scale"].decode(Double?.self)
             )
         }
         return record
@@ -634,5 +809,42 @@ public struct PostgresEndpoint: Sendable, CustomStringConvertible {
             database: database,
             tls: tls
         )
+    }
+}
+
+/// Hands the first of several results to one waiting continuation; later ones are dropped.
+private final class FirstOutcome<T: Sendable>: Sendable {
+    private struct State {
+        var continuation: CheckedContinuation<Result<T, any Error>, Never>?
+        var early: Result<T, any Error>?
+        var resolved = false
+    }
+
+    private let state = Mutex(State())
+
+    func setContinuation(_ continuation: CheckedContinuation<Result<T, any Error>, Never>) {
+        let early: Result<T, any Error>? = state.withLock { state in
+            if let early = state.early {
+                state.early = nil
+                return early
+            }
+            state.continuation = continuation
+            return nil
+        }
+        if let early { continuation.resume(returning: early) }
+    }
+
+    func resolve(_ result: Result<T, any Error>) {
+        let continuation: CheckedContinuation<Result<T, any Error>, Never>? = state.withLock { state in
+            guard !state.resolved else { return nil }
+            state.resolved = true
+            guard let continuation = state.continuation else {
+                state.early = result
+                return nil
+            }
+            state.continuation = nil
+            return continuation
+        }
+        continuation?.resume(returning: result)
     }
 }

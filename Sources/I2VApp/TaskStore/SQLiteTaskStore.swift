@@ -3,7 +3,7 @@ import GRDB
 
 /// The default task store: one SQLite file in the data dir, WAL mode, versioned migrations.
 public struct SQLiteTaskStore: TaskStore {
-    private let database: DatabasePool
+    let database: DatabasePool
 
     public init(path: String) throws {
         var configuration = Configuration()
@@ -60,6 +60,27 @@ public struct SQLiteTaskStore: TaskStore {
                     """
             )
         }
+        migrator.registerMigration("v2: leases, input keys, what the worker ran, listing by owner") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE tasks RENAME COLUMN input_path TO input_key;
+                    ALTER TABLE tasks ADD COLUMN lease_node TEXT;
+                    ALTER TABLE tasks ADD COLUMN lease_expires_at REAL;
+                    ALTER TABLE tasks ADD COLUMN result_infer_steps INTEGER;
+                    ALTER TABLE tasks ADD COLUMN result_guidance_scale REAL;
+                    CREATE INDEX tasks_lease ON tasks(lease_expires_at) WHERE status = 'InProgress';
+                    CREATE INDEX tasks_owner_seq ON tasks(owner_key_hash, seq);
+                    """
+            )
+            // Inputs used to be recorded by absolute path; the file name is the key.
+            for row in try Row.fetchAll(db, sql: "SELECT id, input_key FROM tasks WHERE instr(input_key, '/') > 0") {
+                let path: String = row["input_key"]
+                try db.execute(
+                    sql: "UPDATE tasks SET input_key = ? WHERE id = ?",
+                    arguments: [(path as NSString).lastPathComponent, row["id"] as String]
+                )
+            }
+        }
         return migrator
     }
 
@@ -71,13 +92,13 @@ public struct SQLiteTaskStore: TaskStore {
             try db.execute(
                 sql: """
                     INSERT INTO tasks (id, owner_key_hash, status, model, prompt, negative_prompt, width, height,
-                        num_frames, guidance_scale, infer_steps, seed, input_path, fetch_seconds, decode_seconds,
+                        num_frames, guidance_scale, infer_steps, seed, input_key, fetch_seconds, decode_seconds,
                         png_seconds, created_at)
                     VALUES (?, ?, 'InQueue', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     task.id, task.ownerKeyHash, p.model, p.prompt, p.negativePrompt, p.width, p.height,
-                    p.numFrames, p.guidanceScale, p.inferSteps, p.seed, task.inputPath, task.intake.fetch,
+                    p.numFrames, p.guidanceScale, p.inferSteps, p.seed, task.inputKey, task.intake.fetch,
                     task.intake.decode, task.intake.encode, task.createdAt.timeIntervalSince1970,
                 ]
             )
@@ -118,7 +139,7 @@ public struct SQLiteTaskStore: TaskStore {
         }
     }
 
-    public func claimNext() async throws -> TaskRecord? {
+    public func claimNext(node: String, lease: Duration) async throws -> TaskRecord? {
         try await database.write { db in
             guard
                 let id = try String.fetchOne(
@@ -129,32 +150,53 @@ public struct SQLiteTaskStore: TaskStore {
             try db.execute(
                 sql: """
                     UPDATE tasks SET status = 'InProgress', attempts = attempts + 1, started_at = ?,
-                        progress_step = 0, progress_total = infer_steps, reason = NULL
+                        progress_step = 0, progress_total = infer_steps, reason = NULL, lease_node = ?,
+                        lease_expires_at = ?
                     WHERE id = ?
                     """,
-                arguments: [Date().timeIntervalSince1970, id]
+                arguments: [Date().timeIntervalSince1970, node, Date().addingTimeInterval(lease.seconds).timeIntervalSince1970, id]
             )
             return try Row.fetchOne(db, sql: "SELECT * FROM tasks WHERE id = ?", arguments: [id]).map(Self.record)
         }
     }
 
-    public func recordProgress(id: String, step: Int, total: Int) async throws {
+    public func renewLeases(node: String, ids: [String], lease: Duration) async throws -> Set<String> {
+        guard !ids.isEmpty else { return [] }
+        return try await database.write { db in
+            Set(
+                try String.fetchAll(
+                    db,
+                    sql: """
+                        UPDATE tasks SET lease_expires_at = ?
+                        WHERE status = 'InProgress' AND lease_node = ? AND id IN (\(databaseQuestionMarks(count: ids.count)))
+                        RETURNING id
+                        """,
+                    arguments: StatementArguments([Date().addingTimeInterval(lease.seconds).timeIntervalSince1970, node] as [any DatabaseValueConvertible]) + StatementArguments(ids)
+                )
+            )
+        }
+    }
+
+    public func recordProgress(id: String, node: String, step: Int, total: Int) async throws {
         try await database.write { db in
             try db.execute(
-                sql: "UPDATE tasks SET progress_step = ?, progress_total = ? WHERE id = ? AND status = 'InProgress'",
-                arguments: [step, total, id]
+                sql: """
+                    UPDATE tasks SET progress_step = ?, progress_total = ?
+                    WHERE id = ? AND status = 'InProgress' AND lease_node = ?
+                    """,
+                arguments: [step, total, id, node]
             )
         }
     }
 
     @discardableResult
-    public func finish(id: String, outcome: TaskOutcome) async throws -> FinishOutcome {
+    public func finish(id: String, node: String, outcome: TaskOutcome) async throws -> FinishOutcome {
         try await database.write { db in
             guard
                 let cancelRequested = try Bool.fetchOne(
                     db,
-                    sql: "SELECT cancel_requested FROM tasks WHERE id = ? AND status = 'InProgress'",
-                    arguments: [id]
+                    sql: "SELECT cancel_requested FROM tasks WHERE id = ? AND status = 'InProgress' AND lease_node = ?",
+                    arguments: [id, node]
                 )
             else { return .notRunning }
             let now = Date().timeIntervalSince1970
@@ -167,12 +209,14 @@ public struct SQLiteTaskStore: TaskStore {
                     sql: """
                         UPDATE tasks SET status = 'Succeed', finished_at = ?, reason = NULL, video_name = ?,
                             result_width = ?, result_height = ?, result_frames = ?, result_fps = ?,
-                            inference_seconds = ?, encode_seconds = ?, progress_step = NULL, progress_total = NULL
+                            inference_seconds = ?, encode_seconds = ?, result_infer_steps = ?,
+                            result_guidance_scale = ?, progress_step = NULL, progress_total = NULL, lease_node = NULL,
+                            lease_expires_at = NULL
                         WHERE id = ?
                         """,
                     arguments: [
                         now, result.videoName, result.width, result.height, result.numFrames, result.fps,
-                        result.inferenceSeconds, result.encodeSeconds, id,
+                        result.inferenceSeconds, result.encodeSeconds, result.inferSteps, result.guidanceScale, id,
                     ]
                 )
                 return .ended(.succeed)
@@ -184,7 +228,7 @@ public struct SQLiteTaskStore: TaskStore {
             try db.execute(
                 sql: """
                     UPDATE tasks SET status = ?, finished_at = ?, reason = ?, progress_step = NULL,
-                        progress_total = NULL
+                        progress_total = NULL, lease_node = NULL, lease_expires_at = NULL
                     WHERE id = ?
                     """,
                 arguments: [ending.status.rawValue, now, ending.reason, id]
@@ -240,12 +284,17 @@ public struct SQLiteTaskStore: TaskStore {
         }
     }
 
-    public func requeue(id: String, maxAttempts: Int, reason: String, countAttempt: Bool) async throws
+    public func requeue(id: String, node: String, maxAttempts: Int, reason: String, countAttempt: Bool) async throws
         -> RequeueOutcome
     {
-        try await database.write { db in try Self.requeue(db, id: id, maxAttempts: maxAttempts, reason: reason, countAttempt: countAttempt) }
+        try await database.write { db in
+            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM tasks WHERE id = ? AND lease_node = ?", arguments: [id, node]) != nil
+            else { return .notRunning }
+            return try Self.requeue(db, id: id, maxAttempts: maxAttempts, reason: reason, countAttempt: countAttempt)
+        }
     }
 
+    /// The caller has checked who holds the task, or is taking it from a node that is gone.
     private static func requeue(_ db: Database, id: String, maxAttempts: Int, reason: String, countAttempt: Bool)
         throws -> RequeueOutcome
     {
@@ -264,7 +313,7 @@ public struct SQLiteTaskStore: TaskStore {
             try db.execute(
                 sql: """
                     UPDATE tasks SET status = 'Cancelled', reason = 'cancelled by the client', finished_at = ?,
-                        progress_step = NULL, progress_total = NULL
+                        progress_step = NULL, progress_total = NULL, lease_node = NULL, lease_expires_at = NULL
                     WHERE id = ?
                     """,
                 arguments: [now, id]
@@ -276,7 +325,7 @@ public struct SQLiteTaskStore: TaskStore {
             try db.execute(
                 sql: """
                     UPDATE tasks SET status = 'Failed', reason = ?, finished_at = ?, progress_step = NULL,
-                        progress_total = NULL
+                        progress_total = NULL, lease_node = NULL, lease_expires_at = NULL
                     WHERE id = ?
                     """,
                 arguments: [failure, now, id]
@@ -286,7 +335,7 @@ public struct SQLiteTaskStore: TaskStore {
         try db.execute(
             sql: """
                 UPDATE tasks SET status = 'InQueue', started_at = NULL, progress_step = NULL, progress_total = NULL,
-                    attempts = attempts - ?
+                    attempts = attempts - ?, lease_node = NULL, lease_expires_at = NULL
                 WHERE id = ?
                 """,
             arguments: [countAttempt ? 0 : 1, id]
@@ -294,16 +343,41 @@ public struct SQLiteTaskStore: TaskStore {
         return .requeued
     }
 
-    public func recoverInterrupted(maxAttempts: Int) async throws -> [String: RequeueOutcome] {
+    public func recoverInterrupted(node: String, maxAttempts: Int) async throws -> [String: RequeueOutcome] {
         try await database.write { db in
-            let ids = try String.fetchAll(db, sql: "SELECT id FROM tasks WHERE status = 'InProgress' ORDER BY seq")
+            let ids = try String.fetchAll(
+                db,
+                sql: "SELECT id FROM tasks WHERE status = 'InProgress' AND lease_node = ? ORDER BY seq",
+                arguments: [node]
+            )
             var outcomes: [String: RequeueOutcome] = [:]
             for id in ids {
+                outcomes[id] = try Self.requeue(db, id: id, maxAttempts: maxAttempts, reason: TaskStoreReasons.interrupted, countAttempt: true)
+            }
+            return outcomes
+        }
+    }
+
+    public func requeueExpiredLeases(maxAttempts: Int, now: Date) async throws -> [String: RequeueOutcome] {
+        try await database.write { db in
+            // A task without a lease was running before leases existed: its node is long gone.
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT id, lease_node FROM tasks
+                    WHERE status = 'InProgress' AND (lease_expires_at IS NULL OR lease_expires_at < ?)
+                    ORDER BY seq
+                    """,
+                arguments: [now.timeIntervalSince1970]
+            )
+            var outcomes: [String: RequeueOutcome] = [:]
+            for row in rows {
+                let id: String = row["id"]
                 outcomes[id] = try Self.requeue(
                     db,
                     id: id,
                     maxAttempts: maxAttempts,
-                    reason: "the service stopped while the task was running",
+                    reason: TaskStoreReasons.leaseExpired(node: row["lease_node"]),
                     countAttempt: true
                 )
             }
@@ -324,9 +398,11 @@ public struct SQLiteTaskStore: TaskStore {
         }
     }
 
-    public func markVideoExpired(id: String) async throws {
+    @discardableResult
+    public func markVideoExpired(id: String) async throws -> Bool {
         try await database.write { db in
-            try db.execute(sql: "UPDATE tasks SET video_expired = 1 WHERE id = ?", arguments: [id])
+            try db.execute(sql: "UPDATE tasks SET video_expired = 1 WHERE id = ? AND video_expired = 0", arguments: [id])
+            return db.changesCount > 0
         }
     }
 
@@ -352,10 +428,8 @@ public struct SQLiteTaskStore: TaskStore {
     public func referencedFileNames() async throws -> Set<String> {
         try await database.read { db in
             var names = Set<String>()
-            for row in try Row.fetchAll(db, sql: "SELECT input_path, video_name FROM tasks") {
-                if let input: String = row["input_path"] {
-                    names.insert((input as NSString).lastPathComponent)
-                }
+            for row in try Row.fetchAll(db, sql: "SELECT input_key, video_name FROM tasks") {
+                names.insert(row["input_key"])
                 if let video: String = row["video_name"] { names.insert("\(video).mp4") }
             }
             return names
@@ -366,7 +440,7 @@ public struct SQLiteTaskStore: TaskStore {
         _ = try await database.read { db in try Int.fetchOne(db, sql: "SELECT 1") }
     }
 
-    private static func record(_ row: Row) -> TaskRecord {
+    static func record(_ row: Row) -> TaskRecord {
         let parameters = TaskParameters(
             model: row["model"],
             prompt: row["prompt"],
@@ -382,7 +456,7 @@ public struct SQLiteTaskStore: TaskStore {
             id: row["id"],
             ownerKeyHash: row["owner_key_hash"],
             parameters: parameters,
-            inputPath: row["input_path"],
+            inputKey: row["input_key"],
             intake: IntakeTimings(fetch: row["fetch_seconds"], decode: row["decode_seconds"], encode: row["png_seconds"]),
             createdAt: Date(timeIntervalSince1970: row["created_at"])
         )
@@ -392,6 +466,9 @@ public struct SQLiteTaskStore: TaskStore {
         record.cancelRequested = row["cancel_requested"]
         record.progressStep = row["progress_step"]
         record.progressTotal = row["progress_total"]
+        if record.status == .inProgress, let node: String = row["lease_node"], let expires: Double = row["lease_expires_at"] {
+            record.lease = Lease(node: node, expiresAt: Date(timeIntervalSince1970: expires))
+        }
         record.videoExpired = row["video_expired"]
         record.startedAt = (row["started_at"] as Double?).map(Date.init(timeIntervalSince1970:))
         record.finishedAt = (row["finished_at"] as Double?).map(Date.init(timeIntervalSince1970:))
@@ -403,7 +480,9 @@ public struct SQLiteTaskStore: TaskStore {
                 numFrames: row["result_frames"],
                 fps: row["result_fps"],
                 inferenceSeconds: row["inference_seconds"],
-                encodeSeconds: row["encode_seconds"] ?? 0
+                encodeSeconds: row["encode_seconds"] ?? 0,
+                inferSteps: row["result_infer_steps"],
+                guidanceScale: row["result_guidance_scale"]
             )
         }
         return record

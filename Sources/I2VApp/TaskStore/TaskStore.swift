@@ -4,8 +4,21 @@ public struct QueueFullError: Error, Sendable {
     public var queued: Int
 }
 
+/// The store could not be reached (or did not answer in time). Nothing was changed by the call that threw
+/// it, so the caller may retry; the API answers 503 with this reason.
+public struct StoreUnavailable: Error, Sendable, CustomStringConvertible {
+    public var reason: String
+    public init(reason: String) { self.reason = reason }
+    public var description: String { "the task database is unavailable: \(reason)" }
+}
+
 /// Durable state of every task. The dispatcher, the use cases and the sweeper all go through it, so a
 /// restart rebuilds everything from here. Each method is one transaction.
+///
+/// Several nodes may share one store. A node claims a task under its name with a lease; only the node
+/// holding the lease may record the task's progress and end, and its heartbeat (`renewLeases`) keeps the
+/// lease alive. A lease that runs out means the node is gone: any node's `requeueExpiredLeases` then puts
+/// the task back in the queue (or fails it once it has used its attempts).
 public protocol TaskStore: Sendable {
     /// Adds a queued task unless `maxQueued` tasks are already waiting (checked in the same transaction).
     func enqueue(_ task: TaskRecord, maxQueued: Int) async throws
@@ -13,26 +26,44 @@ public protocol TaskStore: Sendable {
     /// 1 = next to run; nil when the task is not queued.
     func queuePosition(id: String) async throws -> Int?
     func counts() async throws -> QueueCounts
-    /// Moves the oldest queued task to InProgress (FIFO) and counts the attempt.
-    func claimNext() async throws -> TaskRecord?
-    func recordProgress(id: String, step: Int, total: Int) async throws
+    /// Moves the oldest queued task to InProgress (FIFO) under `node`'s lease and counts the attempt.
+    func claimNext(node: String, lease: Duration) async throws -> TaskRecord?
+    /// The node's heartbeat: extends its leases on these tasks and returns the ones it still holds.
+    func renewLeases(node: String, ids: [String], lease: Duration) async throws -> Set<String>
+    func recordProgress(id: String, node: String, step: Int, total: Int) async throws
     /// Ends a running task. A success for a task whose cancel was already acknowledged ends it Cancelled.
     @discardableResult
-    func finish(id: String, outcome: TaskOutcome) async throws -> FinishOutcome
+    func finish(id: String, node: String, outcome: TaskOutcome) async throws -> FinishOutcome
     func cancel(id: String, ownerKeyHash: String) async throws -> CancelOutcome
     /// Which of these running tasks their clients asked to cancel: how a cancel reaches the dispatcher
     /// running the task.
     func cancelRequested(among ids: [String]) async throws -> Set<String>
     /// Puts a running task back in the queue (front of it, by age) unless it ran `maxAttempts` times.
-    func requeue(id: String, maxAttempts: Int, reason: String, countAttempt: Bool) async throws -> RequeueOutcome
-    /// After a crash: every InProgress task is requeued once more or failed. Returns the ids touched.
-    func recoverInterrupted(maxAttempts: Int) async throws -> [String: RequeueOutcome]
+    func requeue(id: String, node: String, maxAttempts: Int, reason: String, countAttempt: Bool) async throws -> RequeueOutcome
+    /// At a node's start: the tasks it held when it last stopped (its name is stable across restarts) are
+    /// requeued once more or failed, without waiting for their leases to run out.
+    func recoverInterrupted(node: String, maxAttempts: Int) async throws -> [String: RequeueOutcome]
+    /// Any node, now and then: running tasks whose lease ran out before `now` are requeued or failed.
+    func requeueExpiredLeases(maxAttempts: Int, now: Date) async throws -> [String: RequeueOutcome]
     /// Succeeded tasks whose video is older than `before` and not yet marked expired.
     func tasksWithVideosFinished(before: Date) async throws -> [TaskRecord]
-    func markVideoExpired(id: String) async throws
-    /// Deletes terminal tasks that finished before `before`; returns them so their files can go too.
+    /// Marks the video expired; false when another node's sweeper already did (so only one logs it).
+    @discardableResult
+    func markVideoExpired(id: String) async throws -> Bool
+    /// Deletes terminal tasks that finished before `before`; returns them so their files can go too. With
+    /// several sweepers at once, each row is returned to exactly one of them.
     func deleteTasks(finishedBefore: Date) async throws -> [TaskRecord]
     /// Every file name (inputs and videos) a live task still refers to, for the orphan sweep.
     func referencedFileNames() async throws -> Set<String>
     func ping() async throws
+}
+
+/// Reasons the stores record when they take a task from a node, worded alike whichever store it is.
+enum TaskStoreReasons {
+    static let interrupted = "the node running it stopped while the task was running"
+
+    static func leaseExpired(node: String?) -> String {
+        guard let node else { return "the node running it stopped while the task was running" }
+        return "node \(node) stopped renewing its lease on the task"
+    }
 }

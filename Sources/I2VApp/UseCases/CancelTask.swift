@@ -23,7 +23,7 @@ struct CancelTask: Sendable {
         case .cancelledQueued:
             logger.info("queued task cancelled")
             metrics.recordOutcome(.cancelled)
-            media.remove(media.inputURL(taskID: id))
+            media.removeInput(key: MediaStore.inputKey(taskID: id))
             queueChanged.wake()
             return .accepted
         case .cancelRequested:

@@ -52,16 +52,26 @@ struct SubmitTask: Sendable {
         let planner = ResolutionPlanner(nativeArea: model.nativeArea, sizeMultiple: model.sizeMultiple)
         let prepared: PreparedImage
         do {
-            prepared = try await intake.prepare(url: submission.imageURL, size: submission.imageSize, planner: planner, logger: logger)
+            switch submission.image {
+            case .url(let url):
+                prepared = try await intake.prepare(url: url, size: submission.imageSize, planner: planner, logger: logger)
+            case .bytes(let bytes):
+                prepared = try await intake.prepare(imageBytes: bytes, size: submission.imageSize, planner: planner, logger: logger)
+            }
         } catch {
             metrics.recordImageFailure(cause: error.cause.label)
             logger.info("image refused", metadata: ["cause": "\(error.cause.label)", "reason": "\(error.reason)"])
             throw SubmitFailure.unusableImage(error)
         }
+        metrics.recordIntake(
+            fetch: prepared.timings.fetch.seconds,
+            decode: prepared.timings.decode.seconds,
+            png: prepared.timings.encode.seconds
+        )
         let frames = submission.effectiveFrames
         try await refuseWhenTooBigForDevice(width: prepared.width, height: prepared.height, frames: frames)
 
-        let input = try media.writeInput(prepared.png, taskID: id)
+        let inputKey = try media.writeInput(prepared.png, taskID: id)
         var seedGenerator = SystemRandomNumberGenerator()
         let task = TaskRecord(
             id: id,
@@ -77,7 +87,7 @@ struct SubmitTask: Sendable {
                 inferSteps: submission.inferSteps,
                 seed: submission.seed ?? Int.random(in: 0...2_147_483_647, using: &seedGenerator)
             ),
-            inputPath: input.path,
+            inputKey: inputKey,
             intake: IntakeTimings(
                 fetch: prepared.timings.fetch.seconds,
                 decode: prepared.timings.decode.seconds,
@@ -87,10 +97,10 @@ struct SubmitTask: Sendable {
         do {
             try await store.enqueue(task, maxQueued: limits.maxQueued)
         } catch let error as QueueFullError {
-            media.remove(input)
+            media.removeInput(key: inputKey)
             throw SubmitFailure.queueFull(queued: error.queued)
         } catch {
-            media.remove(input)
+            media.removeInput(key: inputKey)
             throw error
         }
         queueChanged.wake()

@@ -5,9 +5,11 @@ struct TaskUseCases: Sendable {
     let submit: SubmitTask
     let read: ReadTask
     let cancel: CancelTask
+    let list: ListTasks
+    let delete: DeleteTask
 
     init(
-        store: any TaskStore,
+        store: any TaskStore & TaskListing,
         media: MediaStore,
         intake: ImageIntake,
         catalog: ModelCatalog,
@@ -29,5 +31,7 @@ struct TaskUseCases: Sendable {
         )
         read = ReadTask(store: store)
         cancel = CancelTask(store: store, media: media, queueChanged: queueChanged, metrics: metrics)
+        list = ListTasks(store: store)
+        delete = DeleteTask(store: store, media: media, queueChanged: queueChanged, metrics: metrics)
     }
 }

@@ -37,6 +37,14 @@ enum TestCluster {
         return try PostgresEndpoint(url: url)
     }
 
+    /// The cluster's URL with another database in it, for a server process started by a test.
+    static func url(database: String, sourceLocation: SourceLocation = #_sourceLocation) throws -> String {
+        let cluster = try #require(url, sourceLocation: sourceLocation)
+        var components = try #require(URLComponents(string: cluster), sourceLocation: sourceLocation)
+        components.path = "/\(database)"
+        return try #require(components.string, sourceLocation: sourceLocation)
+    }
+
     struct MissingCluster: Error, CustomStringConvertible {
         var description: String
     }
@@ -82,7 +90,8 @@ func withPostgresConnection(_ endpoint: PostgresEndpoint, _ body: (PostgresConne
 
 /// A migrated store whose pool runs for the length of `body`, as the application's service group runs it.
 func withPostgresStore<T>(_ endpoint: PostgresEndpoint, _ body: (PostgresTaskStore) async throws -> T) async throws -> T {
-    let store = try await PostgresTaskStore(endpoint: endpoint, maximumConnections: 10, logger: TestCluster.logger)
+    // A generous timeout: a test run shares two busy cores with builds and other suites.
+    let store = try await PostgresTaskStore(endpoint: endpoint, maximumConnections: 10, timeout: .seconds(120), logger: TestCluster.logger)
     return try await withThrowingTaskGroup { group in
         group.addTask { await store.client.run() }
         defer { group.cancelAll() }

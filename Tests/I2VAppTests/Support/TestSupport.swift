@@ -45,6 +45,8 @@ func testConfiguration(dataDir: URL, _ values: [String: ConfigValue] = [:]) -> S
         "i2v.logLevel": "warning",
         "i2v.cancelGraceSeconds": 5,
         "i2v.shutdownGraceSeconds": 0,
+        // Generous for the same reason; the tests of the timeout itself set their own.
+        "i2v.databaseTimeoutSeconds": 120,
     ]
     for (key, value) in values { all[AbsoluteConfigKey(key.split(separator: ".").map(String.init))] = value }
     return ServiceConfiguration(reader: ConfigReader(provider: InMemoryProvider(values: all)))
@@ -173,9 +175,10 @@ extension TestResponse {
 }
 
 /// Builds the app with a fake worker and the given settings.
-func makeTestApp(dataDir: URL, worker: FakeWorker, _ values: [String: ConfigValue] = [:]) async throws -> some ApplicationProtocol {
+func makeTestApp(dataDir: URL, worker: FakeWorker, role: NodeRole = .serve, _ values: [String: ConfigValue] = [:]) async throws -> some ApplicationProtocol {
     try await buildApplication(
         configuration: testConfiguration(dataDir: dataDir, values),
+        role: role,
         overrides: AppOverrides(worker: worker, catalog: ModelCatalog(models: [ServedModel(id: "test-model", nativeArea: 15_360)]))
     )
 }

@@ -1,114 +1,28 @@
-"""Messages, parsing and the main loop (with a fake runner: no model, no torch)."""
+"""The main loop, with a fake runner (no model, no torch): jobs, progress, cancel, refusals, shutdown, start-up failures."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
+from i2v_worker.errors import BadInput, Cancelled, OutOfMemory
+from i2v_worker.jobs import EngineInfo, GenerationResult, Job, SpeedPlan, StepCallback
+from i2v_worker.loop import LineWriter, classify, serve
+from i2v_worker.messages import Progress, parse_line
 from i2v_worker.metadata import ModelInfo
-from i2v_worker.protocol import (
-    Cancel,
-    Done,
-    Error,
-    Fatal,
-    MemoryInfo,
-    ProtocolError,
-    Ready,
-    Run,
-    Shutdown,
-    dumps,
-    parse_line,
-    serve,
-    to_object,
-)
+from i2v_worker.settings import ConfigurationError
 
-FIXTURES = Path(__file__).resolve().parents[1] / "protocol" / "fixtures.jsonl"
-TASK = "0123456789abcdef0123456789abcdef"
-
-
-def fixtures() -> list[dict[str, object]]:
-    return [json.loads(line) for line in FIXTURES.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-@pytest.mark.parametrize("fixture", fixtures(), ids=lambda f: str(f["name"]))
-def test_fixture_round_trips(fixture: dict[str, object]) -> None:
-    line = json.dumps(fixture["message"])
-    message = parse_line(line)
-    assert message.type == fixture["message"]["type"]  # type: ignore[index]
-    assert to_object(message) == fixture["message"]
-    again = dumps(message)
-    assert "\n" not in again
-    assert json.loads(again) == fixture["message"]
-    assert parse_line(again) == message
-
-
-def test_fixtures_cover_every_message_type() -> None:
-    types = {f["message"]["type"] for f in fixtures()}  # type: ignore[index]
-    assert types == {"ready", "progress", "done", "error", "fatal", "run", "cancel", "shutdown"}
-    kinds = {f["message"]["kind"] for f in fixtures() if f["message"]["type"] == "error"}  # type: ignore[index]
-    assert kinds == {"oom", "bad_input", "cancelled", "internal"}
-
-
-def test_unknown_fields_are_ignored_and_defaults_apply() -> None:
-    message = parse_line(
-        '{"type":"run","task_id":"t","image_path":"/i.png","prompt":"p","width":16,"height":32,"num_frames":5,'
-        '"infer_steps":2,"guidance_scale":3,"seed":0,"output_path":"/o.mp4","future_field":[1,2]}'
-    )
-    assert isinstance(message, Run)
-    assert message.negative_prompt == ""
-    assert message.guidance_scale == 3.0 and isinstance(message.guidance_scale, float)
-
-
-def test_non_ascii_text_survives() -> None:
-    message = Error(task_id=TASK, kind="internal", message="失败: \u2028 \"quoted\" \n newline")
-    line = dumps(message)
-    assert "\n" not in line
-    assert parse_line(line.encode("utf-8")) == message
-
-
-@pytest.mark.parametrize(
-    ("line", "task_id"),
-    [
-        ("", None),
-        ("not json", None),
-        ("[1, 2]", None),
-        ('"run"', None),
-        ("{}", None),
-        ('{"type": "launch", "task_id": "x"}', "x"),
-        ('{"type": 7}', None),
-        ('{"type": "cancel"}', None),
-        ('{"type": "cancel", "task_id": ""}', None),
-        ('{"type": "run", "task_id": "x"}', "x"),
-        ('{"type": "run", "task_id": "x", "image_path": "/i.png", "prompt": "p", "width": "16", "height": 16,'
-         ' "num_frames": 5, "infer_steps": 2, "guidance_scale": 3, "seed": 0, "output_path": "/o.mp4"}', "x"),
-        ('{"type": "run", "task_id": "x", "image_path": "/i.png", "prompt": "p", "width": true, "height": 16,'
-         ' "num_frames": 5, "infer_steps": 2, "guidance_scale": 3, "seed": 0, "output_path": "/o.mp4"}', "x"),
-        ('{"type": "run", "task_id": "x", "image_path": "/i.png", "prompt": "p", "width": 16, "height": 16,'
-         ' "num_frames": 5, "infer_steps": 2, "guidance_scale": 3, "seed": -1, "output_path": "/o.mp4"}', "x"),
-        ('{"type": "error", "task_id": "x", "kind": "meltdown", "message": "m"}', "x"),
-        ('{"type": "ready", "protocol": 1, "model": {"id": "m"}, "device": "cpu", "dtype": "float32", "slots": 1,'
-         ' "memory": {"free_bytes": null, "bytes_per_token": null}}', None),
-    ],
-)
-def test_bad_lines_raise_protocol_error(line: str, task_id: str | None) -> None:
-    with pytest.raises(ProtocolError) as info:
-        parse_line(line)
-    assert info.value.task_id == task_id
-
-
-def test_invalid_utf8_is_a_protocol_error() -> None:
-    with pytest.raises(ProtocolError):
-        parse_line(b'{"type": "shutdown", "x": "\xff"}')
-
-
-# --- the main loop, with a fake runner -----------------------------------------------------------------------------
+QUALITY = SpeedPlan(
+    preset="quality", compile=False, cache_threshold=None, fp8=False, lora_path=None, infer_steps=None,
+    guidance_scale=None,
+)  # fmt: skip
 
 
 class FakeRunner:
@@ -120,27 +34,32 @@ class FakeRunner:
         self.step_seconds = step_seconds
         self.started: list[str] = []
 
-    def ready_message(self) -> Ready:
-        return Ready(
+    def describe(self) -> EngineInfo:
+        return EngineInfo(
             model=ModelInfo(id="fake", native_area=256, size_multiple=16, fps=16),
             device="cpu",
             dtype="float32",
             slots=self.slots,
-            memory=MemoryInfo(free_bytes=None, bytes_per_token=None),
+            free_bytes=None,
+            bytes_per_token=None,
+            speed=QUALITY,
         )
 
-    def run(self, job: Run, report: Callable[[int, int], None], cancelled: threading.Event) -> Done | Error:
+    def run(self, job: Job, *, on_step: StepCallback, cancelled: threading.Event) -> GenerationResult:
         self.started.append(job.task_id)
         if job.prompt == "raise":
             raise RuntimeError("runner bug")
+        if job.prompt == "oom":
+            raise OutOfMemory()
         for step in range(1, self.steps + 1):
             time.sleep(self.step_seconds)
             if cancelled.is_set():
-                return Error(task_id=job.task_id, kind="cancelled", message=f"cancelled at step {step} of {self.steps}")
-            report(step, self.steps)
-        return Done(
-            task_id=job.task_id, path=job.output_path, width=job.width, height=job.height, num_frames=job.num_frames,
-            fps=16, seed=job.seed, inference_seconds=0.1, encode_seconds=0.0,
+                raise Cancelled(step, self.steps)
+            on_step(step, self.steps)
+        return GenerationResult(
+            path=job.output_path, width=job.width, height=job.height, num_frames=job.num_frames, fps=16,
+            seed=job.seed, infer_steps=self.steps, guidance_scale=job.guidance_scale, inference_seconds=0.1,
+            encode_seconds=0.0,
         )  # fmt: skip
 
 
@@ -209,6 +128,12 @@ def test_serve_runs_a_job_and_shuts_down(session: Callable[..., Session]) -> Non
     assert s.finish() == 0
     types = [m["type"] for m in s.messages()]
     assert types == ["ready", "progress", "progress", "progress", "done"]
+    ready, done = s.messages()[0], s.messages()[-1]
+    assert ready["speed"] == {
+        "preset": "quality", "compiled": False, "cache_threshold": None, "fp8": False, "lora": None,
+        "infer_steps": None, "guidance_scale": None,
+    }  # fmt: skip
+    assert (done["infer_steps"], done["guidance_scale"]) == (3, 3.0)
 
 
 def test_serve_survives_bad_lines(session: Callable[..., Session]) -> None:
@@ -276,9 +201,56 @@ def test_load_failure_is_fatal() -> None:
     assert s.messages() == [{"type": "fatal", "message": "model failed to load: no such directory /nope"}]
 
 
-def test_messages_are_whole_lines_under_concurrency() -> None:
-    from i2v_worker.protocol import LineWriter, Progress
+def test_a_configuration_error_is_fatal_and_the_worker_waits_for_shutdown() -> None:
+    """A restart would fail the same way, so the worker does not exit into a restart loop: it refuses jobs until
+    the server ends it."""
 
+    def load() -> FakeRunner:
+        raise ConfigurationError("I2V_SPEED=turbo needs I2V_LORA_PATH")
+
+    s = Session(load)
+    s.wait_for(lambda ms: len(ms) == 1)
+    assert s.messages() == [{"type": "fatal", "message": "cannot start: I2V_SPEED=turbo needs I2V_LORA_PATH"}]
+    s.send(run_line("a"))
+    s.wait_for(lambda ms: len(ms) == 2)
+    assert s.messages()[1] == {
+        "type": "error", "task_id": "a", "kind": "internal",
+        "message": "refused: cannot start: I2V_SPEED=turbo needs I2V_LORA_PATH",
+    }  # fmt: skip
+    assert s.thread.is_alive()
+    s.send(json.dumps({"type": "shutdown"}))
+    assert s.finish() == 1
+
+
+def test_out_of_memory_becomes_an_oom_error(session: Callable[..., Session]) -> None:
+    s = session()
+    s.send(run_line("big", prompt="oom"), run_line("small"))
+    s.wait_for(lambda ms: any(m["type"] == "done" for m in ms))
+    s.send(json.dumps({"type": "shutdown"}))
+    assert s.finish() == 0
+    error = next(m for m in s.messages() if m["type"] == "error")
+    assert (error["task_id"], error["kind"]) == ("big", "oom")
+    assert "resolution" in str(error["message"]) and "num_frames" in str(error["message"])
+
+
+def test_classify() -> None:
+    assert classify(Cancelled(4, 30)) == ("cancelled", "cancelled at step 4 of 30")
+    assert classify(BadInput("image not found: /x.png")) == ("bad_input", "image not found: /x.png")
+    assert classify(OutOfMemory())[0] == "oom"
+    assert classify(ValueError("bad")) == ("internal", "ValueError: bad")
+    assert len(classify(RuntimeError("x" * 5000))[1]) == 2000
+
+
+def test_the_loop_does_not_import_torch() -> None:
+    """The protocol side stays light: the loop and its messages load without torch (the engine brings it)."""
+    code = "import sys, i2v_worker.loop; print('torch' in sys.modules)"
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_messages_are_whole_lines_under_concurrency() -> None:
     class Slow(io.RawIOBase):
         def __init__(self) -> None:
             self.data = bytearray()
@@ -307,9 +279,3 @@ def test_messages_are_whole_lines_under_concurrency() -> None:
     lines = sink.data.decode().splitlines()
     assert len(lines) == 600
     assert all(parse_line(line).type == "progress" for line in lines)
-
-
-def test_fatal_and_shutdown_serialise_minimally() -> None:
-    assert dumps(Shutdown()) == '{"type":"shutdown"}'
-    assert dumps(Fatal(message="x")) == '{"type":"fatal","message":"x"}'
-    assert dumps(Cancel(task_id="t")) == '{"type":"cancel","task_id":"t"}'

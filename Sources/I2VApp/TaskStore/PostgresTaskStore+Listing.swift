@@ -1,0 +1,69 @@
+import Foundation
+import PostgresNIO
+
+extension PostgresTaskStore: TaskListing {
+    public func listTasks(ownerKeyHash: String, after: String?, limit: Int, order: TaskListOrder) async throws -> TaskListingResult {
+        // Without a cursor the bound lies beyond every seq (BIGSERIAL starts at 1).
+        var bound = order == .ascending ? 0 : Int.max
+        if let after {
+            var seq: Int?
+            let rows = try await client.query(
+                "SELECT seq FROM tasks WHERE id = \(after) AND owner_key_hash = \(ownerKeyHash)",
+                logger: logger
+            )
+            for try await value in rows.decode(Int.self) { seq = value }
+            guard let seq else { return .unknownCursor }
+            bound = seq
+        }
+        let (comparison, direction) = order == .ascending ? (">", "ASC") : ("<", "DESC")
+        // One more row than asked for tells whether another page follows.
+        let rows = try await client.query(
+            """
+            SELECT t.*,
+                CASE WHEN t.status = 'InQueue' THEN
+                    (SELECT count(*) FROM tasks AS ahead WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq)
+                END AS queue_position
+            FROM tasks AS t
+            WHERE t.owner_key_hash = \(ownerKeyHash) AND t.seq \(unescaped: comparison) \(bound)
+            ORDER BY t.seq \(unescaped: direction)
+            LIMIT \(limit + 1)
+            """,
+            logger: logger
+        )
+        var listed: [ListedTask] = []
+        var more = false
+        for try await row in rows {
+            guard listed.count < limit else {
+                more = true
+                continue
+            }
+            let columns = row.makeRandomAccess()
+            listed.append(ListedTask(task: try Self.record(columns), queuePosition: try columns["queue_position"].decode(Int?.self)))
+        }
+        return .page(listed, hasMore: more)
+    }
+
+    public func deleteTask(id: String, ownerKeyHash: String) async throws -> TaskDeletionOutcome {
+        try await transaction { connection in
+            // FOR UPDATE: a claim that is moving the row to InProgress right now is waited for, so a running
+            // task is never deleted from under its node.
+            let rows = try await connection.query(
+                "SELECT * FROM tasks WHERE id = \(id) AND owner_key_hash = \(ownerKeyHash) FOR UPDATE",
+                logger: logger
+            )
+            var found: TaskRecord?
+            for try await row in rows { found = try Self.record(row.makeRandomAccess()) }
+            guard let task = found else { return .notFound }
+            if task.status == .inProgress {
+                // The row stays: the dispatcher running the task learns of the cancel from it.
+                try await connection.query(
+                    "UPDATE tasks SET cancel_requested = TRUE, owner_key_hash = \(TaskListingOwner.none) WHERE id = \(id)",
+                    logger: logger
+                )
+                return .stopping(task)
+            }
+            try await connection.query("DELETE FROM tasks WHERE id = \(id)", logger: logger)
+            return .removed(task)
+        }
+    }
+}

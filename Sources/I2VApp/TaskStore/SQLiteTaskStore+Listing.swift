@@ -1,0 +1,64 @@
+import Foundation
+import GRDB
+
+extension SQLiteTaskStore: TaskListing {
+    public func listTasks(ownerKeyHash: String, after: String?, limit: Int, order: TaskListOrder) async throws -> TaskListingResult {
+        try await database.read { db in
+            // Without a cursor the bound lies beyond every seq (AUTOINCREMENT starts at 1).
+            var bound = order == .ascending ? Int64(0) : Int64.max
+            if let after {
+                guard
+                    let seq = try Int64.fetchOne(
+                        db,
+                        sql: "SELECT seq FROM tasks WHERE id = ? AND owner_key_hash = ?",
+                        arguments: [after, ownerKeyHash]
+                    )
+                else { return .unknownCursor }
+                bound = seq
+            }
+            let (comparison, direction) = order == .ascending ? (">", "ASC") : ("<", "DESC")
+            // One more row than asked for tells whether another page follows.
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT t.*,
+                        CASE WHEN t.status = 'InQueue' THEN
+                            (SELECT COUNT(*) FROM tasks AS ahead WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq)
+                        END AS queue_position
+                    FROM tasks AS t
+                    WHERE t.owner_key_hash = ? AND t.seq \(comparison) ?
+                    ORDER BY t.seq \(direction)
+                    LIMIT ?
+                    """,
+                arguments: [ownerKeyHash, bound, limit + 1]
+            )
+            let listed = rows.prefix(limit).map { row in
+                ListedTask(task: Self.record(row), queuePosition: row["queue_position"])
+            }
+            return .page(Array(listed), hasMore: rows.count > limit)
+        }
+    }
+
+    public func deleteTask(id: String, ownerKeyHash: String) async throws -> TaskDeletionOutcome {
+        try await database.write { db in
+            guard
+                let row = try Row.fetchOne(
+                    db,
+                    sql: "SELECT * FROM tasks WHERE id = ? AND owner_key_hash = ?",
+                    arguments: [id, ownerKeyHash]
+                )
+            else { return .notFound }
+            let task = Self.record(row)
+            if task.status == .inProgress {
+                // The row stays: the dispatcher running the task learns of the cancel from it.
+                try db.execute(
+                    sql: "UPDATE tasks SET cancel_requested = 1, owner_key_hash = ? WHERE id = ?",
+                    arguments: [TaskListingOwner.none, id]
+                )
+                return .stopping(task)
+            }
+            try db.execute(sql: "DELETE FROM tasks WHERE id = ?", arguments: [id])
+            return .removed(task)
+        }
+    }
+}

@@ -1,0 +1,37 @@
+import Logging
+
+/// What a delete request came to.
+enum DeleteResult: Sendable, Equatable {
+    /// The task is gone for its owner: a queued one never runs, a running one stops at its next step.
+    case deleted
+    case notFound
+}
+
+/// Deletes a task for its owner, whatever its state, with its files. A running task is cancelled through
+/// the store (as `CancelTask` does), so the node running it stops it and discards anything it makes.
+struct DeleteTask: Sendable {
+    let store: any TaskListing
+    let media: MediaStore
+    let queueChanged: DispatchSignal
+    let metrics: ServiceMetrics
+
+    func callAsFunction(id: String, owner: String, logger: Logger) async throws -> DeleteResult {
+        switch try await store.deleteTask(id: id, ownerKeyHash: owner) {
+        case .removed(let task):
+            if task.status == .inQueue {
+                logger.info("queued task deleted")
+                metrics.recordOutcome(.cancelled)
+                queueChanged.wake()
+            }
+            if let video = task.result?.videoName { media.removeVideo(name: video) }
+            media.removeInput(key: task.inputKey)
+            return .deleted
+        case .stopping:
+            logger.info("running task deleted; it stops at its next step")
+            queueChanged.wake()
+            return .deleted
+        case .notFound:
+            return .notFound
+        }
+    }
+}

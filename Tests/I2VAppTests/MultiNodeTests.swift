@@ -1,0 +1,300 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import Testing
+@testable import I2VApp
+
+/// Several nodes as an operator runs them: two `i2v-server api` and two `i2v-server worker` processes (the
+/// built binary, the demo model on the CPU) on one PostgreSQL database and one data dir. The processes are
+/// real so that they can be killed for real; one set of them serves every case, in order.
+@Suite(
+    .serialized,
+    .enabled(
+        if: (EndToEnd.python != nil && TestCluster.url != nil) || TestCluster.strict,
+        "needs the worker's Python environment and the test PostgreSQL cluster (make test starts one)"
+    )
+)
+struct MultiNodeTests {
+    @Test func twoAPINodesAndTwoWorkerNodesShareOneQueue() async throws {
+        let python = try #require(EndToEnd.python, "the worker's Python environment is missing (make python-env)")
+        let binary = repositoryRoot.appending(path: ".build/debug/i2v-server")
+        try #require(FileManager.default.isExecutableFile(atPath: binary.path), "build the server first (swift build)")
+        let checkpoint = try await EndToEnd.checkpoint(python: python)
+        try await withFreshPostgresDatabase { endpoint in
+            let url = try TestCluster.url(database: endpoint.database)
+            let shared = try TemporaryDirectory()
+            try await withImageServer { imageBase in
+                let cluster = Cluster(binary: binary, dataDir: shared.url, databaseURL: url, checkpoint: checkpoint, python: python)
+                defer { cluster.stopAll() }
+                try await cluster.exercise(imageBase: imageBase)
+            }
+        }
+    }
+}
+
+/// The nodes of one test, and the cases run against them.
+private final class Cluster: @unchecked Sendable {
+    let binary: URL
+    let dataDir: URL
+    let databaseURL: String
+    let checkpoint: String
+    let python: String
+    private let lock = NSLock()
+    private var processes: [String: Process] = [:]
+    private var ports: [String: Int] = [:]
+
+    init(binary: URL, dataDir: URL, databaseURL: String, checkpoint: String, python: String) {
+        self.binary = binary
+        self.dataDir = dataDir
+        self.databaseURL = databaseURL
+        self.checkpoint = checkpoint
+        self.python = python
+    }
+
+    func exercise(imageBase: String) async throws {
+        for name in ["api-1", "api-2"] { try start(name, role: "api") }
+        for name in ["worker-1", "worker-2"] { try start(name, role: "worker") }
+        for name in ["api-1", "api-2", "worker-1", "worker-2"] { try await waitUntilReady(name) }
+
+        // Jobs submitted through both API nodes all succeed, and both worker nodes ran some of them.
+        var ids: [String] = []
+        for index in 0..<4 {
+            ids.append(try await submit(through: index.isMultiple(of: 2) ? "api-1" : "api-2", imageBase: imageBase, steps: 20))
+        }
+        for (index, id) in ids.enumerated() {
+            // Read through the API node that did not take the submit.
+            let done = try await waitForEnd(id, through: index.isMultiple(of: 2) ? "api-2" : "api-1")
+            #expect(done["status"] as? String == "Succeed", "\(done)")
+        }
+        let succeeded = try await ["worker-1", "worker-2"].asyncMap { try await self.succeededCount(on: $0) }
+        #expect(succeeded.allSatisfy { $0 >= 1 } && succeeded.reduce(0, +) == 4, "jobs succeeded per worker node: \(succeeded)")
+
+        // A cancel sent to the API node that did not take the submit stops the running task.
+        let long = try await submit(through: "api-1", imageBase: imageBase, steps: 100, frames: 81)
+        try await waitForStep(long, through: "api-2", atLeast: 1)
+        let cancel = try await post("api-2", "/video/cancel", #"{"requestId":"\#(long)"}"#)
+        #expect(cancel.status == 200, "\(cancel.body)")
+        let cancelled = try await waitForEnd(long, through: "api-1")
+        #expect(cancelled["status"] as? String == "Cancelled", "\(cancelled)")
+
+        // SIGTERM drains a worker node: its running job goes back to the queue (no attempt counted) and the
+        // other node runs it; the node exits cleanly and, restarted under its name, takes work again.
+        let drained = try await submit(through: "api-1", imageBase: imageBase, steps: 60, frames: 81)
+        try await waitForStep(drained, through: "api-1", atLeast: 1)
+        let draining = try #require(try await nodeRunning(drained), "a worker node lists the running task in /ready")
+        kill(draining, signal: SIGTERM)
+        let exitStatus = try await waitForExit(draining)
+        #expect(exitStatus == 0, "\(draining) exited with \(exitStatus)")
+        let afterDrain = try await waitForEnd(drained, through: "api-2")
+        #expect(afterDrain["status"] as? String == "Succeed", "\(afterDrain)")
+        try start(draining, role: "worker")
+        try await waitUntilReady(draining)
+
+        // kill -9 of the worker node running a job: its lease runs out and the other node finishes the job.
+        let survivor = try await submit(through: "api-2", imageBase: imageBase, steps: 60, frames: 81)
+        try await waitForStep(survivor, through: "api-1", atLeast: 1)
+        let holder = try #require(try await nodeRunning(survivor), "a worker node lists the running task in /ready")
+        let other = holder == "worker-1" ? "worker-2" : "worker-1"
+        let before = try await succeededCount(on: other)
+        kill(holder, signal: SIGKILL)
+        let finished = try await waitForEnd(survivor, through: "api-1")
+        #expect(finished["status"] as? String == "Succeed", "\(finished)")
+        #expect(try await succeededCount(on: other) == before + 1, "the task finished on \(other)")
+
+        // kill -9 of an API node: the other still answers for every task, wherever it was submitted.
+        kill("api-1", signal: SIGKILL)
+        for id in ids + [long, survivor] {
+            let status = try await post("api-2", "/video/status", #"{"requestId":"\#(id)"}"#)
+            #expect(status.status == 200 && ["Succeed", "Cancelled"].contains(status.body["status"] as? String ?? ""), "\(id): \(status.body)")
+        }
+        // And serves a video another node's worker wrote to the shared data dir.
+        let last = try await post("api-2", "/video/status", #"{"requestId":"\#(survivor)"}"#)
+        let videoURL = try #require((((last.body["results"] as? [String: Any])?["videos"] as? [[String: Any]])?.first?["url"]) as? String)
+        let path = String(videoURL.drop { $0 != "/" }.dropFirst(2).drop { $0 != "/" })
+        let video = try await get("api-2", path)
+        #expect(video.status == 200 && video.bytes > 1000, "GET \(path) answered \(video.status)")
+    }
+
+    // MARK: Processes
+
+    func start(_ name: String, role: String) throws {
+        let port = try freePort()
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = [role]
+        process.environment = ProcessInfo.processInfo.environment.merging([
+            "I2V_HOST": "127.0.0.1",
+            "I2V_PORT": String(port),
+            "I2V_NODE_ID": name,
+            "I2V_DATA_DIR": dataDir.path,
+            "I2V_DATABASE_URL": databaseURL,
+            "I2V_API_KEYS": TestKeys.alice,
+            "I2V_MODEL_PATH": checkpoint,
+            "I2V_PYTHON": python,
+            "I2V_WORKER_DIR": repositoryRoot.appending(path: "worker").path,
+            "I2V_DOCS_ASSETS_DIR": repositoryRoot.appending(path: ".swagger-ui").path,
+            "I2V_DEVICES": "cpu",
+            "I2V_MAX_CONCURRENT": "1",
+            "I2V_ALLOW_PRIVATE_IMAGE_HOSTS": "true",
+            "I2V_IMAGE_TIMEOUT_SECONDS": "60",
+            "I2V_PUBLIC_URL": "http://127.0.0.1:\(port)",
+            // Short enough that the kill -9 case ends soon; the heartbeat renews three times a lease.
+            "I2V_LEASE_SECONDS": "10",
+            // On SIGTERM running jobs go straight back to the queue.
+            "I2V_SHUTDOWN_GRACE_SECONDS": "0",
+            "I2V_DATABASE_TIMEOUT_SECONDS": "120",
+            "I2V_LOG_LEVEL": "info",
+        ]) { _, new in new }
+        let log = dataDir.appending(path: "\(name).log")
+        FileManager.default.createFile(atPath: log.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: log)
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        lock.withLock {
+            processes[name] = process
+            ports[name] = port
+        }
+    }
+
+    /// The node's exit status once it has exited (it is expected to, soon).
+    func waitForExit(_ name: String) async throws -> Int32 {
+        let process = try #require(lock.withLock { processes[name] })
+        let exited = await eventually("\(name) exiting") { !process.isRunning }
+        try #require(exited, "\(name) log:\n\(logTail(name))")
+        return process.terminationStatus
+    }
+
+    func kill(_ name: String, signal: Int32) {
+        guard let process = lock.withLock({ processes[name] }) else { return }
+        Foundation.kill(process.processIdentifier, signal)
+    }
+
+    func stopAll() {
+        for process in lock.withLock({ Array(processes.values) }) where process.isRunning {
+            Foundation.kill(process.processIdentifier, SIGKILL)
+        }
+    }
+
+    private func port(_ name: String) -> Int { lock.withLock { ports[name] ?? 0 } }
+
+    private func logTail(_ name: String) -> String {
+        let text = (try? String(contentsOf: dataDir.appending(path: "\(name).log"), encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").suffix(15).joined(separator: "\n")
+    }
+
+    // MARK: HTTP
+
+    struct Answer {
+        var status: UInt
+        var body: [String: Any]
+        var bytes: Int
+    }
+
+    func post(_ node: String, _ path: String, _ json: String) async throws -> Answer {
+        var request = HTTPClientRequest(url: "http://127.0.0.1:\(port(node))\(path)")
+        request.method = .POST
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.headers.add(name: "Authorization", value: "Bearer \(TestKeys.alice)")
+        request.body = .bytes(ByteBuffer(string: json))
+        return try await send(request)
+    }
+
+    func get(_ node: String, _ path: String) async throws -> Answer {
+        try await send(HTTPClientRequest(url: "http://127.0.0.1:\(port(node))\(path)"))
+    }
+
+    private func send(_ request: HTTPClientRequest) async throws -> Answer {
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
+        let body = try await response.body.collect(upTo: 64 * 1024 * 1024)
+        let object = (try? JSONSerialization.jsonObject(with: Data(buffer: body))) as? [String: Any] ?? [:]
+        return Answer(status: response.status.code, body: object, bytes: body.readableBytes)
+    }
+
+    // MARK: Waiting
+
+    func waitUntilReady(_ node: String) async throws {
+        let ready = await eventually("\(node) ready") {
+            (try? await self.get(node, "/ready"))?.status == 200
+        }
+        if !ready { Issue.record("\(node) log:\n\(logTail(node))") }
+    }
+
+    /// Short jobs for the sharing case; long ones (81 frames) where a case must catch the job running.
+    func submit(through node: String, imageBase: String, steps: Int, frames: Int = 24) async throws -> String {
+        let answer = try await post(
+            node,
+            "/video/submit",
+            #"{"image_url":"\#(imageBase)/image.png","prompt":"A dancing cat in the style of Van Gogh","infer_steps":\#(steps),"num_frames":\#(frames)}"#
+        )
+        try #require(answer.status == 202, "submit through \(node) answered \(answer.status): \(answer.body)")
+        return try #require(answer.body["requestId"] as? String)
+    }
+
+    /// Polls until the task has ended; a wait that runs out records one issue with the last state.
+    func waitForEnd(_ id: String, through node: String) async throws -> [String: Any] {
+        var last: [String: Any] = [:]
+        _ = await eventually("task \(id) ending") {
+            guard let answer = try? await self.post(node, "/video/status", #"{"requestId":"\#(id)"}"#) else { return false }
+            last = answer.body
+            return ["Succeed", "Failed", "Cancelled"].contains(answer.body["status"] as? String ?? "")
+        }
+        return last
+    }
+
+    func waitForStep(_ id: String, through node: String, atLeast step: Int) async throws {
+        var last: [String: Any] = [:]
+        let reached = await eventually("task \(id) reaching step \(step)") {
+            guard let answer = try? await self.post(node, "/video/status", #"{"requestId":"\#(id)"}"#) else { return false }
+            last = answer.body
+            return EndToEnd.step(answer.body) >= step || answer.body["status"] as? String != "InQueue" && answer.body["status"] as? String != "InProgress"
+        }
+        try #require(reached && last["status"] as? String == "InProgress", "last state: \(last)")
+    }
+
+    /// Which worker node's /ready lists the task among its workers' running tasks.
+    func nodeRunning(_ id: String) async throws -> String? {
+        for node in ["worker-1", "worker-2"] {
+            let ready = try await get(node, "/ready")
+            let workers = ready.body["workers"] as? [[String: Any]] ?? []
+            if workers.contains(where: { ($0["tasks"] as? [String] ?? []).contains(id) }) { return node }
+        }
+        return nil
+    }
+
+    /// The worker node's own count of the tasks it finished successfully, from its /metrics.
+    func succeededCount(on node: String) async throws -> Int {
+        let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: "http://127.0.0.1:\(port(node))/metrics"), timeout: .seconds(60))
+        let text = String(buffer: try await response.body.collect(upTo: 4 * 1024 * 1024))
+        for line in text.split(separator: "\n") where line.hasPrefix("i2v_task_outcomes_total") && line.contains(#"status="Succeed""#) {
+            if let value = line.split(separator: " ").last.flatMap({ Double($0) }) { return Int(value) }
+        }
+        return 0
+    }
+}
+
+private func freePort() throws -> Int {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(descriptor) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+            bind(descriptor, pointer, length) == 0 && getsockname(descriptor, pointer, &length) == 0
+        }
+    }
+    guard bound else { throw POSIXError(.EADDRINUSE) }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+extension Array {
+    fileprivate func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var mapped: [T] = []
+        for element in self { mapped.append(try await transform(element)) }
+        return mapped
+    }
+}

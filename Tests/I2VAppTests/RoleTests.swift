@@ -1,0 +1,133 @@
+import Configuration
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import Testing
+@testable import I2VApp
+
+/// The node roles, in process: what each one serves, what it refuses, and an API node's answers while the
+/// database is away. (Several nodes as separate processes: MultiNodeTests.)
+@Suite struct RoleTests {
+    @Test(arguments: [NodeRole.api, .worker])
+    func theSharedRolesRefuseSQLite(_ role: NodeRole) async throws {
+        let directory = try TemporaryDirectory()
+        do {
+            _ = try await makeTestApp(dataDir: directory.url, worker: FakeWorker(), role: role)
+            Issue.record("i2v-server \(role.rawValue) started on SQLite")
+        } catch let problem as ConfigurationProblem {
+            #expect(problem.description.contains("I2V_DATABASE_URL=postgres://"))
+            #expect(problem.description.contains("i2v-server \(role.rawValue)"))
+        }
+    }
+
+    /// A worker node answers its operators (/health, /ready with its workers and their tasks, /metrics)
+    /// and nothing of the API; an API node is ready without any worker and takes submits for the queue.
+    @Test func aWorkerNodeServesOperationsOnlyAndAnAPINodeQueues() async throws {
+        try await withFreshPostgresDatabase { endpoint in
+            let url = try TestCluster.url(database: endpoint.database)
+            let directory = try TemporaryDirectory()
+            let worker = try await makeTestApp(
+                dataDir: directory.url, worker: FakeWorker(), role: .worker,
+                ["i2v.databaseUrl": .init(stringLiteral: url), "i2v.nodeId": "gpu-box-1"]
+            )
+            try await worker.test(.router) { client in
+                #expect(try await client.execute(uri: "/health", method: .get).status == .ok)
+                let ready = try await client.execute(uri: "/ready", method: .get)
+                #expect(ready.status == .ok)
+                let body = try ready.jsonObject()
+                #expect(body["role"] as? String == "worker" && body["node"] as? String == "gpu-box-1")
+                #expect((body["workers"] as? [[String: Any]])?.first?["tasks"] as? [String] == [])
+                #expect(try await client.execute(uri: "/metrics", method: .get).status == .ok)
+                #expect(try await client.post("/video/submit", json: "{}").status == .notFound)
+                #expect(try await client.execute(uri: "/docs", method: .get).status == .notFound)
+            }
+            let api = try await makeTestApp(
+                dataDir: directory.url, worker: FakeWorker(), role: .api,
+                ["i2v.databaseUrl": .init(stringLiteral: url), "i2v.nodeId": "front-1"]
+            )
+            try await withImageServer { base in
+                try await api.test(.router) { client in
+                    let ready = try await client.execute(uri: "/ready", method: .get)
+                    #expect(ready.status == .ok)
+                    let body = try ready.jsonObject()
+                    #expect(body["role"] as? String == "api" && body["node"] as? String == "front-1" && body["workers"] == nil)
+                    let id = try await client.submit(imageURL: "\(base)/image.png")
+                    // No worker node runs here: the task waits in the shared queue.
+                    #expect(try await client.status(id)["status"] as? String == "InQueue")
+                }
+            }
+            let queued = try await withPostgresStore(endpoint) { try await $0.counts() }
+            #expect(queued == QueueCounts(queued: 1, running: 0))
+        }
+    }
+
+    /// While the database is away a submit is refused with 503 and a reason (nothing is queued, nothing
+    /// crashes); once it is back the same submit is accepted and runs.
+    @Test func submitsAnswer503WhileTheDatabaseIsAway() async throws {
+        try await withFreshPostgresDatabase { endpoint in
+            let url = try TestCluster.url(database: endpoint.database)
+            let directory = try TemporaryDirectory()
+            let app = try await makeTestApp(
+                dataDir: directory.url, worker: FakeWorker(),
+                // The timeout under test gets its own setting; the default is 10 s.
+                ["i2v.databaseUrl": .init(stringLiteral: url), "i2v.databaseTimeoutSeconds": 2]
+            )
+            try await withImageServer { base in
+                try await app.test(.router) { client in
+                    try await setConnections(allowed: false, endpoint)
+                    let refused = try await client.post(
+                        "/video/submit",
+                        json: #"{"image_url":"\#(base)/image.png","prompt":"A dancing cat in the style of Van Gogh"}"#
+                    )
+                    #expect(refused.status == .serviceUnavailable)
+                    #expect(refused.headers[.retryAfter] != nil)
+                    let reason = (try refused.jsonObject()["detail"] as? [String: Any])?["reason"] as? String ?? ""
+                    #expect(reason.contains("task database is unavailable"), "\(reason)")
+                    #expect(try await client.execute(uri: "/ready", method: .get).status == .serviceUnavailable)
+                    #expect(try await client.execute(uri: "/health", method: .get).status == .ok)
+
+                    try await setConnections(allowed: true, endpoint)
+                    // The connection pool retries with a growing pause (up to a minute) while the database is
+                    // away, so coming back can take that long on a busy machine.
+                    let back = await eventually("the database answering the service again", timeout: .seconds(300)) {
+                        (try? await client.execute(uri: "/ready", method: .get))?.status == .ok
+                    }
+                    try #require(back)
+                    let id = try await client.submit(imageURL: "\(base)/image.png")
+                    #expect(try await client.waitFor(id, status: "Succeed")["status"] as? String == "Succeed")
+                }
+            }
+        }
+    }
+
+    /// A job that ends while the database is away is neither lost nor run again: the node keeps its result
+    /// and records it once the database is back.
+    @Test func aJobThatEndsWhileTheDatabaseIsAwayIsRecordedWhenItIsBack() async throws {
+        try await withFreshPostgresDatabase { endpoint in
+            let url = try TestCluster.url(database: endpoint.database)
+            let directory = try TemporaryDirectory()
+            let worker = FakeWorker()
+            await worker.setHoldsAfterLastStep(true)
+            let app = try await makeTestApp(
+                dataDir: directory.url, worker: worker,
+                ["i2v.databaseUrl": .init(stringLiteral: url), "i2v.databaseTimeoutSeconds": 2]
+            )
+            try await withImageServer { base in
+                try await app.test(.router) { client in
+                    let id = try await client.submit(imageURL: "\(base)/image.png")
+                    let parked = await eventually("the job reaching its last step") { await worker.heldAfterLastStep.contains(id) }
+                    try #require(parked)
+                    try await setConnections(allowed: false, endpoint)
+                    await worker.releaseHeldJobs()
+                    // The job has ended; its end cannot be recorded yet.
+                    let ended = await eventually("the worker finishing the job") { await worker.running.isEmpty }
+                    try #require(ended)
+                    try await setConnections(allowed: true, endpoint)
+                    let done = try await client.waitFor(id, status: "Succeed", timeout: .seconds(300))
+                    #expect(done["status"] as? String == "Succeed", "\(done)")
+                    #expect(await worker.started == [id], "the task ran once")
+                }
+            }
+        }
+    }
+}

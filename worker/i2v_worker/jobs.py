@@ -1,0 +1,74 @@
+"""What the engine takes and gives: a job, its result, the engine's description and its speed plan.
+
+Plain data, without torch, so the main loop and its tests need neither torch nor a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .messages import Speed
+from .metadata import ModelInfo
+
+StepCallback = Callable[[int, int], None]  # (step, total steps), after every denoising step
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpeedPlan:
+    """What the worker turns on for its preset on its device."""
+
+    preset: Speed
+    compile: bool
+    cache_threshold: float | None  # None: no step cache
+    fp8: bool
+    lora_path: str | None
+    infer_steps: int | None  # replaces every job's; None: the job's own
+    guidance_scale: float | None  # likewise
+
+    @property
+    def serial(self) -> bool:
+        """Jobs take turns on the transformer: the step cache keeps its state on the shared modules."""
+        return self.cache_threshold is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    task_id: str
+    image_path: str
+    prompt: str
+    negative_prompt: str = ""
+    width: int
+    height: int
+    num_frames: int
+    infer_steps: int
+    guidance_scale: float
+    seed: int
+    output_path: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationResult:
+    """A finished job: the MP4 at `path`, and what was actually run (a preset may replace steps and guidance)."""
+
+    path: str
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+    seed: int
+    infer_steps: int
+    guidance_scale: float
+    inference_seconds: float
+    encode_seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineInfo:
+    model: ModelInfo
+    device: str
+    dtype: str
+    slots: int
+    free_bytes: int | None  # free device memory after loading; None on the CPU
+    bytes_per_token: int | None
+    speed: SpeedPlan

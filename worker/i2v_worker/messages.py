@@ -1,0 +1,323 @@
+"""The messages of the worker protocol (see worker/protocol/PROTOCOL.md): frozen dataclasses, parsing, serialising.
+
+`parse_line` turns one line into a message (or raises `ProtocolError`), `dumps` turns a message into a line. Unknown
+fields are ignored and optional fields have defaults, so either end may add fields without a version bump.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Literal, cast, get_args
+
+from .metadata import ModelInfo
+
+PROTOCOL_VERSION = 1
+
+ErrorKind = Literal["oom", "bad_input", "cancelled", "internal"]
+ERROR_KINDS: tuple[str, ...] = get_args(ErrorKind)
+
+Speed = Literal["quality", "fast", "turbo"]
+SPEEDS: tuple[str, ...] = get_args(Speed)
+
+
+class ProtocolError(ValueError):
+    """A line that is not a valid message. `task_id` and `message_type` are set when the line named them."""
+
+    def __init__(self, message: str, task_id: str | None = None, message_type: str | None = None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.message_type = message_type
+
+
+# --- messages -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryInfo:
+    free_bytes: int | None
+    bytes_per_token: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpeedInfo:
+    """The speed preset a worker runs and what it turned on for it."""
+
+    preset: Speed = "quality"
+    compiled: bool = False  # the transformer's repeated blocks are compiled (torch.compile)
+    cache_threshold: float | None = None  # the first-block step cache's threshold; None: no step cache
+    fp8: bool = False  # transformer weights and activations in FP8 (torchao)
+    lora: str | None = None  # file name of the fused step-distillation LoRA
+    infer_steps: int | None = None  # steps every job runs, whatever it asked for; None: the job's own
+    guidance_scale: float | None = None  # guidance every job uses; None: the job's own
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ready:
+    type: ClassVar[str] = "ready"
+    protocol: int = PROTOCOL_VERSION
+    model: ModelInfo
+    device: str
+    dtype: str
+    slots: int
+    memory: MemoryInfo
+    speed: SpeedInfo = field(default_factory=SpeedInfo)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Progress:
+    type: ClassVar[str] = "progress"
+    task_id: str
+    step: int
+    total_steps: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Done:
+    type: ClassVar[str] = "done"
+    task_id: str
+    path: str
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+    seed: int
+    inference_seconds: float
+    encode_seconds: float
+    infer_steps: int | None = None  # the steps run (a preset may replace the job's); None from older workers
+    guidance_scale: float | None = None  # the guidance used, likewise
+
+
+@dataclass(frozen=True, kw_only=True)
+class Error:
+    type: ClassVar[str] = "error"
+    task_id: str
+    kind: ErrorKind
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fatal:
+    type: ClassVar[str] = "fatal"
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run:
+    type: ClassVar[str] = "run"
+    task_id: str
+    image_path: str
+    prompt: str
+    negative_prompt: str = ""
+    width: int
+    height: int
+    num_frames: int
+    infer_steps: int
+    guidance_scale: float
+    seed: int
+    output_path: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cancel:
+    type: ClassVar[str] = "cancel"
+    task_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shutdown:
+    type: ClassVar[str] = "shutdown"
+
+
+FromWorker = Ready | Progress | Done | Error | Fatal
+ToWorker = Run | Cancel | Shutdown
+Message = FromWorker | ToWorker
+
+
+# --- parsing ------------------------------------------------------------------------------------------------------
+
+
+class _Fields:
+    """Typed access to a decoded JSON object; every failure is a ProtocolError naming the field."""
+
+    def __init__(self, data: dict[str, Any], message_type: str) -> None:
+        self.data = data
+        self.message_type = message_type
+        task_id = data.get("task_id")
+        self.task_id = task_id if isinstance(task_id, str) and task_id else None
+
+    def fail(self, message: str) -> ProtocolError:
+        return ProtocolError(f"{self.message_type}: {message}", self.task_id, self.message_type)
+
+    def text(self, name: str, default: str | None = None, empty: bool = True) -> str:
+        value = self.data.get(name, default)
+        if not isinstance(value, str):
+            raise self.fail(f"{name!r} must be a string, got {value!r}")
+        if not empty and not value:
+            raise self.fail(f"{name!r} must not be empty")
+        return value
+
+    def optional_text(self, name: str) -> str | None:
+        return None if self.data.get(name) is None else self.text(name)
+
+    def integer(self, name: str, minimum: int | None = None) -> int:
+        value = self.data.get(name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self.fail(f"{name!r} must be an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.fail(f"{name!r} must be at least {minimum}, got {value}")
+        return value
+
+    def optional_integer(self, name: str, minimum: int = 0) -> int | None:
+        return None if self.data.get(name) is None else self.integer(name, minimum=minimum)
+
+    def number(self, name: str) -> float:
+        value = self.data.get(name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise self.fail(f"{name!r} must be a number, got {value!r}")
+        return float(value)
+
+    def optional_number(self, name: str) -> float | None:
+        return None if self.data.get(name) is None else self.number(name)
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.data.get(name, default)
+        if not isinstance(value, bool):
+            raise self.fail(f"{name!r} must be true or false, got {value!r}")
+        return value
+
+    def mapping(self, name: str) -> dict[str, Any]:
+        value = self.data.get(name)
+        if not isinstance(value, dict):
+            raise self.fail(f"{name!r} must be an object, got {value!r}")
+        return value
+
+
+def _parse_speed(f: _Fields) -> SpeedInfo:
+    if f.data.get("speed") is None:  # a worker from before speed presets
+        return SpeedInfo()
+    s = _Fields(f.mapping("speed"), "ready.speed")
+    preset = s.text("preset")
+    if preset not in SPEEDS:
+        raise s.fail(f"'preset' must be one of {', '.join(SPEEDS)}, got {preset!r}")
+    return SpeedInfo(
+        preset=cast(Speed, preset),
+        compiled=s.flag("compiled", False),
+        cache_threshold=s.optional_number("cache_threshold"),
+        fp8=s.flag("fp8", False),
+        lora=s.optional_text("lora"),
+        infer_steps=s.optional_integer("infer_steps", minimum=1),
+        guidance_scale=s.optional_number("guidance_scale"),
+    )
+
+
+def _parse_ready(f: _Fields) -> Ready:
+    try:
+        model = ModelInfo.from_dict(f.mapping("model"))
+    except ValueError as exc:
+        raise f.fail(str(exc)) from None
+    memory = _Fields(f.mapping("memory"), "ready.memory")
+    return Ready(
+        protocol=f.integer("protocol"),
+        model=model,
+        device=f.text("device", empty=False),
+        dtype=f.text("dtype", empty=False),
+        slots=f.integer("slots", minimum=1),
+        memory=MemoryInfo(
+            free_bytes=memory.optional_integer("free_bytes"), bytes_per_token=memory.optional_integer("bytes_per_token")
+        ),
+        speed=_parse_speed(f),
+    )
+
+
+def _parse_done(f: _Fields) -> Done:
+    return Done(
+        task_id=f.text("task_id", empty=False),
+        path=f.text("path", empty=False),
+        width=f.integer("width", minimum=1),
+        height=f.integer("height", minimum=1),
+        num_frames=f.integer("num_frames", minimum=1),
+        fps=f.integer("fps", minimum=1),
+        seed=f.integer("seed", minimum=0),
+        inference_seconds=f.number("inference_seconds"),
+        encode_seconds=f.number("encode_seconds"),
+        infer_steps=f.optional_integer("infer_steps", minimum=1),
+        guidance_scale=f.optional_number("guidance_scale"),
+    )
+
+
+def _parse_error(f: _Fields) -> Error:
+    kind = f.text("kind")
+    if kind not in ERROR_KINDS:
+        raise f.fail(f"'kind' must be one of {', '.join(ERROR_KINDS)}, got {kind!r}")
+    return Error(task_id=f.text("task_id", empty=False), kind=cast(ErrorKind, kind), message=f.text("message"))
+
+
+def _parse_run(f: _Fields) -> Run:
+    return Run(
+        task_id=f.text("task_id", empty=False),
+        image_path=f.text("image_path", empty=False),
+        prompt=f.text("prompt"),
+        negative_prompt=f.text("negative_prompt", default=""),
+        width=f.integer("width", minimum=1),
+        height=f.integer("height", minimum=1),
+        num_frames=f.integer("num_frames", minimum=1),
+        infer_steps=f.integer("infer_steps", minimum=1),
+        guidance_scale=f.number("guidance_scale"),
+        seed=f.integer("seed", minimum=0),
+        output_path=f.text("output_path", empty=False),
+    )
+
+
+def _parse_progress(f: _Fields) -> Progress:
+    return Progress(
+        task_id=f.text("task_id", empty=False),
+        step=f.integer("step", minimum=0),
+        total_steps=f.integer("total_steps", minimum=0),
+    )
+
+
+_PARSERS: dict[str, Callable[[_Fields], Message]] = {
+    "ready": _parse_ready,
+    "progress": _parse_progress,
+    "done": _parse_done,
+    "error": _parse_error,
+    "fatal": lambda f: Fatal(message=f.text("message")),
+    "run": _parse_run,
+    "cancel": lambda f: Cancel(task_id=f.text("task_id", empty=False)),
+    "shutdown": lambda f: Shutdown(),
+}
+
+
+def parse_object(data: Any) -> Message:
+    """A message from a decoded JSON value. Unknown fields are ignored."""
+    if not isinstance(data, dict):
+        raise ProtocolError(f"a message must be a JSON object, got {type(data).__name__}")
+    message_type = data.get("type")
+    fields = _Fields(data, str(message_type))
+    if not isinstance(message_type, str) or message_type not in _PARSERS:
+        raise ProtocolError(f"unknown message type {message_type!r}", fields.task_id, None)
+    return _PARSERS[message_type](fields)
+
+
+def parse_line(line: str | bytes) -> Message:
+    """A message from one line of the protocol."""
+    try:
+        text = line.decode("utf-8") if isinstance(line, bytes) else line
+        data = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"not a JSON line: {exc}") from None
+    return parse_object(data)
+
+
+# --- serialising --------------------------------------------------------------------------------------------------
+
+
+def to_object(message: Message) -> dict[str, Any]:
+    return {"type": message.type, **asdict(message)}
+
+
+def dumps(message: Message) -> str:
+    """One protocol line for `message`, without the trailing newline."""
+    return json.dumps(to_object(message), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
