@@ -122,6 +122,29 @@ import Testing
         }
     }
 
+    /// A key's submit rate is one bucket in the store, however many API nodes (stores) it reaches.
+    @Test(arguments: StoreKind.allCases)
+    func theSubmitRateIsSharedByEveryNode(_ kind: StoreKind) async throws {
+        try await withStoreDatabase(kind) { database in
+            try await database.withStore { first in
+                try await database.withStore { second in
+                    let now = Date()
+                    var answers: [Int?] = []
+                    for index in 0..<4 {
+                        let store = index.isMultiple(of: 2) ? first : second
+                        answers.append(try await store.takeSubmitToken(owner: "k", perMinute: 3, now: now))
+                    }
+                    // Three a minute: one token every 20 s.
+                    #expect(answers == [nil, nil, nil, 20])
+                    #expect(try await second.takeSubmitToken(owner: "other", perMinute: 3, now: now) == nil)
+                    #expect(try await first.takeSubmitToken(owner: "k", perMinute: 3, now: now.addingTimeInterval(10)) == 10)
+                    #expect(try await second.takeSubmitToken(owner: "k", perMinute: 3, now: now.addingTimeInterval(20)) == nil)
+                    #expect(try await first.takeSubmitToken(owner: "k", perMinute: 0, now: now) == nil)
+                }
+            }
+        }
+    }
+
     /// Enqueues and cancels notify the channel, so a listening node wakes without polling.
     @Test func enqueueRequeueAndCancelNotifyListeners() async throws {
         try await withFreshPostgresDatabase { endpoint in

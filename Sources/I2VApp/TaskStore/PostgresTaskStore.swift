@@ -85,7 +85,7 @@ public struct PostgresTaskStore: TaskStore {
             ]
         ),
         (
-            2, "leases, input keys, what the worker ran, listing by owner",
+            2, "leases, input keys, what the worker ran, listing by owner, submit buckets",
             [
                 "ALTER TABLE tasks RENAME COLUMN input_path TO input_key",
                 // Inputs used to be recorded by absolute path; the file name is the key.
@@ -97,6 +97,11 @@ public struct PostgresTaskStore: TaskStore {
                 "CREATE INDEX tasks_lease ON tasks (lease_expires_at) WHERE status = 'InProgress'",
                 // Listing a key's tasks, newest or oldest first.
                 "CREATE INDEX tasks_owner_seq ON tasks (owner_key_hash, seq)",
+                """
+                CREATE TABLE submit_buckets (
+                    owner_key_hash TEXT PRIMARY KEY, tokens DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL
+                )
+                """,
             ]
         ),
     ]
@@ -190,6 +195,39 @@ public struct PostgresTaskStore: TaskStore {
                 logger: logger
             )
             try await Self.notify(connection, "queued", logger: logger)
+        }
+    }
+
+    /// The row is created first so that `FOR UPDATE` has something to lock: two API nodes taking a key's
+    /// token at once then queue on it instead of both reading the same count.
+    public func takeSubmitToken(owner: String, perMinute: Int, now: Date) async throws -> Int? {
+        guard perMinute > 0 else { return nil }
+        let now = now.timeIntervalSince1970
+        return try await transaction { connection in
+            try await connection.query(
+                """
+                INSERT INTO submit_buckets (owner_key_hash, tokens, updated_at) VALUES (\(owner), \(Double(perMinute)), \(now))
+                ON CONFLICT (owner_key_hash) DO NOTHING
+                """,
+                logger: logger
+            )
+            var current: SubmitBucket?
+            let rows = try await connection.query(
+                "SELECT tokens, updated_at FROM submit_buckets WHERE owner_key_hash = \(owner) FOR UPDATE",
+                logger: logger
+            )
+            for try await (tokens, updatedAt) in rows.decode((Double, Double).self) {
+                current = SubmitBucket(tokens: tokens, updatedAt: updatedAt)
+            }
+            let (bucket, retryAfter) = SubmitBucket.take(current, perMinute: perMinute, now: now)
+            try await connection.query(
+                """
+                UPDATE submit_buckets SET tokens = \(bucket.tokens), updated_at = \(bucket.updatedAt)
+                WHERE owner_key_hash = \(owner)
+                """,
+                logger: logger
+            )
+            return retryAfter
         }
     }
 

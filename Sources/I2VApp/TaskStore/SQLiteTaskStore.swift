@@ -60,7 +60,7 @@ public struct SQLiteTaskStore: TaskStore {
                     """
             )
         }
-        migrator.registerMigration("v2: leases, input keys, what the worker ran, listing by owner") { db in
+        migrator.registerMigration("v2: leases, input keys, what the worker ran, listing by owner, submit buckets") { db in
             try db.execute(
                 sql: """
                     ALTER TABLE tasks RENAME COLUMN input_path TO input_key;
@@ -70,6 +70,9 @@ public struct SQLiteTaskStore: TaskStore {
                     ALTER TABLE tasks ADD COLUMN result_guidance_scale REAL;
                     CREATE INDEX tasks_lease ON tasks(lease_expires_at) WHERE status = 'InProgress';
                     CREATE INDEX tasks_owner_seq ON tasks(owner_key_hash, seq);
+                    CREATE TABLE submit_buckets (
+                        owner_key_hash TEXT PRIMARY KEY, tokens REAL NOT NULL, updated_at REAL NOT NULL
+                    );
                     """
             )
             // Inputs used to be recorded by absolute path; the file name is the key.
@@ -102,6 +105,30 @@ public struct SQLiteTaskStore: TaskStore {
                     task.intake.decode, task.intake.encode, task.createdAt.timeIntervalSince1970,
                 ]
             )
+        }
+    }
+
+    public func takeSubmitToken(owner: String, perMinute: Int, now: Date) async throws -> Int? {
+        guard perMinute > 0 else { return nil }
+        return try await database.write { db in
+            let row = try Row.fetchOne(
+                db,
+                sql: "SELECT tokens, updated_at FROM submit_buckets WHERE owner_key_hash = ?",
+                arguments: [owner]
+            )
+            let (bucket, retryAfter) = SubmitBucket.take(
+                row.map { SubmitBucket(tokens: $0["tokens"], updatedAt: $0["updated_at"]) },
+                perMinute: perMinute,
+                now: now.timeIntervalSince1970
+            )
+            try db.execute(
+                sql: """
+                    INSERT INTO submit_buckets (owner_key_hash, tokens, updated_at) VALUES (?, ?, ?)
+                    ON CONFLICT (owner_key_hash) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at
+                    """,
+                arguments: [owner, bucket.tokens, bucket.updatedAt]
+            )
+            return retryAfter
         }
     }
 

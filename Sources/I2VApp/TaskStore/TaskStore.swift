@@ -22,6 +22,10 @@ public struct StoreUnavailable: Error, Sendable, CustomStringConvertible {
 public protocol TaskStore: Sendable {
     /// Adds a queued task unless `maxQueued` tasks are already waiting (checked in the same transaction).
     func enqueue(_ task: TaskRecord, maxQueued: Int) async throws
+    /// Takes one submit from the key's token bucket (`perMinute` submits, refilled evenly). nil when the
+    /// submit may go ahead; otherwise the seconds until the next token. Kept in the store so that every API
+    /// node sharing it counts the same submits.
+    func takeSubmitToken(owner: String, perMinute: Int, now: Date) async throws -> Int?
     func task(id: String) async throws -> TaskRecord?
     /// 1 = next to run; nil when the task is not queued.
     func queuePosition(id: String) async throws -> Int?
@@ -65,5 +69,23 @@ enum TaskStoreReasons {
     static func leaseExpired(node: String?) -> String {
         guard let node else { return "the node running it stopped while the task was running" }
         return "node \(node) stopped renewing its lease on the task"
+    }
+}
+
+/// The token bucket arithmetic both stores apply inside their transaction.
+struct SubmitBucket {
+    var tokens: Double
+    var updatedAt: Double
+
+    /// Refills to `now`, then takes a token if there is one: the new state, and nil or the seconds to wait.
+    static func take(_ bucket: SubmitBucket?, perMinute: Int, now: Double) -> (SubmitBucket, retryAfter: Int?) {
+        let capacity = Double(perMinute)
+        let perSecond = capacity / 60
+        var bucket = bucket ?? SubmitBucket(tokens: capacity, updatedAt: now)
+        bucket.tokens = min(capacity, bucket.tokens + max(0, now - bucket.updatedAt) * perSecond)
+        bucket.updatedAt = now
+        guard bucket.tokens >= 1 else { return (bucket, Int(((1 - bucket.tokens) / perSecond).rounded(.up))) }
+        bucket.tokens -= 1
+        return (bucket, nil)
     }
 }

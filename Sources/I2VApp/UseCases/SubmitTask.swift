@@ -25,17 +25,17 @@ struct SubmitTask: Sendable {
     let media: MediaStore
     let intake: ImageIntake
     let catalog: ModelCatalog
-    let rateLimiter: SubmitRateLimiter
     let queueChanged: DispatchSignal
     /// The free device memory and the cost per latent token, where the node can tell them.
     let deviceMemory: @Sendable () async -> DeviceMemory?
     let metrics: ServiceMetrics
     let limits: Limits
 
-    /// Charged before the body is even read, so a key over its rate costs the service nothing.
-    func admit(owner: String) async throws(SubmitFailure) {
-        if let retryAfter = await rateLimiter.take(for: owner) {
-            throw .rateLimited(perMinute: limits.submitsPerMinute, retryAfter: retryAfter)
+    /// Charged before the body is even read, so a key over its rate costs the service little. The bucket is
+    /// in the store, so a key has one rate however many API nodes it reaches.
+    func admit(owner: String) async throws {
+        if let retryAfter = try await store.takeSubmitToken(owner: owner, perMinute: limits.submitsPerMinute, now: Date()) {
+            throw SubmitFailure.rateLimited(perMinute: limits.submitsPerMinute, retryAfter: retryAfter)
         }
     }
 

@@ -23,7 +23,6 @@ struct TaskUseCases: Sendable {
             media: media,
             intake: intake,
             catalog: catalog,
-            rateLimiter: SubmitRateLimiter(perMinute: configuration.submitsPerMinute),
             queueChanged: queueChanged,
             deviceMemory: deviceMemory,
             metrics: metrics,
