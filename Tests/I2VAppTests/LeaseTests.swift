@@ -173,11 +173,12 @@ import Testing
         }
     }
 
-    /// The database going away: calls fail fast with `StoreUnavailable` (not a hang, not a crash), and
-    /// work again once it is back.
+    /// The database going away: calls fail within the store's deadline with `StoreUnavailable` (not a hang,
+    /// not a crash), and work again once it is back. The deadline is the subject, so it has its own setting,
+    /// long enough for the calls before the outage on a busy machine.
     @Test func aDatabaseThatGoesAwayFailsFastAndRecovers() async throws {
         try await withFreshPostgresDatabase { endpoint in
-            let store = try await PostgresTaskStore(endpoint: endpoint, maximumConnections: 4, timeout: .seconds(3), logger: TestCluster.logger)
+            let store = try await PostgresTaskStore(endpoint: endpoint, maximumConnections: 4, timeout: .seconds(15), logger: TestCluster.logger)
             try await withThrowingTaskGroup { group in
                 group.addTask { await store.client.run() }
                 defer { group.cancelAll() }

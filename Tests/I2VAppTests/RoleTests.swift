@@ -69,8 +69,9 @@ import Testing
             let directory = try TemporaryDirectory()
             let app = try await makeTestApp(
                 dataDir: directory.url, worker: FakeWorker(),
-                // The timeout under test gets its own setting; the default is 10 s.
-                ["i2v.databaseUrl": .init(stringLiteral: url), "i2v.databaseTimeoutSeconds": 2]
+                // The timeout under test gets its own setting (the default is 10 s), long enough for the calls before
+                // the outage on a busy machine.
+                ["i2v.databaseUrl": .init(stringLiteral: url), "i2v.databaseTimeoutSeconds": 15]
             )
             try await withImageServer { base in
                 try await app.test(.router) { client in
@@ -110,7 +111,7 @@ import Testing
             await worker.setHoldsAfterLastStep(true)
             let app = try await makeTestApp(
                 dataDir: directory.url, worker: worker,
-                ["i2v.databaseUrl": .init(stringLiteral: url), "i2v.databaseTimeoutSeconds": 2]
+                ["i2v.databaseUrl": .init(stringLiteral: url), "i2v.databaseTimeoutSeconds": 15]
             )
             try await withImageServer { base in
                 try await app.test(.router) { client in
