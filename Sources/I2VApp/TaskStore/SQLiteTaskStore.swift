@@ -12,7 +12,14 @@ public struct SQLiteTaskStore: TaskStore {
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
         }
         self.database = try DatabasePool(path: path, configuration: configuration)
-        try Self.migrator.migrate(database)
+        do {
+            try Self.migrator.migrate(database)
+        } catch {
+            // Another process opening the same file at the same moment can apply a migration between this
+            // one's check and its apply (the migration then fails: its table or column is already changed).
+            // Each migration commits with its bookkeeping, so a second look finds it applied.
+            try Self.migrator.migrate(database)
+        }
     }
 
     static var migrator: DatabaseMigrator {
