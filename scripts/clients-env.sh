@@ -42,7 +42,7 @@ if [[ ! -f "$marker" ]]; then
         rm -rf "$venv"
         "$python" -m venv "$venv"
         "$venv/bin/python" -m pip --disable-pip-version-check install --quiet -r "$requirements" >&2
-        "$venv/bin/python" -c 'import openai, PIL, pytest' || die "the new venv cannot import its packages"
+        "$venv/bin/python" -c 'import openai, PIL, pytest, standardwebhooks, httpx_sse, playwright' || die "the new venv cannot import its packages"
         printf 'key=%s python=%s\n' "$key" "$py_version" >"$marker"
     fi
 fi

@@ -60,11 +60,11 @@ public func buildApplication(
 
     var services: [any Service] = []
     var pool: WorkerPool?
-    let catalog: ModelCatalog
+    let catalog: ModelCatalogSource
     if role.runsWorkers {
         let node = try await buildWorkerNode(configuration: configuration, signal: signal, metrics: metrics, overrides: overrides, logger: logger)
         pool = node.pool
-        catalog = node.catalog
+        catalog = .fixed(node.catalog)
         let dispatcher = Dispatcher(
             store: store,
             media: media,
@@ -85,12 +85,13 @@ public func buildApplication(
         // can still talk to them while it drains.
         services.append(contentsOf: node.supervisors as [any Service])
         services.append(dispatcher)
-    } else if let overridden = overrides.catalog {
-        catalog = overridden
+        services.append(NodeHeartbeat(
+            store: store, pool: node.pool, catalog: node.catalog, node: configuration.nodeID, interval: configuration.lease / 3,
+            logger: logger
+        ))
     } else {
-        // An API node validates against the same checkpoint the workers load, read from the shared data dir
-        // or I2V_MODEL_PATH; it never loads the model.
-        catalog = ModelCatalog.load(checkpoint: try await resolveCheckpoint(configuration: configuration, logger: logger))
+        // An API node loads no model: it serves what the live worker nodes announce in the store.
+        catalog = .registry(store: store, lease: configuration.lease)
     }
     services.append(LeaseReaper(
         store: store,
@@ -111,7 +112,9 @@ public func buildApplication(
         logger: logger
     ))
 
-    let operations = OperationsController(role: role, node: configuration.nodeID, store: store, pool: pool, catalog: catalog, metrics: metrics)
+    let operations = OperationsController(
+        role: role, node: configuration.nodeID, store: store, pool: pool, catalog: catalog, lease: configuration.lease, metrics: metrics
+    )
     let router: Router<AppRequestContext>
     if role.runsAPI {
         let keyring = try APIKeyring.load(configured: configuration.apiKeys, dataDirectory: configuration.dataDirectory, logger: logger)
@@ -127,23 +130,27 @@ public func buildApplication(
             logger: logger
         )
         services.append(ImageIntakeService(intake: intake))
+        services.append(try WebhookDeliveryService(outbox: store, configuration: configuration, metrics: metrics, logger: logger))
         let workerPool = pool
         let useCases = TaskUseCases(
             store: store,
             media: media,
             intake: intake,
-            catalog: catalog,
+            models: catalog,
             queueChanged: signal,
             deviceMemory: {
-                await workerPool?.largestFreeMemory().map { DeviceMemory(freeBytes: $0.freeBytes, bytesPerToken: $0.bytesPerToken) }
+                if let workerPool {
+                    return await workerPool.largestFreeMemory().map { DeviceMemory(freeBytes: $0.freeBytes, bytesPerToken: $0.bytesPerToken) }
+                }
+                return await registeredDeviceMemory(store: store, lease: configuration.lease)
             },
             metrics: metrics,
             configuration: configuration
         )
         router = try buildRouter(
             configuration: configuration,
-            video: VideoController(useCases: useCases, catalog: catalog, metrics: metrics, configuration: configuration),
-            openAI: OpenAIVideosController(useCases: useCases, catalog: catalog, metrics: metrics, configuration: configuration, logger: logger),
+            video: VideoController(useCases: useCases, metrics: metrics, configuration: configuration),
+            openAI: OpenAIVideosController(useCases: useCases, metrics: metrics, configuration: configuration, logger: logger),
             operations: operations,
             keyring: keyring,
             logger: logger
@@ -164,6 +171,17 @@ public func buildApplication(
         services: services,
         logger: logger
     )
+}
+
+/// On an API node, the device memory the live worker nodes announced: a job is refused only when it fits
+/// on none of them (the largest free memory), and not at all while none says (a CPU, or none alive).
+private func registeredDeviceMemory(store: any TaskStore, lease: Duration) async -> DeviceMemory? {
+    guard let nodes = try? await store.workerNodes() else { return nil }
+    let now = Date()
+    let live = nodes.filter { $0.isLive(now: now, lease: lease) }
+    guard !live.isEmpty, live.allSatisfy({ $0.freeMemoryBytes != nil }) else { return nil }
+    guard let best = live.max(by: { ($0.freeMemoryBytes ?? 0) < ($1.freeMemoryBytes ?? 0) }) else { return nil }
+    return DeviceMemory(freeBytes: best.freeMemoryBytes, bytesPerToken: best.bytesPerToken)
 }
 
 /// What a node runs: `serve` is one node doing everything; several `api` and `worker` nodes share one
@@ -251,6 +269,7 @@ func buildRouter(
     }
     operations.addRoutes(to: router)
     try DocsController(assetsDirectory: configuration.docsAssetsDirectory).addRoutes(to: router)
+    PlaygroundController().addRoutes(to: router)
     video.addRoutes(to: router.group("video").add(middleware: APIKeyAuthenticator(keyring: keyring)))
     openAI.addRoutes(to: router.group("v1").add(middleware: APIKeyAuthenticator(keyring: keyring)))
     return router

@@ -268,22 +268,23 @@ struct ImageFetcher: Sendable {
     // MARK: - URLs
 
     /// Checks a URL the way the HTTP client will read it (Foundation's URL parser, as AsyncHTTPClient
-    /// uses), so that the host checked here is the host the client connects to.
-    static func parse(_ string: String) throws(ImageIntakeError) -> Target {
+    /// uses), so that the host checked here is the host the client connects to. `subject` names the URL in
+    /// the reasons (the webhook guard checks its URLs with the same rules).
+    static func parse(_ string: String, subject: String = "image URL") throws(ImageIntakeError) -> Target {
         guard let url = URL(string: string), let scheme = url.scheme?.lowercased() else {
-            throw ImageIntakeError(.invalidURL, "image URL is not a valid URL")
+            throw ImageIntakeError(.invalidURL, "\(subject) is not a valid URL")
         }
         guard scheme == "http" || scheme == "https" else {
-            throw ImageIntakeError(.invalidURL, "image URL must use http or https, not \(scheme)")
+            throw ImageIntakeError(.invalidURL, "\(subject) must use http or https, not \(scheme)")
         }
         // Any "@" in the authority means user information, even an empty one.
         let afterScheme = string.drop { $0 != ":" }.dropFirst().drop { $0 == "/" }
         let authority = afterScheme.prefix { $0 != "/" && $0 != "?" && $0 != "#" }
         if url.user != nil || url.password != nil || authority.contains("@") {
-            throw ImageIntakeError(.credentialsInURL, "image URL must not contain a user name or password")
+            throw ImageIntakeError(.credentialsInURL, "\(subject) must not contain a user name or password")
         }
         guard var host = url.host, !host.isEmpty else {
-            throw ImageIntakeError(.invalidURL, "image URL has no host")
+            throw ImageIntakeError(.invalidURL, "\(subject) has no host")
         }
         if host.hasPrefix("["), host.hasSuffix("]") {
             host = String(host.dropFirst().dropLast())
@@ -299,12 +300,12 @@ struct ImageFetcher: Sendable {
                     || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: ".")
             }
             guard valid, host.utf8.count <= 253 else {
-                throw ImageIntakeError(.invalidURL, "image URL has an invalid host")
+                throw ImageIntakeError(.invalidURL, "\(subject) has an invalid host")
             }
         }
         let port = url.port ?? (scheme == "https" ? 443 : 80)
         guard (1...65535).contains(port) else {
-            throw ImageIntakeError(.invalidURL, "image URL has an invalid port")
+            throw ImageIntakeError(.invalidURL, "\(subject) has an invalid port")
         }
         return Target(url: string, scheme: scheme, host: host, port: port, literal: literal)
     }

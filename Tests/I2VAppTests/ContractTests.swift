@@ -22,13 +22,13 @@ import Testing
         let catalog = ModelCatalog(models: [ServedModel(id: "m", nativeArea: 15_360)])
         let media = MediaStore(inputsDirectory: directory.url, videosDirectory: directory.url)
         let useCases = TaskUseCases(
-            store: store, media: media, intake: .init(configuration: .init(), logger: .init(label: "test")), catalog: catalog,
+            store: store, media: media, intake: .init(configuration: .init(), logger: .init(label: "test")), models: .fixed(catalog),
             queueChanged: signal, deviceMemory: { nil }, metrics: metrics, configuration: configuration
         )
         let router = try buildRouter(
             configuration: configuration,
-            video: VideoController(useCases: useCases, catalog: catalog, metrics: metrics, configuration: configuration),
-            openAI: OpenAIVideosController(useCases: useCases, catalog: catalog, metrics: metrics, configuration: configuration, logger: .init(label: "test")),
+            video: VideoController(useCases: useCases, metrics: metrics, configuration: configuration),
+            openAI: OpenAIVideosController(useCases: useCases, metrics: metrics, configuration: configuration, logger: .init(label: "test")),
             operations: OperationsController(store: store, worker: worker, supervisor: nil, catalog: catalog, metrics: metrics),
             keyring: APIKeyring(keys: ["k"]),
             logger: .init(label: "test")

@@ -147,7 +147,7 @@ private final class Cluster: @unchecked Sendable {
             "I2V_LOG_LEVEL": "info",
         ]) { _, new in new }
         let log = dataDir.appending(path: "\(name).log")
-        FileManager.default.createFile(atPath: log.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let handle = try FileHandle(forWritingTo: log)
         process.standardOutput = handle
         process.standardError = handle

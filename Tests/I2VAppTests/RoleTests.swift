@@ -26,6 +26,26 @@ import Testing
         try await withFreshPostgresDatabase { endpoint in
             let url = try TestCluster.url(database: endpoint.database)
             let directory = try TemporaryDirectory()
+            let api = try await makeTestApp(
+                dataDir: directory.url, worker: FakeWorker(), role: .api,
+                ["i2v.databaseUrl": .init(stringLiteral: url), "i2v.nodeId": "front-1"]
+            )
+            try await withImageServer { base in
+                // No worker node has registered: the API node is not ready and knows no model to queue for.
+                try await api.test(.router) { client in
+                    let ready = try await client.execute(uri: "/ready", method: .get)
+                    #expect(ready.status == .serviceUnavailable)
+                    #expect(ready.reason().contains("no live worker node"), "\(ready.reason())")
+                    #expect((try await client.execute(uri: "/models", method: .get).jsonObject()["models"] as? [Any])?.isEmpty == true)
+                    let refused = try await client.post(
+                        "/video/submit",
+                        json: #"{"image_url":"\#(base)/image.png","prompt":"A dancing cat in the style of Van Gogh"}"#
+                    )
+                    #expect(refused.status == .serviceUnavailable)
+                    #expect(refused.reason().contains("no worker node has registered"), "\(refused.reason())")
+                }
+            }
+
             let worker = try await makeTestApp(
                 dataDir: directory.url, worker: FakeWorker(), role: .worker,
                 ["i2v.databaseUrl": .init(stringLiteral: url), "i2v.nodeId": "gpu-box-1"]
@@ -40,18 +60,37 @@ import Testing
                 #expect(try await client.execute(uri: "/metrics", method: .get).status == .ok)
                 #expect(try await client.post("/video/submit", json: "{}").status == .notFound)
                 #expect(try await client.execute(uri: "/docs", method: .get).status == .notFound)
+                // Its heartbeat announces it, with its model and slots, in the shared store.
+                let announced = await eventually("the worker node in the registry") {
+                    let nodes = (try? await withPostgresStore(endpoint) { try await $0.workerNodes() }) ?? []
+                    return nodes.contains { $0.id == "gpu-box-1" && $0.models.map(\.id) == ["test-model"] && $0.slots == 2 }
+                }
+                #expect(announced)
             }
-            let api = try await makeTestApp(
+            // A worker node that stops cleanly leaves the registry at once.
+            #expect(try await withPostgresStore(endpoint) { try await $0.workerNodes() }.isEmpty)
+
+            // A node whose last heartbeat is older than a lease is gone; a fresh one makes the API node ready.
+            try await withPostgresStore(endpoint) { store in
+                try await store.recordHeartbeat(Self.node("gpu-gone", heartbeatAt: Date().addingTimeInterval(-120)))
+            }
+            // A second run of an app needs a new one: its store's connection pool runs once.
+            let apiAgain = try await makeTestApp(
                 dataDir: directory.url, worker: FakeWorker(), role: .api,
                 ["i2v.databaseUrl": .init(stringLiteral: url), "i2v.nodeId": "front-1"]
             )
             try await withImageServer { base in
-                try await api.test(.router) { client in
+                try await apiAgain.test(.router) { client in
+                    #expect(try await client.execute(uri: "/ready", method: .get).status == .serviceUnavailable)
+                    try await withPostgresStore(endpoint) { try await $0.recordHeartbeat(Self.node("gpu-box-2", heartbeatAt: Date())) }
                     let ready = try await client.execute(uri: "/ready", method: .get)
                     #expect(ready.status == .ok)
                     let body = try ready.jsonObject()
                     #expect(body["role"] as? String == "api" && body["node"] as? String == "front-1" && body["workers"] == nil)
-                    let id = try await client.submit(imageURL: "\(base)/image.png")
+                    #expect((body["worker_nodes"] as? [[String: Any]])?.map { $0["id"] as? String } == ["gpu-box-2"])
+                    let models = try await client.execute(uri: "/models", method: .get).jsonObject()["models"] as? [[String: Any]]
+                    #expect(models?.map { $0["id"] as? String } == ["registered-model"])
+                    let id = try await client.submit(imageURL: "\(base)/image.png", extra: #","model":"registered-model""#)
                     // No worker node runs here: the task waits in the shared queue.
                     #expect(try await client.status(id)["status"] as? String == "InQueue")
                 }
@@ -59,6 +98,13 @@ import Testing
             let queued = try await withPostgresStore(endpoint) { try await $0.counts() }
             #expect(queued == QueueCounts(queued: 1, running: 0))
         }
+    }
+
+    private static func node(_ id: String, heartbeatAt: Date) -> WorkerNode {
+        WorkerNode(
+            id: id, models: [ServedModel(id: "registered-model", nativeArea: 15_360)], slots: 1, running: 0,
+            startedAt: heartbeatAt, heartbeatAt: heartbeatAt
+        )
     }
 
     /// While the database is away a submit is refused with 503 and a reason (nothing is queued, nothing
@@ -124,6 +170,11 @@ import Testing
                     let ended = await eventually("the worker finishing the job") { await worker.running.isEmpty }
                     try #require(ended)
                     try await setConnections(allowed: true, endpoint)
+                    // The connection pool reconnects after a growing pause (up to a minute): reads answer 503 until then.
+                    let back = await eventually("the database answering the service again", timeout: .seconds(300)) {
+                        (try? await client.execute(uri: "/ready", method: .get))?.status == .ok
+                    }
+                    try #require(back)
                     let done = try await client.waitFor(id, status: "Succeed", timeout: .seconds(300))
                     #expect(done["status"] as? String == "Succeed", "\(done)")
                     #expect(await worker.started == [id], "the task ran once")

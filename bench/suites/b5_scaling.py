@@ -109,16 +109,37 @@ def start_cluster(ctx: Context, n: int, mode: str, database_url: str, events: Pa
 
 
 def wait_all_ready(cluster: Cluster, n: int) -> float:
-    """Seconds until every node answers and all N workers say `ready` (a node is ready with one)."""
+    """Seconds until every node answers, all N workers say `ready` (a node is ready with one) and, with separate
+    nodes, the API node's own `/ready` lists all N worker nodes: an API node answers 503 (`/ready` and submits,
+    "no worker node has registered") until a worker node's heartbeat is in the store, which a worker node writes
+    up to a second after its worker became ready, so the submits wait for the API node, not the worker nodes."""
     started = time.monotonic()
     for node in cluster.nodes:
-        node.wait_ready()
+        node.wait_ready()  # an API node: /health (its /ready waits for the worker nodes, checked below)
     deadline = started + READY_TIMEOUT_S
     while time.monotonic() < deadline:
-        if ready_workers(cluster) >= n:
+        if ready_workers(cluster) >= n and api_sees_workers(cluster, n):
             return time.monotonic() - started
         time.sleep(0.2)
-    raise BenchError(f"not all {n} workers ready within {READY_TIMEOUT_S:.0f} s")
+    raise BenchError(f"not all {n} workers ready (on their nodes and in the API node's /ready) within "
+                     f"{READY_TIMEOUT_S:.0f} s: {api_ready_answer(cluster)}")  # fmt: skip
+
+
+def api_ready_answer(cluster: Cluster) -> tuple[int, dict[str, Any]]:
+    with Client(cluster.api.port, timeout_s=10) as client:
+        return client.get_json("/ready")
+
+
+def api_sees_workers(cluster: Cluster, n: int) -> bool:
+    """True when the API node's `/ready` answers 200 and, on an API node (one without workers of its own), lists
+    N live worker nodes (`worker_nodes`, from their heartbeats in the store)."""
+    if cluster.api in cluster.worker_nodes:
+        return True  # `serve`: its /ready is its own workers', already counted
+    status, ready = api_ready_answer(cluster)
+    if status != 200:
+        return False
+    nodes = ready.get("worker_nodes")
+    return not isinstance(nodes, list) or len(nodes) >= n
 
 
 def ready_workers(cluster: Cluster) -> int:

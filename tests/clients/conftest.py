@@ -8,6 +8,7 @@ Environment:
 
 from __future__ import annotations
 
+import base64
 import http.server
 import io
 import json
@@ -28,6 +29,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "client-test-key-0123456789"
+# Signs the server's webhook deliveries; receivers verify them with it (Standard Webhooks' `whsec_` form).
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"client-test-webhook-key-0123456789").decode()
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class Service:
     api_key: str
     data_dir: Path
     log: Path
+    webhook_secret: str = WEBHOOK_SECRET
 
     def metrics(self) -> str:
         with urllib.request.urlopen(self.base_url + "/metrics", timeout=30) as response:
@@ -89,6 +93,9 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         "I2V_ALLOW_PRIVATE_IMAGE_HOSTS": "true",
         "I2V_SUBMITS_PER_MINUTE": "0",
         "I2V_LOG_LEVEL": "info",
+        "I2V_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        # Short, so a stream whose client left is noticed (and counted closed) within seconds.
+        "I2V_STREAM_KEEPALIVE_SECONDS": "2",
     }
     environment.pop("I2V_DATABASE_URL", None)
     with open(log, "wb") as output:

@@ -31,6 +31,7 @@ enum SubmitRequest {
         let steps = reader.integer("infer_steps", in: 20...100, default: 30)
         let seed = reader.optionalInteger("seed", in: 0...2_147_483_647)
         let negative = reader.string("negative_prompt", minLength: 0, maxLength: 500, default: defaultNegativePrompt)
+        let webhook = reader.webhook()
         guard reader.issues.isEmpty, let imageURL, let prompt, let model, let size, let numFrames, let guidance, let steps, let negative else {
             throw RequestValidationError(issues: reader.issues)
         }
@@ -43,7 +44,8 @@ enum SubmitRequest {
             guidanceScale: guidance,
             inferSteps: steps,
             seed: seed ?? nil,
-            negativePrompt: negative
+            negativePrompt: negative,
+            webhook: webhook
         )
     }
 

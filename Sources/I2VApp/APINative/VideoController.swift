@@ -12,15 +12,17 @@ struct VideoController: Sendable {
     let submitTask: SubmitTask
     let readTask: ReadTask
     let cancelTask: CancelTask
-    let catalog: ModelCatalog
+    let stream: TaskEventStream
     let metrics: ServiceMetrics
     let configuration: ServiceConfiguration
 
-    init(useCases: TaskUseCases, catalog: ModelCatalog, metrics: ServiceMetrics, configuration: ServiceConfiguration) {
+    init(useCases: TaskUseCases, metrics: ServiceMetrics, configuration: ServiceConfiguration) {
         self.submitTask = useCases.submit
         self.readTask = useCases.read
         self.cancelTask = useCases.cancel
-        self.catalog = catalog
+        self.stream = TaskEventStream(
+            readTask: useCases.read, publicURL: configuration.publicURL, metrics: metrics, keepAlive: configuration.streamKeepAlive
+        )
         self.metrics = metrics
         self.configuration = configuration
     }
@@ -29,6 +31,7 @@ struct VideoController: Sendable {
         group.post("submit", use: submit)
         group.post("status", use: status)
         group.post("cancel", use: cancel)
+        group.get("stream/:requestId", use: stream.handle)
     }
 
     @Sendable func submit(request: Request, context: AppRequestContext) async throws -> Response {
@@ -37,10 +40,15 @@ struct VideoController: Sendable {
         do {
             try await submitTask.admit(owner: owner)
             let body = try await request.jsonBody(limit: configuration.maxBodyBytes)
+            let catalog = try await submitTask.servedModels()
             let submission = try SubmitRequest.validate(body, modelIDs: catalog.models.map(\.id), defaultModel: catalog.defaultModel.id)
-            let id = try await submitTask(submission, owner: owner, logger: context.logger)
+            let submitted = try await submitTask(
+                submission, owner: owner, idempotencyKey: request.headers[.idempotencyKey], logger: context.logger
+            )
             metrics.submitLatency.record(duration: ContinuousClock.now - started)
-            return JSONBody.response(status: .accepted, value: ["requestId": id])
+            var response = JSONBody.response(status: .accepted, value: ["requestId": submitted.id])
+            if submitted.replayed { response.headers[.idempotentReplayed] = "true" }
+            return response
         } catch let failure as SubmitFailure {
             let error = Self.apiError(failure)
             metrics.recordRejection(status: Int(error.status.code))
@@ -67,6 +75,17 @@ struct VideoController: Sendable {
                 .internalServerError,
                 "not enough GPU memory for \(width)x\(height) with \(frames) frames (needs about \(gib(needed)), \(gib(free)) free): lower the resolution (image_size) or num_frames"
             )
+        case .idempotencyKeyReused:
+            return APIError(
+                .conflict,
+                "this Idempotency-Key was used within the last 24 hours for a different request; use a new key for a new request"
+            )
+        case .invalidIdempotencyKey:
+            return APIError(.badRequest, "the Idempotency-Key header must be 1 to 255 printable ASCII characters")
+        case .noWorkerNode:
+            return APIError(.serviceUnavailable, SubmitFailure.noWorkerNodeReason, headers: [.retryAfter: "10"])
+        case .unusableWebhook(let refusal):
+            return APIError(.badRequest, refusal.reason)
         }
     }
 
@@ -75,32 +94,7 @@ struct VideoController: Sendable {
         guard let view = try await readTask(id: id, owner: context.keyHash) else {
             throw APIError(.notFound, "task \(id) not found")
         }
-        let task = view.task
-        var body = StatusBody(status: task.status.rawValue)
-        switch task.status {
-        case .inQueue:
-            body.queuePosition = view.queuePosition
-        case .inProgress:
-            body.progress = .init(step: task.progressStep ?? 0, totalSteps: task.progressTotal ?? task.parameters.inferSteps)
-        case .succeed:
-            if let result = task.result {
-                let videos = task.videoExpired ? [] : [StatusBody.Video(url: "\(configuration.publicURL)/videos/\(result.videoName).mp4")]
-                body.results = .init(
-                    videos: videos,
-                    timings: .init(inference: (result.inferenceSeconds * 1000).rounded() / 1000),
-                    seed: task.parameters.seed,
-                    width: result.width,
-                    height: result.height,
-                    numFrames: result.numFrames,
-                    fps: result.fps,
-                    inferSteps: result.inferSteps ?? task.parameters.inferSteps,
-                    guidanceScale: result.guidanceScale ?? task.parameters.guidanceScale
-                )
-                if task.videoExpired { body.reason = "video expired" }
-            }
-        case .failed, .cancelled:
-            body.reason = task.reason ?? task.status.rawValue.lowercased()
-        }
+        let body = StatusBody(view: view, publicURL: configuration.publicURL)
         return JSONBody.response(status: .ok, value: body)
     }
 
@@ -117,53 +111,5 @@ struct VideoController: Sendable {
         case .notFound:
             throw APIError(.notFound, "task \(id) not found")
         }
-    }
-}
-
-/// The `/video/status` answer; optional parts appear only in the states that carry them.
-struct StatusBody: Encodable {
-    struct Progress: Encodable {
-        var step: Int
-        var totalSteps: Int
-        enum CodingKeys: String, CodingKey {
-            case step
-            case totalSteps = "total_steps"
-        }
-    }
-
-    struct Video: Encodable { var url: String }
-
-    struct Timings: Encodable { var inference: Double }
-
-    struct Results: Encodable {
-        var videos: [Video]
-        var timings: Timings
-        var seed: Int
-        var width: Int
-        var height: Int
-        var numFrames: Int
-        var fps: Int
-        /// What ran, which a speed preset may have changed from what was asked.
-        var inferSteps: Int
-        var guidanceScale: Double
-        enum CodingKeys: String, CodingKey {
-            case videos, timings, seed, width, height
-            case numFrames = "num_frames"
-            case fps
-            case inferSteps = "infer_steps"
-            case guidanceScale = "guidance_scale"
-        }
-    }
-
-    var status: String
-    var reason: String?
-    var queuePosition: Int?
-    var progress: Progress?
-    var results: Results?
-
-    enum CodingKeys: String, CodingKey {
-        case status, reason
-        case queuePosition = "queue_position"
-        case progress, results
     }
 }

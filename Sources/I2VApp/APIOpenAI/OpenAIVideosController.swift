@@ -15,15 +15,13 @@ struct OpenAIVideosController: Sendable {
     static let defaultListLimit = 20
 
     let useCases: TaskUseCases
-    let catalog: ModelCatalog
     let metrics: ServiceMetrics
     let configuration: ServiceConfiguration
     let videos: LocalFileSystem
     let thumbnail: VideoThumbnail
 
-    init(useCases: TaskUseCases, catalog: ModelCatalog, metrics: ServiceMetrics, configuration: ServiceConfiguration, logger: Logger) {
+    init(useCases: TaskUseCases, metrics: ServiceMetrics, configuration: ServiceConfiguration, logger: Logger) {
         self.useCases = useCases
-        self.catalog = catalog
         self.metrics = metrics
         self.configuration = configuration
         self.videos = LocalFileSystem(rootFolder: configuration.videosDirectory.path, threadPool: .singleton, logger: logger)
@@ -38,8 +36,9 @@ struct OpenAIVideosController: Sendable {
         group.get("videos/:video_id/content", use: content)
     }
 
-    private var models: VideoCreateRequest.Models {
-        VideoCreateRequest.Models(
+    private func models() async throws -> VideoCreateRequest.Models {
+        let catalog = try await useCases.submit.servedModels()
+        return VideoCreateRequest.Models(
             ids: catalog.models.map(\.id),
             defaultModel: catalog.defaultModel.id,
             fps: Dictionary(catalog.models.map { ($0.id, $0.fps) }, uniquingKeysWith: { first, _ in first })
@@ -54,18 +53,25 @@ struct OpenAIVideosController: Sendable {
         do {
             try await useCases.submit.admit(owner: owner)
             let submission = try await decodeCreate(request)
-            let id = try await useCases.submit(submission, owner: owner, logger: context.logger)
+            let submitted = try await useCases.submit(
+                submission, owner: owner, idempotencyKey: request.headers[.idempotencyKey], logger: context.logger
+            )
             metrics.submitLatency.record(duration: ContinuousClock.now - started)
-            guard let view = try await useCases.read(id: id, owner: owner) else {
+            guard let view = try await useCases.read(id: submitted.id, owner: owner) else {
                 // Deleted by a concurrent request before this one could answer.
-                throw OpenAIError.notFound(videoID: VideoID.name(taskID: id))
+                throw OpenAIError.notFound(videoID: VideoID.name(taskID: submitted.id))
             }
-            return JSONBody.response(status: .ok, value: videoObject(view.task, queuePosition: view.queuePosition))
+            var response = JSONBody.response(
+                status: .ok,
+                value: videoObject(view.task, queuePosition: view.queuePosition, catalog: try? await useCases.submit.models.current())
+            )
+            if submitted.replayed { response.headers[.idempotentReplayed] = "true" }
+            return response
         } catch {
             let answer = Self.openAIError(error)
             metrics.recordRejection(status: Int(answer.status.code))
             // The middleware logs a server-side failure with its cause, and answers it the same way.
-            throw answer.status.code >= 500 ? error : answer
+            throw answer.status == .internalServerError ? error : answer
         }
     }
 
@@ -79,7 +85,7 @@ struct OpenAIVideosController: Sendable {
                 upload: useCases.submit.intake.upload(),
                 fieldLimit: configuration.maxBodyBytes
             )
-            return try VideoCreateRequest.validate(form: form, models: models)
+            return try VideoCreateRequest.validate(form: form, models: try await models())
         }
         let mediaType = contentType.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
         guard mediaType == "application/json" || mediaType.hasSuffix("+json") else {
@@ -92,7 +98,7 @@ struct OpenAIVideosController: Sendable {
         // Room for a data: URL of the largest image accepted, in base64, beside the other fields.
         let limit = configuration.maxBodyBytes + (configuration.imageMaxBytes + 2) / 3 * 4
         let body = try await request.jsonBody(limit: limit)
-        return try VideoCreateRequest.validate(json: body, models: models)
+        return try VideoCreateRequest.validate(json: body, models: try await models())
     }
 
     /// Every way a create can fail, as its OpenAI answer.
@@ -112,6 +118,14 @@ struct OpenAIVideosController: Sendable {
             case .tooBigForDevice:
                 // Not retried by the SDKs (as a 5xx would be): the same job cannot fit the next time either.
                 return OpenAIError(.badRequest, reason, param: "size", code: "insufficient_gpu_memory")
+            case .idempotencyKeyReused:
+                return OpenAIError(.conflict, reason, code: "idempotency_key_reused")
+            case .invalidIdempotencyKey:
+                return OpenAIError(.badRequest, reason, code: "invalid_idempotency_key")
+            case .noWorkerNode:
+                return OpenAIError(.serviceUnavailable, reason, code: "no_worker_node", headers: [.retryAfter: "10"])
+            case .unusableWebhook:
+                return OpenAIError(.badRequest, reason, param: "webhook_url", code: "invalid_webhook_url")
             }
         case let failure as VideoFormFailure:
             switch failure {
@@ -144,7 +158,7 @@ struct OpenAIVideosController: Sendable {
     @Sendable func retrieve(request: Request, context: AppRequestContext) async throws -> Response {
         let (id, videoID) = try Self.taskID(context)
         guard let view = try await useCases.read(id: id, owner: context.keyHash) else { throw OpenAIError.notFound(videoID: videoID) }
-        return JSONBody.response(status: .ok, value: videoObject(view.task, queuePosition: view.queuePosition))
+        return JSONBody.response(status: .ok, value: videoObject(view.task, queuePosition: view.queuePosition, catalog: try? await useCases.submit.models.current()))
     }
 
     @Sendable func list(request: Request, context: AppRequestContext) async throws -> Response {
@@ -172,7 +186,8 @@ struct OpenAIVideosController: Sendable {
         }
         switch try await useCases.list(owner: context.keyHash ?? "", after: after, limit: limit, order: order) {
         case .page(let tasks, let hasMore):
-            let page = VideoList(data: tasks.map { videoObject($0.task, queuePosition: $0.queuePosition) }, hasMore: hasMore)
+            let catalog = try? await useCases.submit.models.current()
+            let page = VideoList(data: tasks.map { videoObject($0.task, queuePosition: $0.queuePosition, catalog: catalog) }, hasMore: hasMore)
             return JSONBody.response(status: .ok, value: page)
         case .unknownCursor:
             throw OpenAIError(.badRequest, "after names no video of this API key (deleted?)", param: "after", code: "invalid_value")
@@ -251,11 +266,12 @@ struct OpenAIVideosController: Sendable {
         return (id, videoID)
     }
 
-    private func videoObject(_ task: TaskRecord, queuePosition: Int?) -> VideoObject {
+    /// A finished task's own frame rate is in its result; the catalog gives a waiting one's.
+    private func videoObject(_ task: TaskRecord, queuePosition: Int?, catalog: ModelCatalog?) -> VideoObject {
         VideoObject(
             task: task,
             queuePosition: queuePosition,
-            fps: catalog.model(id: task.parameters.model)?.fps ?? catalog.defaultModel.fps,
+            fps: task.result?.fps ?? catalog?.model(id: task.parameters.model)?.fps ?? catalog?.defaultModel.fps ?? ServedModel.defaultFPS,
             videoTTL: configuration.videoTTL
         )
     }

@@ -125,6 +125,7 @@ enum VideoCreateRequest {
         } else {
             frames = 81
         }
+        let webhook = reader.webhook()
         guard reader.issues.isEmpty, let prompt, let model, let size, let frames, let guidance, let steps, let negative else {
             throw OpenAIError.invalidRequest(reader.issues)
         }
@@ -137,7 +138,8 @@ enum VideoCreateRequest {
             guidanceScale: guidance,
             inferSteps: steps,
             seed: seed ?? nil,
-            negativePrompt: negative
+            negativePrompt: negative,
+            webhook: webhook
         )
     }
 

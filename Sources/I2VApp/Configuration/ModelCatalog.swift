@@ -14,7 +14,10 @@ public struct ServedModel: Codable, Sendable, Equatable {
         case fps
     }
 
-    public init(id: String, nativeArea: Int, sizeMultiple: Int = 16, fps: Int = 16) {
+    /// Wan2.1's frame rate.
+    public static let defaultFPS = 16
+
+    public init(id: String, nativeArea: Int, sizeMultiple: Int = 16, fps: Int = defaultFPS) {
         self.id = id
         self.nativeArea = nativeArea
         self.sizeMultiple = sizeMultiple

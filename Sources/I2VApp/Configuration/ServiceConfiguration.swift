@@ -18,6 +18,9 @@ public struct ServiceConfiguration: Sendable {
     public var nodeID: String
     /// How long a node's claim on a running task lasts without a heartbeat (`I2V_LEASE_SECONDS`).
     public var lease: Duration
+    /// How often a live status stream sends a comment when nothing else happened, so proxies keep it open
+    /// and a client that went away is noticed (`I2V_STREAM_KEEPALIVE_SECONDS`).
+    public var streamKeepAlive: Duration
     /// How often a worker node reads the queue when nothing woke it (`I2V_POLL_SECONDS`).
     public var pollInterval: Duration
     public var publicURL: String
@@ -57,6 +60,8 @@ public struct ServiceConfiguration: Sendable {
     public var speed: SpeedSettings
     public var docsAssetsDirectory: URL
     public var logLevel: String
+    /// Webhook signing and delivery (`I2V_WEBHOOK_*`).
+    public var webhooks: WebhookSettings
 
     public init(reader: ConfigReader) {
         let config = reader.scoped(to: "i2v")
@@ -96,6 +101,7 @@ public struct ServiceConfiguration: Sendable {
         self.idleTimeout = .seconds(max(0.1, config.seconds(forKey: "idleTimeoutSeconds", default: 75)))
         self.maxConnections = max(1, config.int(forKey: "maxConnections", default: defaultMaxConnections()))
         self.submitsPerMinute = max(0, config.int(forKey: "submitsPerMinute", default: 120))
+        self.streamKeepAlive = .seconds(max(0.1, config.seconds(forKey: "streamKeepaliveSeconds", default: 15)))
         self.maxAttempts = max(1, config.int(forKey: "maxAttempts", default: 2))
         self.shutdownGrace = .seconds(max(0, config.seconds(forKey: "shutdownGraceSeconds", default: 30)))
         self.cancelGrace = .seconds(max(0.1, config.seconds(forKey: "cancelGraceSeconds", default: 30)))
@@ -120,6 +126,7 @@ public struct ServiceConfiguration: Sendable {
             isDirectory: true
         ).standardizedFileURL
         self.logLevel = config.string(forKey: "logLevel", default: "info")
+        self.webhooks = WebhookSettings(config: config)
     }
 
     public var inputsDirectory: URL { dataDirectory.appending(path: "inputs", directoryHint: .isDirectory) }

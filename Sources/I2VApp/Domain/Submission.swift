@@ -22,6 +22,8 @@ struct Submission: Sendable, Equatable {
     /// nil: a random seed, reported back with the result.
     var seed: Int?
     var negativePrompt: String
+    /// Where to deliver the task's events; nil: no webhook.
+    var webhook: WebhookSubscription? = nil
 
     /// The frame count Wan makes for a request: `num_frames // 4 * 4 + 1`.
     var effectiveFrames: Int { numFrames / 4 * 4 + 1 }

@@ -102,6 +102,8 @@ public struct TaskRecord: Sendable, Equatable {
     public var createdAt: Date
     public var startedAt: Date?
     public var finishedAt: Date?
+    /// Where the task's events are delivered, as the submit asked; nil: no webhook.
+    public var webhook: WebhookSubscription?
 
     public init(
         id: String,
@@ -128,6 +130,7 @@ public struct TaskRecord: Sendable, Equatable {
         self.createdAt = createdAt
         self.startedAt = nil
         self.finishedAt = nil
+        self.webhook = nil
     }
 }
 

@@ -1,3 +1,4 @@
+import Foundation
 import Hummingbird
 import NIOCore
 
@@ -6,24 +7,30 @@ struct OperationsController: Sendable {
     let role: NodeRole
     let node: String
     let store: any TaskStore
-    /// The node's workers; nil on an API node, which is ready whenever it can reach the store.
+    /// The node's workers; nil on an API node, which is ready when it reaches the store and at least one
+    /// worker node's heartbeat there is younger than a lease.
     let pool: WorkerPool?
-    let catalog: ModelCatalog
+    let catalog: ModelCatalogSource
+    let lease: Duration
     let metrics: ServiceMetrics
 
-    init(role: NodeRole = .serve, node: String = "", store: any TaskStore, pool: WorkerPool?, catalog: ModelCatalog, metrics: ServiceMetrics) {
+    init(
+        role: NodeRole = .serve, node: String = "", store: any TaskStore, pool: WorkerPool?, catalog: ModelCatalogSource,
+        lease: Duration = .seconds(30), metrics: ServiceMetrics
+    ) {
         self.role = role
         self.node = node
         self.store = store
         self.pool = pool
         self.catalog = catalog
+        self.lease = lease
         self.metrics = metrics
     }
 
     /// A node of one worker, for code that builds the router without the pool (the contract tests).
     init(store: any TaskStore, worker: any InferenceWorker, supervisor: WorkerSupervisor?, catalog: ModelCatalog, metrics: ServiceMetrics) {
         let member = WorkerPool.Member(index: 0, device: supervisor?.device ?? "cpu", worker: supervisor ?? worker, slots: WorkerPool.defaultCapacity(workers: 1))
-        self.init(store: store, pool: WorkerPool(members: [member], capacity: member.slots, metrics: metrics), catalog: catalog, metrics: metrics)
+        self.init(store: store, pool: WorkerPool(members: [member], capacity: member.slots, metrics: metrics), catalog: .fixed(catalog), metrics: metrics)
     }
 
     func addRoutes(to router: Router<AppRequestContext>) {
@@ -39,12 +46,7 @@ struct OperationsController: Sendable {
         } catch {
             throw APIError(.serviceUnavailable, "task store unreachable: \(error)")
         }
-        guard let pool else {
-            return JSONBody.response(
-                status: .ok,
-                value: ReadyBody(status: "ready", role: role.rawValue, node: node, model: catalog.defaultModel.id)
-            )
-        }
+        guard let pool else { return try await apiNodeReady() }
         let workers = await pool.snapshot()
         // One ready worker is enough to take work; the others are listed so an operator sees what is down.
         guard let first = workers.first(where: { $0.ready != nil }), let ready = first.ready else {
@@ -78,6 +80,37 @@ struct OperationsController: Sendable {
         )
     }
 
+    /// An API node can take submits once some worker node will run them: it lists the live ones.
+    private func apiNodeReady() async throws -> Response {
+        let now = Date()
+        let live = try await store.workerNodes().filter { $0.isLive(now: now, lease: lease) }
+        guard let first = live.first, let model = first.models.first else {
+            throw APIError(
+                .serviceUnavailable,
+                "no live worker node: none has sent a heartbeat to the task store in the last \(Int(lease.seconds)) s"
+            )
+        }
+        return JSONBody.response(
+            status: .ok,
+            value: ReadyBody(
+                status: "ready",
+                role: role.rawValue,
+                node: node,
+                model: model.id,
+                slots: live.reduce(0) { $0 + $1.slots },
+                workerNodes: live.map {
+                    WorkerNodeBody(
+                        id: $0.id,
+                        models: $0.models.map(\.id),
+                        slots: $0.slots,
+                        running: $0.running,
+                        heartbeatAgeSeconds: (now.timeIntervalSince($0.heartbeatAt) * 10).rounded() / 10
+                    )
+                }
+            )
+        )
+    }
+
     static func unavailableReason(_ workers: [WorkerPool.Snapshot]) -> String {
         if workers.count == 1 { return workers[0].status.problem ?? "inference worker not ready" }
         let each = workers.map { "worker \($0.index) (\($0.device)): \($0.status.problem ?? $0.status.state.rawValue)" }
@@ -85,10 +118,18 @@ struct OperationsController: Sendable {
     }
 
     @Sendable func models(request: Request, context: AppRequestContext) async throws -> Response {
-        let defaultID = catalog.defaultModel.id
+        let served: [ServedModel]
+        if pool == nil {
+            // An API node lists what the live worker nodes serve: nothing while none is alive.
+            let now = Date()
+            served = ModelCatalogSource.union(try await store.workerNodes().filter { $0.isLive(now: now, lease: lease) })?.models ?? []
+        } else {
+            served = try await catalog.current()?.models ?? []
+        }
+        let defaultID = served.first?.id
         // The preset as a ready worker of this node reports it (what it really turned on); unknown without one.
         let speed = await pool?.snapshot().first { $0.ready != nil }?.ready?.speed
-        let models = catalog.models.map {
+        let models = served.map {
             ModelBody(
                 id: $0.id, default: $0.id == defaultID, nativeArea: $0.nativeArea, sizeMultiple: $0.sizeMultiple, fps: $0.fps,
                 speed: speed
@@ -106,7 +147,7 @@ struct OperationsController: Sendable {
         )
     }
 
-    /// An API node has no workers: it says only its role, its name and the default model.
+    /// An API node has no workers: it names the live worker nodes instead.
     struct ReadyBody: Encodable {
         var status: String
         var role: String
@@ -119,10 +160,24 @@ struct OperationsController: Sendable {
         var slots: Int?
         var workerPid: Int32?
         var workers: [WorkerBody]?
+        var workerNodes: [WorkerNodeBody]?
         enum CodingKeys: String, CodingKey {
             case status, role, node, model, device, dtype, speed, slots
             case workerPid = "worker_pid"
             case workers
+            case workerNodes = "worker_nodes"
+        }
+    }
+
+    struct WorkerNodeBody: Encodable {
+        var id: String
+        var models: [String]
+        var slots: Int
+        var running: Int
+        var heartbeatAgeSeconds: Double
+        enum CodingKeys: String, CodingKey {
+            case id, models, slots, running
+            case heartbeatAgeSeconds = "heartbeat_age_seconds"
         }
     }
 

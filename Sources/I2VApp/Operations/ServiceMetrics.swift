@@ -21,6 +21,8 @@ public struct ServiceMetrics: Sendable {
     let intakeDecode: CoreMetrics.Timer
     let intakePNG: CoreMetrics.Timer
     let queueWait: CoreMetrics.Timer
+    /// Live status streams (`/video/stream/{requestId}`) open now.
+    let openStreams: CoreMetrics.Meter
 
     public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
         self.registry = registry
@@ -48,6 +50,7 @@ public struct ServiceMetrics: Sendable {
         self.intakeDecode = CoreMetrics.Timer(label: "i2v_intake_decode_duration_seconds", factory: factory)
         self.intakePNG = CoreMetrics.Timer(label: "i2v_intake_png_duration_seconds", factory: factory)
         self.queueWait = CoreMetrics.Timer(label: "i2v_queue_wait_seconds", factory: factory)
+        self.openStreams = CoreMetrics.Meter(label: "i2v_streams_open", factory: factory)
     }
 
     private static let intakeBuckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15].map(Duration.seconds)
@@ -109,6 +112,26 @@ public struct ServiceMetrics: Sendable {
     func updateQueue(_ counts: QueueCounts) {
         queueDepth.record(counts.queued)
         running.record(counts.running)
+    }
+
+    /// One webhook delivery attempt, by how it ended (`delivered`, `retry`, `refused`, `gave_up`).
+    func recordWebhookDelivery(_ outcome: WebhookDeliveryOutcome) {
+        webhookDeliveries(outcome).increment()
+    }
+
+    /// Puts every outcome's series in the exposition at zero, and the pending gauge, on nodes that deliver.
+    func registerWebhookDeliveries() {
+        for outcome in WebhookDeliveryOutcome.allCases { webhookDeliveries(outcome).increment(by: 0) }
+        updateWebhookPending(0)
+    }
+
+    /// Webhook messages waiting for a (next) attempt, all nodes together (read from the store).
+    func updateWebhookPending(_ count: Int) {
+        CoreMetrics.Gauge(label: "i2v_webhook_pending", factory: factory).record(count)
+    }
+
+    private func webhookDeliveries(_ outcome: WebhookDeliveryOutcome) -> CoreMetrics.Counter {
+        CoreMetrics.Counter(label: "i2v_webhook_deliveries_total", dimensions: [("outcome", outcome.rawValue)], factory: factory)
     }
 
     public func exposition() -> [UInt8] { registry.emitToBuffer() }

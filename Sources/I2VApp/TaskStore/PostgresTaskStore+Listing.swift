@@ -43,6 +43,26 @@ extension PostgresTaskStore: TaskListing {
         return .page(listed, hasMore: more)
     }
 
+    public func listedTask(id: String) async throws -> ListedTask? {
+        try await withDeadline {
+            let rows = try await client.query(
+                """
+                SELECT t.*,
+                    CASE WHEN t.status = 'InQueue' THEN
+                        (SELECT count(*) FROM tasks AS ahead WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq)
+                    END AS queue_position
+                FROM tasks AS t WHERE t.id = \(id)
+                """,
+                logger: logger
+            )
+            for try await row in rows {
+                let columns = row.makeRandomAccess()
+                return ListedTask(task: try Self.record(columns), queuePosition: try columns["queue_position"].decode(Int?.self))
+            }
+            return nil
+        }
+    }
+
     public func deleteTask(id: String, ownerKeyHash: String) async throws -> TaskDeletionOutcome {
         try await transaction { connection in
             // FOR UPDATE: a claim that is moving the row to InProgress right now is waited for, so a running

@@ -104,6 +104,36 @@ public struct PostgresTaskStore: TaskStore {
                 """,
             ]
         ),
+        (
+            3, "worker node registry, idempotency keys",
+            [
+                """
+                CREATE TABLE nodes (
+                    id TEXT PRIMARY KEY,
+                    models TEXT NOT NULL,
+                    slots BIGINT NOT NULL,
+                    running BIGINT NOT NULL,
+                    free_memory_bytes BIGINT,
+                    bytes_per_token BIGINT,
+                    started_at DOUBLE PRECISION NOT NULL,
+                    heartbeat_at DOUBLE PRECISION NOT NULL
+                )
+                """,
+                """
+                CREATE TABLE idempotency_keys (
+                    owner_key_hash TEXT NOT NULL,
+                    key TEXT NOT NULL,
+                    request_hash TEXT NOT NULL,
+                    task_id TEXT NOT NULL,
+                    state TEXT NOT NULL DEFAULT 'pending',
+                    created_at DOUBLE PRECISION NOT NULL,
+                    PRIMARY KEY (owner_key_hash, key)
+                )
+                """,
+                "CREATE INDEX idempotency_keys_created_at ON idempotency_keys (created_at)",
+            ]
+        ),
+        (4, "webhook subscriptions, webhook outbox", webhookMigration),
     ]
 
     /// The channel every enqueue, requeue and cancel notifies, so idle nodes claim at once and a cancel
@@ -186,11 +216,13 @@ public struct PostgresTaskStore: TaskStore {
                 """
                 INSERT INTO tasks (id, owner_key_hash, status, model, prompt, negative_prompt, width, height,
                     num_frames, guidance_scale, infer_steps, seed, input_key, fetch_seconds, decode_seconds,
-                    png_seconds, created_at)
+                    png_seconds, created_at, webhook_url, webhook_events, webhook_started_recorded,
+                    webhook_end_recorded)
                 VALUES (\(task.id), \(task.ownerKeyHash), 'InQueue', \(p.model), \(p.prompt), \(p.negativePrompt),
                     \(p.width), \(p.height), \(p.numFrames), \(p.guidanceScale), \(p.inferSteps), \(p.seed),
                     \(task.inputKey), \(task.intake.fetch), \(task.intake.decode), \(task.intake.encode),
-                    \(task.createdAt.timeIntervalSince1970))
+                    \(task.createdAt.timeIntervalSince1970), \(task.webhook?.url), \(task.webhook?.storedEvents),
+                    \(!task.webhookWantsStarted), \(!task.webhookWantsEnding))
                 """,
                 logger: logger
             )
@@ -723,6 +755,10 @@ public struct PostgresTaskStore: TaskStore {
         }
         record.startedAt = try row["started_at"].decode(Double?.self).map(Date.init(timeIntervalSince1970:))
         record.finishedAt = try row["finished_at"].decode(Double?.self).map(Date.init(timeIntervalSince1970:))
+        record.webhook = WebhookSubscription(
+            url: try row["webhook_url"].decode(String?.self),
+            storedEvents: try row["webhook_events"].decode(String?.self)
+        )
         if let videoName = try row["video_name"].decode(String?.self) {
             record.result = TaskResult(
                 videoName: videoName,

@@ -39,6 +39,23 @@ extension SQLiteTaskStore: TaskListing {
         }
     }
 
+    public func listedTask(id: String) async throws -> ListedTask? {
+        try await database.read { db in
+            try Row.fetchOne(
+                db.cachedStatement(
+                    sql: """
+                        SELECT t.*,
+                            CASE WHEN t.status = 'InQueue' THEN
+                                (SELECT COUNT(*) FROM tasks AS ahead WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq)
+                            END AS queue_position
+                        FROM tasks AS t WHERE t.id = ?
+                        """
+                ),
+                arguments: [id]
+            ).map { ListedTask(task: Self.record($0), queuePosition: $0["queue_position"]) }
+        }
+    }
+
     public func deleteTask(id: String, ownerKeyHash: String) async throws -> TaskDeletionOutcome {
         try await database.write { db in
             guard

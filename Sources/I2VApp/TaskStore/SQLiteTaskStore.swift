@@ -91,6 +91,35 @@ public struct SQLiteTaskStore: TaskStore {
                 )
             }
         }
+        migrator.registerMigration("v3: worker node registry, idempotency keys") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE nodes (
+                        id TEXT PRIMARY KEY,
+                        models TEXT NOT NULL,
+                        slots INTEGER NOT NULL,
+                        running INTEGER NOT NULL,
+                        free_memory_bytes INTEGER,
+                        bytes_per_token INTEGER,
+                        started_at REAL NOT NULL,
+                        heartbeat_at REAL NOT NULL
+                    );
+                    CREATE TABLE idempotency_keys (
+                        owner_key_hash TEXT NOT NULL,
+                        key TEXT NOT NULL,
+                        request_hash TEXT NOT NULL,
+                        task_id TEXT NOT NULL,
+                        state TEXT NOT NULL DEFAULT 'pending',
+                        created_at REAL NOT NULL,
+                        PRIMARY KEY (owner_key_hash, key)
+                    );
+                    CREATE INDEX idempotency_keys_created_at ON idempotency_keys(created_at);
+                    """
+            )
+        }
+        migrator.registerMigration("v4: webhook subscriptions, webhook outbox") { db in
+            try db.execute(sql: SQLiteTaskStore.webhookMigration)
+        }
         return migrator
     }
 
@@ -103,13 +132,15 @@ public struct SQLiteTaskStore: TaskStore {
                 sql: """
                     INSERT INTO tasks (id, owner_key_hash, status, model, prompt, negative_prompt, width, height,
                         num_frames, guidance_scale, infer_steps, seed, input_key, fetch_seconds, decode_seconds,
-                        png_seconds, created_at)
-                    VALUES (?, ?, 'InQueue', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        png_seconds, created_at, webhook_url, webhook_events, webhook_started_recorded,
+                        webhook_end_recorded)
+                    VALUES (?, ?, 'InQueue', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     task.id, task.ownerKeyHash, p.model, p.prompt, p.negativePrompt, p.width, p.height,
                     p.numFrames, p.guidanceScale, p.inferSteps, p.seed, task.inputKey, task.intake.fetch,
                     task.intake.decode, task.intake.encode, task.createdAt.timeIntervalSince1970,
+                    task.webhook?.url, task.webhook?.storedEvents, !task.webhookWantsStarted, !task.webhookWantsEnding,
                 ]
             )
         }
@@ -506,6 +537,7 @@ public struct SQLiteTaskStore: TaskStore {
         record.videoExpired = row["video_expired"]
         record.startedAt = (row["started_at"] as Double?).map(Date.init(timeIntervalSince1970:))
         record.finishedAt = (row["finished_at"] as Double?).map(Date.init(timeIntervalSince1970:))
+        record.webhook = WebhookSubscription(url: row["webhook_url"], storedEvents: row["webhook_events"])
         if let videoName: String = row["video_name"] {
             record.result = TaskResult(
                 videoName: videoName,

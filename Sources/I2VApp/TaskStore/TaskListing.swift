@@ -34,6 +34,8 @@ public enum TaskDeletionOutcome: Sendable, Equatable {
 public protocol TaskListing: Sendable {
     /// The owner's tasks in submission order, `limit` at most, starting after the task `after` (its id).
     func listTasks(ownerKeyHash: String, after: String?, limit: Int, order: TaskListOrder) async throws -> TaskListingResult
+    /// One task with its queue position, in one query: what a status poll reads.
+    func listedTask(id: String) async throws -> ListedTask?
     /// Deletes one of the owner's tasks: a queued or ended one at once, a running one as `stopping`.
     func deleteTask(id: String, ownerKeyHash: String) async throws -> TaskDeletionOutcome
 }

@@ -60,6 +60,78 @@ public protocol TaskStore: Sendable {
     /// Every file name (inputs and videos) a live task still refers to, for the orphan sweep.
     func referencedFileNames() async throws -> Set<String>
     func ping() async throws
+
+    /// A worker node's heartbeat: its registration is written or replaced. Registrations not heard from
+    /// for a day are dropped on the way.
+    func recordHeartbeat(_ node: WorkerNode) async throws
+    /// Every registered worker node, the most recently heard first; whether one is alive is the caller's
+    /// judgement (`WorkerNode.isLive`).
+    func workerNodes() async throws -> [WorkerNode]
+    /// A node that stops cleanly leaves at once rather than when its heartbeat goes stale.
+    func removeWorkerNode(id: String) async throws
+
+    /// How long the most recent successful jobs of this size and frame count took per denoising step and to
+    /// encode (the last `JobProfile.sampleSize`); nil before the first.
+    func jobProfile(width: Int, height: Int, frames: Int) async throws -> JobProfile?
+    /// The denoising steps each running task has left.
+    func runningWork() async throws -> [RemainingWork]
+
+    /// Reserves the owner's idempotency key for a submit that will create `taskID`, unless the key was
+    /// used since `validAfter`; then the earlier use is returned. Keys older than `validAfter` go.
+    func reserveIdempotencyKey(_ key: IdempotencyKey, taskID: String, validAfter: Date, now: Date) async throws -> IdempotencyReservation
+    /// The reserved submit queued its task: from now on the key answers with it, however long that takes.
+    func completeIdempotencyKey(_ key: IdempotencyKey, taskID: String) async throws
+    /// The reserved submit failed (or its reservation was abandoned): the key is free for the next try.
+    func releaseIdempotencyKey(_ key: IdempotencyKey, taskID: String) async throws
+}
+
+/// Measured costs of a kind of job, for estimates.
+public struct JobProfile: Sendable, Equatable {
+    public static let sampleSize = 20
+    public var secondsPerStep: Double
+    public var encodeSeconds: Double
+}
+
+/// A running task's size and the steps it has left.
+public struct RemainingWork: Sendable, Equatable {
+    public var width: Int
+    public var height: Int
+    public var frames: Int
+    public var steps: Int
+}
+
+/// A client's `Idempotency-Key` as the store keeps it: per API key, with a fingerprint of what was asked.
+public struct IdempotencyKey: Sendable, Equatable {
+    public var owner: String
+    public var key: String
+    public var requestHash: String
+
+    public init(owner: String, key: String, requestHash: String) {
+        self.owner = owner
+        self.key = key
+        self.requestHash = requestHash
+    }
+}
+
+public enum IdempotencyReservation: Sendable, Equatable {
+    /// The key is this submit's: it goes ahead and creates the task.
+    case reserved
+    /// An earlier submit holds the key: its task id, its request's fingerprint, whether its task was
+    /// queued yet, and when it took the key.
+    case taken(taskID: String, requestHash: String, queued: Bool, since: Date)
+}
+
+/// The registry's columns, encoded alike by both stores.
+enum WorkerNodeColumns {
+    static let staleAfter: TimeInterval = 86_400
+
+    static func encodeModels(_ models: [ServedModel]) throws -> String {
+        String(decoding: try JSONEncoder().encode(models), as: UTF8.self)
+    }
+
+    static func decodeModels(_ text: String) throws -> [ServedModel] {
+        try JSONDecoder().decode([ServedModel].self, from: Data(text.utf8))
+    }
 }
 
 /// Reasons the stores record when they take a task from a node, worded alike whichever store it is.

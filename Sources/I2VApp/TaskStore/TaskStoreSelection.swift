@@ -9,7 +9,7 @@ func makeTaskStore(
     configuration: ServiceConfiguration,
     notify: DispatchSignal?,
     logger: Logger
-) async throws -> (store: any TaskStore & TaskListing, services: [any Service]) {
+) async throws -> (store: any TaskStore & TaskListing & WebhookOutbox, services: [any Service]) {
     guard let url = configuration.databaseURL, !url.hasPrefix("sqlite:") else {
         return (try SQLiteTaskStore(path: configuration.databaseFile.path), [])
     }

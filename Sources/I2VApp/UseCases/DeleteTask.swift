@@ -14,11 +14,15 @@ struct DeleteTask: Sendable {
     let media: MediaStore
     let queueChanged: DispatchSignal
     let metrics: ServiceMetrics
+    /// Where the store keeps a webhook outbox: a task's webhook still hears of its end (a queued task is
+    /// cancelled first, and its cancelled event recorded, in one transaction) before the row goes.
+    var webhooks: WebhookDeletionHook? = nil
 
     func callAsFunction(id: String, owner: String, logger: Logger) async throws -> DeleteResult {
+        let settled = try await webhooks?.settle(id: id, owner: owner)
         switch try await store.deleteTask(id: id, ownerKeyHash: owner) {
         case .removed(let task):
-            if task.status == .inQueue {
+            if task.status == .inQueue || settled == .recorded(cancelledQueued: true) {
                 logger.info("queued task deleted")
                 metrics.recordOutcome(.cancelled)
                 queueChanged.wake()

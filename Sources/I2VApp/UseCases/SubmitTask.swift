@@ -11,6 +11,16 @@ enum SubmitFailure: Error, Sendable, Equatable {
     case unusableImage(ImageIntakeError)
     /// The device cannot hold the job at all (known before it is queued).
     case tooBigForDevice(width: Int, height: Int, frames: Int, neededBytes: Int, freeBytes: Int)
+    /// An API node with no worker node registered in the store knows no model to validate against.
+    case noWorkerNode
+    /// The `Idempotency-Key` was used within the day for a different request.
+    case idempotencyKeyReused
+    /// The `Idempotency-Key` header is empty, too long or not printable ASCII.
+    case invalidIdempotencyKey
+    /// The webhook URL may not be called (scheme, host, a blocked address, a host that does not resolve).
+    case unusableWebhook(OutboundRefusal)
+
+    static let noWorkerNodeReason = "no worker node has registered with the task queue yet: start an `i2v-server worker` on the same database"
 }
 
 /// Takes a validated submit to a queued task: rate limit, queue cap, image intake, the device-memory
@@ -19,12 +29,24 @@ struct SubmitTask: Sendable {
     struct Limits: Sendable {
         var maxQueued: Int
         var submitsPerMinute: Int
+        /// How long a submit may take from taking its idempotency key to queuing its task (the image
+        /// download is most of it); a reservation older than that belongs to a submit that died.
+        var idempotencyPatience: Duration = .seconds(90)
+    }
+
+    /// How long an `Idempotency-Key` names its task.
+    static let idempotencyWindow: TimeInterval = 86_400
+
+    /// The task a submit created, or the one an earlier submit with the same idempotency key created.
+    struct Submitted: Sendable, Equatable {
+        var id: String
+        var replayed: Bool
     }
 
     let store: any TaskStore
     let media: MediaStore
     let intake: ImageIntake
-    let catalog: ModelCatalog
+    let models: ModelCatalogSource
     let queueChanged: DispatchSignal
     /// The free device memory and the cost per latent token, where the node can tell them.
     let deviceMemory: @Sendable () async -> DeviceMemory?
@@ -39,16 +61,64 @@ struct SubmitTask: Sendable {
         }
     }
 
-    /// Queues the task and returns its id.
-    func callAsFunction(_ submission: Submission, owner: String, logger: Logger) async throws -> String {
+    /// What can be asked for now.
+    func servedModels() async throws -> ModelCatalog {
+        guard let catalog = try await models.current() else { throw SubmitFailure.noWorkerNode }
+        return catalog
+    }
+
+    /// Queues the task. With an idempotency key, the same key and request within a day give back the first
+    /// submit's task, from any API node, even while that submit is still downloading its image: the key is
+    /// reserved in the store before anything else happens, and a second submit waits for the first.
+    func callAsFunction(_ submission: Submission, owner: String, idempotencyKey: String? = nil, logger: Logger) async throws -> Submitted {
+        guard let idempotencyKey else {
+            return Submitted(id: try await queue(submission, id: RandomIdentifier.hex128(), owner: owner, logger: logger), replayed: false)
+        }
+        guard (1...255).contains(idempotencyKey.utf8.count), idempotencyKey.utf8.allSatisfy({ (0x21...0x7e).contains($0) }) else {
+            throw SubmitFailure.invalidIdempotencyKey
+        }
+        let key = IdempotencyKey(owner: owner, key: idempotencyKey, requestHash: submission.fingerprint)
+        while true {
+            let id = RandomIdentifier.hex128()
+            let now = Date()
+            let reservation = try await store.reserveIdempotencyKey(
+                key, taskID: id, validAfter: now.addingTimeInterval(-Self.idempotencyWindow), now: now
+            )
+            switch reservation {
+            case .reserved:
+                do {
+                    try await queue(submission, id: id, owner: owner, logger: logger)
+                } catch {
+                    try? await store.releaseIdempotencyKey(key, taskID: id)
+                    throw error
+                }
+                // Should this fail, a retry still finds the task itself.
+                try? await store.completeIdempotencyKey(key, taskID: id)
+                return Submitted(id: id, replayed: false)
+            case .taken(let first, let requestHash, let queued, let since):
+                guard requestHash == key.requestHash else { throw SubmitFailure.idempotencyKeyReused }
+                if queued { return Submitted(id: first, replayed: true) }
+                if try await store.task(id: first) != nil { return Submitted(id: first, replayed: true) }
+                if now.timeIntervalSince(since) > limits.idempotencyPatience.seconds {
+                    // The submit that took the key never queued nor gave it back: its node died meanwhile.
+                    try await store.releaseIdempotencyKey(key, taskID: first)
+                    continue
+                }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
+    }
+
+    @discardableResult
+    private func queue(_ submission: Submission, id: String, owner: String, logger: Logger) async throws -> String {
         // Checked before the download so a full queue costs nothing; checked again atomically on insert.
         let queued = try await store.counts().queued
         guard queued < limits.maxQueued else { throw SubmitFailure.queueFull(queued: queued) }
-        guard let model = catalog.model(id: submission.model) else { throw SubmitFailure.modelNotServed(submission.model) }
+        guard let model = try await servedModels().model(id: submission.model) else { throw SubmitFailure.modelNotServed(submission.model) }
 
-        let id = RandomIdentifier.hex128()
         var logger = logger
         logger[metadataKey: "requestId"] = "\(id)"
+        if let webhook = submission.webhook { try await refuseUnusableWebhook(webhook, logger: logger) }
         let planner = ResolutionPlanner(nativeArea: model.nativeArea, sizeMultiple: model.sizeMultiple)
         let prepared: PreparedImage
         do {
@@ -73,7 +143,7 @@ struct SubmitTask: Sendable {
 
         let inputKey = try media.writeInput(prepared.png, taskID: id)
         var seedGenerator = SystemRandomNumberGenerator()
-        let task = TaskRecord(
+        var task = TaskRecord(
             id: id,
             ownerKeyHash: owner,
             parameters: TaskParameters(
@@ -94,6 +164,7 @@ struct SubmitTask: Sendable {
                 encode: prepared.timings.encode.seconds
             )
         )
+        task.webhook = submission.webhook
         do {
             try await store.enqueue(task, maxQueued: limits.maxQueued)
         } catch let error as QueueFullError {

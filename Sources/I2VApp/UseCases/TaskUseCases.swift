@@ -12,7 +12,7 @@ struct TaskUseCases: Sendable {
         store: any TaskStore & TaskListing,
         media: MediaStore,
         intake: ImageIntake,
-        catalog: ModelCatalog,
+        models: ModelCatalogSource,
         queueChanged: DispatchSignal,
         deviceMemory: @escaping @Sendable () async -> DeviceMemory?,
         metrics: ServiceMetrics,
@@ -22,15 +22,22 @@ struct TaskUseCases: Sendable {
             store: store,
             media: media,
             intake: intake,
-            catalog: catalog,
+            models: models,
             queueChanged: queueChanged,
             deviceMemory: deviceMemory,
             metrics: metrics,
-            limits: .init(maxQueued: configuration.maxQueued, submitsPerMinute: configuration.submitsPerMinute)
+            limits: .init(
+                maxQueued: configuration.maxQueued,
+                submitsPerMinute: configuration.submitsPerMinute,
+                idempotencyPatience: configuration.imageTimeout + .seconds(60)
+            )
         )
-        read = ReadTask(store: store)
+        read = ReadTask(store: store, estimate: EstimateETA(store: store, lease: configuration.lease))
         cancel = CancelTask(store: store, media: media, queueChanged: queueChanged, metrics: metrics)
         list = ListTasks(store: store)
-        delete = DeleteTask(store: store, media: media, queueChanged: queueChanged, metrics: metrics)
+        delete = DeleteTask(
+            store: store, media: media, queueChanged: queueChanged, metrics: metrics,
+            webhooks: (store as? any WebhookOutbox).map { WebhookDeletionHook(outbox: $0, publicURL: configuration.publicURL) }
+        )
     }
 }

@@ -78,6 +78,13 @@ func withImageServer<T: Sendable>(
     }
 }
 
+extension TestResponse {
+    /// The reason of the service's JSON error body (`{"detail":{"reason":…}}`); empty when there is none.
+    func reason() -> String {
+        (((try? jsonObject())?["detail"] as? [String: Any])?["reason"] as? String) ?? ""
+    }
+}
+
 extension TestClientProtocol {
     @discardableResult
     func post(_ path: String, key: String? = TestKeys.alice, json: String) async throws -> TestResponse {

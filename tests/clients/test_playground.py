@@ -1,0 +1,203 @@
+"""The playground page (`GET /`) in a real browser: Debian's Chromium driven by Playwright, at phone width,
+against the session's real server (demo model on the CPU).
+
+Everything is found the way a person using a screen reader would find it, by its label or role, so the test
+also shows that the controls are labelled. Waits for jobs are generous (minutes): on a busy 2-core machine a
+small demo job takes from seconds to about a minute.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import REPO, Service, png_bytes
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+CHROMIUM = Path("/usr/bin/chromium")
+PROMPT = "A dancing cat in the style of Van Gogh"
+# A job ends within this on the busy CPU machine; it bounds a hang, not the speed.
+JOB_TIMEOUT_MS = 240_000
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's Chromium is not installed (scripts/install-system-deps.sh test installs it)")
+    # Playwright's own browser download is not used: the system Chromium is the browser under test.
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser, service: Service) -> Iterator[Page]:
+    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    context.set_default_timeout(60_000)
+    page = context.new_page()
+    problems: list[str] = []
+    # A script or style the page's Content-Security-Policy blocks is reported on the console. (Failed
+    # requests are reported there too; those the tests provoke are checked where they happen.)
+    page.on("console", lambda message: problems.append(message.text) if "Content Security Policy" in message.text else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(service.base_url + "/")
+    yield page
+    context.close()
+    assert not problems, f"the page reported errors: {problems}"
+
+
+def keep_screenshot(page: Page, tmp_path: Path) -> Path:
+    shot = tmp_path / "playground.png"
+    page.screenshot(path=str(shot), full_page=True)
+    kept = REPO / ".build/test-artifacts/playground.png"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(shot, kept)
+    print(f"playground screenshot: {shot} (kept as {kept})")
+    return kept
+
+
+def test_a_job_made_from_an_uploaded_file_plays_and_a_second_is_cancelled(
+    page: Page, service: Service, image_server: str, tmp_path: Path
+) -> None:
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    expect(page.get_by_role("heading", level=1)).to_have_text("Image-to-video playground")
+    # The page fits the phone: nothing wider than the screen.
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+
+    page.get_by_label("API key", exact=True).fill(service.api_key)
+    page.get_by_label("Image file").set_input_files({"name": "picture.png", "mimeType": "image/png", "buffer": png_bytes()})
+    expect(page.get_by_role("img", name="The selected image")).to_be_visible()
+    page.get_by_label("Prompt", exact=True).fill(PROMPT)
+    # The smallest job the service takes: 24 frames (25 made), 20 steps.
+    page.get_by_label("Frames").fill("24")
+    page.get_by_text("More options").click()
+    page.get_by_label("Steps").fill("20")
+
+    # Every state the job list goes through is recorded as it happens, so even a fast job cannot slip
+    # between two looks.
+    page.evaluate(
+        """() => {
+            window.seen = [];
+            const jobs = document.getElementById("jobs");
+            new MutationObserver(() => {
+                const article = jobs.querySelector("article");
+                if (!article) return;
+                const step = /Step ([0-9]+) of ([0-9]+)/.exec(article.querySelector(".job-detail").textContent);
+                window.seen.push({ step: step && Number(step[1]), total: step && Number(step[2]),
+                                   value: article.querySelector("progress").value });
+            }).observe(jobs, { subtree: true, childList: true, characterData: true, attributes: true });
+        }"""
+    )
+
+    # By keyboard alone: Tab from the last option reaches the submit button, Enter submits.
+    page.get_by_label("Guidance").focus()
+    for _ in range(5):
+        if page.evaluate("document.activeElement.id") == "submit":
+            break
+        page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="Generate video")).to_be_focused()
+    page.keyboard.press("Enter")
+
+    job = page.get_by_role("article", name="Job 1", exact=True)
+    expect(job).to_be_visible()
+    expect(job.get_by_text("Finished", exact=True)).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    expect(job.get_by_role("progressbar", name="Job 1 progress")).to_have_attribute("value", "20")
+    expect(page.get_by_role("status")).to_have_text("Job 1: Finished.")
+    expect(job.get_by_role("button", name="Cancel job 1")).to_be_hidden()
+    # Progress moved: "Step k of 20" (k ≥ 1) was shown on the way, with the bar at k, never going back.
+    seen = page.evaluate("window.seen")
+    steps = [state["step"] for state in seen if state["step"] is not None]
+    print(f"steps shown: {sorted(set(steps))}")
+    assert steps and max(steps) >= 1, seen
+    assert all(state["total"] == 20 and state["value"] == state["step"] for state in seen if state["step"] is not None), seen
+    values = [state["value"] for state in seen]
+    assert values == sorted(values), values
+
+    # The video loads and plays in the page.
+    video = job.get_by_label("Job 1 video")
+    source = video.get_attribute("src")
+    assert source and re.fullmatch(r"/videos/[0-9a-f]{32}\.mp4", source), source
+    video.evaluate(
+        """(v) => v.readyState >= 2 || new Promise((resolve, reject) => {
+            v.addEventListener("loadeddata", resolve, { once: true });
+            v.addEventListener("error", () => reject(new Error(`video error ${v.error?.code}`)), { once: true });
+        })"""
+    )
+    assert video.evaluate("(v) => v.readyState >= 2 && v.duration > 0 && v.videoWidth > 0")
+    video.evaluate("(v) => { v.muted = true; return v.play(); }")
+    page.wait_for_function("(v) => v.currentTime > 0", arg=video.element_handle())
+    download = job.get_by_role("link", name="Download MP4")
+    assert download.get_attribute("href") == source
+    assert download.get_attribute("download")
+    with urllib.request.urlopen(service.base_url + source, timeout=30) as response:
+        assert response.headers["Content-Type"] == "video/mp4"
+        assert response.read(12)[4:8] == b"ftyp"
+
+    # A second job, from an image URL this time, big enough that it cannot end before it is cancelled.
+    page.get_by_label("From a URL").check()
+    page.get_by_label("Image URL").fill(image_server)
+    page.get_by_label("Frames").fill("120")
+    page.get_by_label("Steps").fill("100")
+    page.get_by_role("button", name="Generate video").click()
+    second = page.get_by_role("article", name="Job 2", exact=True)
+    cancel = second.get_by_role("button", name="Cancel job 2")
+    cancel.click()
+    expect(second.get_by_text("Cancelled", exact=True)).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    expect(cancel).to_be_hidden()
+    expect(page.get_by_role("status")).to_contain_text("Job 2: Cancelled")
+    # Newest first, and the finished job keeps its video.
+    expect(page.get_by_role("article")).to_have_count(2)
+    expect(page.get_by_role("article").first).to_have_accessible_name("Job 2")
+    request_id = second.locator(".job-id").inner_text().removeprefix("video_")
+    status, body = service.native("/video/status", {"requestId": request_id})
+    assert (status, body["status"]) == (200, "Cancelled"), body
+
+    keep_screenshot(page, tmp_path)
+    streamed = [url for url in requests if "/video/stream/" in url]
+    polls = [url for url in requests if url.endswith("/video/status")]
+    print(f"stream requests: {len(streamed)}, status polls: {len(polls)}")
+    # Live status comes from the event stream; the page polls only a server that has no stream route.
+    assert streamed and not polls, (streamed, polls)
+
+
+def test_every_control_is_reached_by_tab_in_order(page: Page) -> None:
+    expected = ["api-key", "remember-key", "source-file", "image-file", "prompt", "size", "num-frames", "summary",
+                "negative-prompt", "seed", "steps", "guidance", "submit"]  # fmt: skip
+    reached: list[str] = []
+    for _ in range(30):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate("document.activeElement.id || document.activeElement.tagName.toLowerCase()"))
+        if reached[-1] == "summary":
+            # The optional fields open from the keyboard too.
+            page.keyboard.press("Enter")
+        if reached[-1] == "submit":
+            break
+    assert [name for name in reached if name in expected] == expected, reached
+    # The control reached by keyboard is visibly marked.
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline == "solid"
+
+
+def test_a_refused_submit_shows_the_servers_message_and_the_key_is_kept(page: Page, service: Service) -> None:
+    page.get_by_label("API key", exact=True).fill("not-the-key")
+    page.get_by_label("Image file").set_input_files({"name": "picture.png", "mimeType": "image/png", "buffer": png_bytes()})
+    page.get_by_label("Prompt", exact=True).fill(PROMPT)
+    page.get_by_role("button", name="Generate video").click()
+    alert = page.get_by_role("alert").filter(has_text="Could not submit")
+    expect(alert).to_contain_text("invalid API key")
+    expect(page.get_by_role("article")).to_have_count(0)
+
+    # The key survives a reload of the tab (sessionStorage), and is remembered beyond it only when asked.
+    page.reload()
+    expect(page.get_by_label("API key", exact=True)).to_have_value("not-the-key")
+    expect(page.get_by_label("Remember the key on this device")).not_to_be_checked()
+    assert page.evaluate("localStorage.length") == 0
+    page.get_by_label("Remember the key on this device").check()
+    assert page.evaluate("localStorage.getItem('i2v-api-key')") == "not-the-key"
