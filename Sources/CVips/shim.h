@@ -11,6 +11,8 @@
 // with g_free().
 
 #include <vips/vips.h>
+// Not part of vips.h: the switch for run-time SIMD code generation (see i2v_vips_start).
+#include <vips/vector.h>
 
 // MARK: - process set-up
 
@@ -19,11 +21,17 @@
 ///   images and buffers that the intake has already released);
 /// - every loader libvips marks as untrusted (SVG, PDF, ImageMagick, Matlab, FITS, ...) is blocked, and
 ///   then every loader is blocked except those for the raster formats the service accepts
-///   (JPEG, PNG, WebP, GIF, TIFF, HEIF/AVIF), so hostile bytes only ever reach those decoders.
+///   (JPEG, PNG, WebP, GIF, TIFF, HEIF/AVIF), so hostile bytes only ever reach those decoders;
+/// - run-time SIMD code generation (liborc) is off. libvips compiles an orc program for each downscale
+///   and frees it when the operation is disposed; orc 0.4.33 (Debian bookworm) frees compiled code
+///   without taking its global lock, so a free racing a compile on another intake thread corrupts
+///   orc's code list and the process dies with SIGSEGV inside liborc under concurrent submits. Later
+///   orc releases take the lock; without orc libvips runs its plain C loops instead.
 static inline int i2v_vips_start(const char *argv0) {
     if (vips_init(argv0) != 0) {
         return -1;
     }
+    vips_vector_set_enabled(FALSE);
     vips_cache_set_max(0);
     vips_cache_set_max_mem(0);
     vips_cache_set_max_files(0);

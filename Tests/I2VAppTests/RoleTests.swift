@@ -43,6 +43,14 @@ import Testing
                     )
                     #expect(refused.status == .serviceUnavailable)
                     #expect(refused.reason().contains("no worker node has registered"), "\(refused.reason())")
+                    // OpenAI's API says the same in its own shape, with a code the SDKs can branch on.
+                    let refusedV1 = try await client.createVideo(json: [
+                        "prompt": "A dancing cat in the style of Van Gogh", "input_reference": ["image_url": "\(base)/image.png"],
+                    ])
+                    #expect(refusedV1.status == .serviceUnavailable)
+                    #expect(refusedV1.headers[.retryAfter] != nil)
+                    let error = try refusedV1.jsonObject()["error"] as? [String: Any]
+                    #expect(error?["code"] as? String == "no_worker_node", "\(String(describing: error))")
                 }
             }
 

@@ -70,6 +70,32 @@ extension IntakeSuites {
             #expect(decoded.pixel(416, 2)[1] < 30 && decoded.pixel(416, 461)[1] > 225)
         }
 
+        /// Downscales are what made libvips compile (and later free) run-time SIMD code, which Debian's
+        /// liborc does without a lock: many at once on every intake thread must each come out whole, and
+        /// code generation must be off once the intake has started.
+        @Test("many downscales at once each come out right, with run-time code generation off")
+        func concurrentDownscales() async throws {
+            let sources = [(1280, 720), (960, 540), (1600, 900), (1024, 576)].map { size in
+                TestImages.encode(TestImages.redBlue(width: size.0, height: size.1), .png)
+            }
+            let sizes = try await withIntake(ImageIntakeConfiguration(allowPrivateHosts: true)) { intake in
+                try await withThrowingTaskGroup(of: (Int, Int).self) { group in
+                    for round in 0..<24 {
+                        let bytes = sources[round % sources.count]
+                        group.addTask {
+                            let image = try await intake.prepare(imageBytes: bytes, size: .auto, planner: p480)
+                            self.expectRedBlue(self.output(image))
+                            return (image.width, image.height)
+                        }
+                    }
+                    return try await group.reduce(into: [(Int, Int)]()) { $0.append($1) }
+                }
+            }
+            #expect(sizes.count == 24)
+            #expect(sizes.allSatisfy { $0 == (832, 464) }, "\(sizes)")
+            #expect(vips_vector_isenabled() == 0)
+        }
+
         @Test("transparency is flattened onto white")
         func transparency() async throws {
             // Left half opaque red, right half fully transparent red.
