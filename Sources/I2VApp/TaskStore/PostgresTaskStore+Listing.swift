@@ -43,23 +43,24 @@ extension PostgresTaskStore: TaskListing {
         return .page(listed, hasMore: more)
     }
 
-    public func listedTask(id: String) async throws -> ListedTask? {
+    public func polledTask(id: String) async throws -> PolledTask? {
         try await withDeadline {
-            let rows = try await client.query(
-                """
-                SELECT t.*,
-                    CASE WHEN t.status = 'InQueue' THEN
-                        (SELECT count(*) FROM tasks AS ahead WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq)
-                    END AS queue_position
-                FROM tasks AS t WHERE t.id = \(id)
-                """,
-                logger: logger
-            )
+            let rows = try await client.query("SELECT * FROM tasks WHERE id = \(id)", logger: logger)
             for try await row in rows {
                 let columns = row.makeRandomAccess()
-                return ListedTask(task: try Self.record(columns), queuePosition: try columns["queue_position"].decode(Int?.self))
+                let task = try Self.record(columns)
+                return PolledTask(task: task, queueSeq: task.status == .inQueue ? try columns["seq"].decode(Int64.self) : nil)
             }
             return nil
+        }
+    }
+
+    public func queueSeqs() async throws -> [Int64] {
+        try await withDeadline {
+            let rows = try await client.query("SELECT seq FROM tasks WHERE status = 'InQueue' ORDER BY seq", logger: logger)
+            var seqs: [Int64] = []
+            for try await seq in rows.decode(Int64.self) { seqs.append(seq) }
+            return seqs
         }
     }
 

@@ -39,20 +39,18 @@ extension SQLiteTaskStore: TaskListing {
         }
     }
 
-    public func listedTask(id: String) async throws -> ListedTask? {
+    public func polledTask(id: String) async throws -> PolledTask? {
         try await database.read { db in
-            try Row.fetchOne(
-                db.cachedStatement(
-                    sql: """
-                        SELECT t.*,
-                            CASE WHEN t.status = 'InQueue' THEN
-                                (SELECT COUNT(*) FROM tasks AS ahead WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq)
-                            END AS queue_position
-                        FROM tasks AS t WHERE t.id = ?
-                        """
-                ),
-                arguments: [id]
-            ).map { ListedTask(task: Self.record($0), queuePosition: $0["queue_position"]) }
+            try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM tasks WHERE id = ?"), arguments: [id]).map { row in
+                let task = Self.record(row)
+                return PolledTask(task: task, queueSeq: task.status == .inQueue ? row["seq"] : nil)
+            }
+        }
+    }
+
+    public func queueSeqs() async throws -> [Int64] {
+        try await database.read { db in
+            try Int64.fetchAll(db.cachedStatement(sql: "SELECT seq FROM tasks WHERE status = 'InQueue' ORDER BY seq"))
         }
     }
 

@@ -12,6 +12,13 @@ public struct ListedTask: Sendable, Equatable {
     public var queuePosition: Int?
 }
 
+/// One task as a status poll reads it: the row and, while the task waits, its `seq` (submission order,
+/// the order claims follow), by which `QueuePositions` finds its place without counting the queue.
+public struct PolledTask: Sendable, Equatable {
+    public var task: TaskRecord
+    public var queueSeq: Int64?
+}
+
 public enum TaskListingResult: Sendable, Equatable {
     /// Up to `limit` tasks after the cursor; `hasMore` when further ones follow.
     case page([ListedTask], hasMore: Bool)
@@ -34,8 +41,10 @@ public enum TaskDeletionOutcome: Sendable, Equatable {
 public protocol TaskListing: Sendable {
     /// The owner's tasks in submission order, `limit` at most, starting after the task `after` (its id).
     func listTasks(ownerKeyHash: String, after: String?, limit: Int, order: TaskListOrder) async throws -> TaskListingResult
-    /// One task with its queue position, in one query: what a status poll reads.
-    func listedTask(id: String) async throws -> ListedTask?
+    /// One task, with its `seq` while it is queued: what a status poll reads (one primary-key lookup).
+    func polledTask(id: String) async throws -> PolledTask?
+    /// The `seq` of every queued task, in claim order.
+    func queueSeqs() async throws -> [Int64]
     /// Deletes one of the owner's tasks: a queued or ended one at once, a running one as `stopping`.
     func deleteTask(id: String, ownerKeyHash: String) async throws -> TaskDeletionOutcome
 }

@@ -10,13 +10,21 @@ struct TaskView: Sendable {
 /// Reads a task for its owner; another key's task reads as missing.
 struct ReadTask: Sendable {
     let store: any TaskStore & TaskListing
+    let positions: QueuePositions
     /// Where set, a waiting or running task's view carries its ETA.
     var estimate: EstimateETA?
 
+    init(store: any TaskStore & TaskListing, positions: QueuePositions? = nil, estimate: EstimateETA? = nil) {
+        self.store = store
+        self.positions = positions ?? QueuePositions(store: store)
+        self.estimate = estimate
+    }
+
     func callAsFunction(id: String, owner: String?) async throws -> TaskView? {
-        guard let listed = try await store.listedTask(id: id), listed.task.ownerKeyHash == owner else { return nil }
-        let task = listed.task
-        var view = TaskView(task: task, queuePosition: listed.queuePosition)
+        guard let polled = try await store.polledTask(id: id), polled.task.ownerKeyHash == owner else { return nil }
+        let task = polled.task
+        var view = TaskView(task: task)
+        if let seq = polled.queueSeq { view.queuePosition = try await positions.position(of: task.id, seq: seq) }
         if !task.status.isTerminal, let estimate { view.etaSeconds = await estimate(view) }
         return view
     }
