@@ -54,10 +54,12 @@ final class EstimateETA: Sendable {
     private func profile(width: Int, height: Int, frames: Int) async -> JobProfile? {
         let key = SizeKey(width: width, height: height, frames: frames)
         let now = ContinuousClock.now
-        // A size with no finished job is asked again sooner, so its first ETA follows its first job quickly.
-        if let hit = profiles.withLock({ $0[key] }), now - hit.at < (hit.profile == nil ? .seconds(1) : .seconds(10)) { return hit.profile }
-        // "Nothing of this size finished yet" is kept too: while a deep queue waits for its first job of a
-        // size, every poll of it would otherwise ask the store again. A store error is not kept.
+        // "Nothing of this size finished yet" is kept too, or every poll of a deep queue waiting for its first
+        // job of a size would ask the store again; but only for a second, so the first ETA follows that first
+        // job quickly. A store error is not kept.
+        if let hit = profiles.withLock({ $0[key] }), now - hit.at < (hit.profile == nil ? .seconds(1) : .seconds(10)) {
+            return hit.profile
+        }
         let profile: JobProfile?
         do { profile = try await store.jobProfile(width: width, height: height, frames: frames) } catch { return nil }
         profiles.withLock { $0[key] = (profile, now) }
