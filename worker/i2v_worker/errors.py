@@ -15,10 +15,15 @@ class BadInput(JobError):
 
 
 class Cancelled(JobError):
-    def __init__(self, step: int, total: int) -> None:
-        super().__init__(f"cancelled at step {step} of {total}")
+    """A cancelled job: `step` of `total` denoising steps were done. `phase` names the phase it was stopped in when
+    that was not at a step boundary of the denoising (`encode_prompt`, `encode_image`, `decode`, `encode_video`)."""
+
+    def __init__(self, step: int, total: int, phase: str | None = None) -> None:
+        where = f" ({phase})" if phase else ""
+        super().__init__(f"cancelled at step {step} of {total}{where}")
         self.step = step
         self.total = total
+        self.phase = phase
 
 
 class OutOfMemory(JobError):

@@ -8,10 +8,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .messages import Speed
+from .messages import JobPhase, Speed
 from .metadata import ModelInfo
 
 StepCallback = Callable[[int, int], None]  # (step, total steps), after every denoising step
+PhaseCallback = Callable[[JobPhase], None]  # the phase a job has entered, once per change
 
 
 @dataclass(frozen=True, kw_only=True)

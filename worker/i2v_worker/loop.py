@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import BinaryIO, Protocol
 
 from .errors import BadInput, Cancelled, OutOfMemory, describe_failure
-from .jobs import EngineInfo, GenerationResult, Job, StepCallback
+from .jobs import EngineInfo, GenerationResult, Job, PhaseCallback, StepCallback
 from .messages import (
     Cancel,
     Done,
@@ -27,7 +27,9 @@ from .messages import (
     ErrorKind,
     Fatal,
     FromWorker,
+    JobPhase,
     MemoryInfo,
+    Phase,
     Progress,
     ProtocolError,
     Ready,
@@ -50,7 +52,9 @@ class Runner(Protocol):
 
     def describe(self) -> EngineInfo: ...
 
-    def run(self, job: Job, *, on_step: StepCallback, cancelled: threading.Event) -> GenerationResult: ...
+    def run(
+        self, job: Job, *, on_step: StepCallback, cancelled: threading.Event, on_phase: PhaseCallback
+    ) -> GenerationResult: ...
 
 
 class LineWriter:
@@ -216,9 +220,13 @@ def serve(load: Callable[[], Runner], input_fd: int, output: BinaryIO, *, shutdo
         def on_step(step: int, total: int) -> None:
             writer.send(Progress(task_id=task_id, step=step, total_steps=total))
 
+        def on_phase(phase: JobPhase) -> None:
+            writer.send(Phase(task_id=task_id, phase=phase))
+
         result: FromWorker
         try:
-            result = done_message(task_id, runner.run(job_from(run), on_step=on_step, cancelled=cancelled))
+            job = job_from(run)
+            result = done_message(task_id, runner.run(job, on_step=on_step, cancelled=cancelled, on_phase=on_phase))
         except BaseException as exc:  # noqa: BLE001 (every way a job ends is reported to the server)
             kind, message = classify(exc)
             if kind == "internal":

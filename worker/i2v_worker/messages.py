@@ -21,6 +21,10 @@ ERROR_KINDS: tuple[str, ...] = get_args(ErrorKind)
 Speed = Literal["quality", "fast", "turbo"]
 SPEEDS: tuple[str, ...] = get_args(Speed)
 
+# The phases of a job, in the order a job goes through them (`phase` messages).
+JobPhase = Literal["encode_prompt", "encode_image", "denoise", "decode", "encode_video"]
+PHASES: tuple[str, ...] = get_args(JobPhase)
+
 
 class ProtocolError(ValueError):
     """A line that is not a valid message. `task_id` and `message_type` are set when the line named them."""
@@ -71,6 +75,15 @@ class Progress:
     task_id: str
     step: int
     total_steps: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Phase:
+    """A job has entered `phase`: sent once per phase, in order, before that phase's work."""
+
+    type: ClassVar[str] = "phase"
+    task_id: str
+    phase: JobPhase
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,7 +143,7 @@ class Shutdown:
     type: ClassVar[str] = "shutdown"
 
 
-FromWorker = Ready | Progress | Done | Error | Fatal
+FromWorker = Ready | Progress | Phase | Done | Error | Fatal
 ToWorker = Run | Cancel | Shutdown
 Message = FromWorker | ToWorker
 
@@ -278,9 +291,17 @@ def _parse_progress(f: _Fields) -> Progress:
     )
 
 
+def _parse_phase(f: _Fields) -> Phase:
+    phase = f.text("phase")
+    if phase not in PHASES:
+        raise f.fail(f"'phase' must be one of {', '.join(PHASES)}, got {phase!r}")
+    return Phase(task_id=f.text("task_id", empty=False), phase=cast(JobPhase, phase))
+
+
 _PARSERS: dict[str, Callable[[_Fields], Message]] = {
     "ready": _parse_ready,
     "progress": _parse_progress,
+    "phase": _parse_phase,
     "done": _parse_done,
     "error": _parse_error,
     "fatal": lambda f: Fatal(message=f.text("message")),

@@ -8,7 +8,8 @@ called from two threads at once), and its own per-call attributes (`_interrupt`,
 `_guidance_scale`, `_current_timestep` live on the pipeline object).
 
 `Engine.run` returns a `GenerationResult` or raises a `JobError` (`BadInput`, `Cancelled`, `OutOfMemory`); anything
-else it raises is a bug of ours or of a library, reported as an internal error.
+else it raises is a bug of ours or of a library, reported as an internal error. It reports the job's phases as it
+enters them, and a cancel stops the job inside any phase (phases.py), not only between denoising steps.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from PIL import Image
 
 from .encode import encode_mp4, to_uint8
 from .errors import BadInput, Cancelled, JobError, OutOfMemory
-from .jobs import EngineInfo, GenerationResult, Job, SpeedPlan, StepCallback
+from .jobs import EngineInfo, GenerationResult, Job, PhaseCallback, SpeedPlan, StepCallback
 from .metadata import AREA_720P, ModelInfo, read_model_info
+from .phases import JobContext, install_hooks
 from .settings import ConfigurationError, Settings
 from .speed import DistilledFlowScheduler, apply, fp8_quantization, plan
 
@@ -101,6 +103,7 @@ class Engine:
         self._scheduler_class = type(pipe.scheduler)
         self._scheduler_config = pipe.scheduler.config
         self._views: queue.Queue[Any] = queue.Queue()
+        install_hooks(pipe)  # on the shared models, before any view: every view runs through them
         if self.offload:
             # Model CPU offload moves whole models between devices around each call, so jobs must not overlap:
             # they take turns on the pipeline itself, whose offload hooks then work as diffusers intends.
@@ -228,23 +231,51 @@ class Engine:
         seed: int,
         on_step: StepCallback,
         cancelled: threading.Event,
+        on_phase: PhaseCallback | None = None,
         decode: bool = True,
     ) -> np.ndarray:
         """Runs the pipeline on a free view: uint8 frames, shape (frame_count(num_frames), height, width, 3).
 
         The preset's steps and guidance replace `infer_steps` and `guidance_scale` where it has its own.
-        `on_step(step, steps)` is called after every denoising step. When `cancelled` is set the run stops at the
-        next step boundary by raising `Cancelled` from the step callback, so the VAE decode is skipped too.
-        `decode=False` (the warm-up) stops after denoising and returns an empty array.
+        `on_step(step, steps)` is called after every denoising step, `on_phase(phase)` as the run enters each phase
+        (`encode_prompt`, `encode_image`, `denoise`, `decode`). When `cancelled` is set the run stops by raising
+        `Cancelled`: at the next step boundary while denoising (from the step callback), inside the text and image
+        encoders and the VAE otherwise (from the hooks of phases.py). `decode=False` (the warm-up) stops after
+        denoising and returns an empty array.
         """
-        steps = self.job_steps(infer_steps)
+        job = JobContext(cancelled, self.job_steps(infer_steps), on_phase)
+        with job.active():
+            return self._generate(
+                job, image=image, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
+                num_frames=num_frames, guidance_scale=guidance_scale, seed=seed, on_step=on_step, decode=decode,
+            )  # fmt: skip
+
+    def _generate(
+        self,
+        job: JobContext,
+        *,
+        image: Image.Image,
+        prompt: str,
+        negative_prompt: str,
+        width: int,
+        height: int,
+        num_frames: int,
+        guidance_scale: float,
+        seed: int,
+        on_step: StepCallback,
+        decode: bool,
+    ) -> np.ndarray:
+        """`generate` within `job`, which is the calling thread's active context."""
+        steps = job.total_steps
         guidance = self.job_guidance(guidance_scale)
+        cancelled = job.cancelled
         if self.device.type == "cpu":
             torch.set_num_threads(self.settings.torch_threads)
         else:
             torch.cuda.set_device(self.device)  # the current device is per thread
 
         def on_step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            job.step = index + 1
             if cancelled.is_set():
                 raise Cancelled(index + 1, steps)
             on_step(index + 1, steps)
@@ -273,8 +304,11 @@ class Engine:
             )
         except BaseException:
             # What the pipeline does at the end of a run that completes: offload hooks back in place, the step
-            # cache's state cleared for the next job.
+            # cache's state cleared for the next job. A run stopped inside the VAE leaves its causal-conv feature
+            # cache (the view's own) full of activations: dropped too.
             view.maybe_free_model_hooks()
+            if hasattr(view.vae, "clear_cache"):
+                view.vae.clear_cache()
             raise
         finally:
             self._views.put(view)
@@ -291,11 +325,21 @@ class Engine:
             except queue.Empty:
                 continue
 
-    def run(self, job: Job, *, on_step: StepCallback, cancelled: threading.Event) -> GenerationResult:
-        """One whole job: checks, generation, MP4. Raises `JobError` for the failures a user is told about; after
-        any failure the memory the job held is freed, so the worker goes on serving."""
+    def run(
+        self,
+        job: Job,
+        *,
+        on_step: StepCallback,
+        cancelled: threading.Event,
+        on_phase: PhaseCallback | None = None,
+    ) -> GenerationResult:
+        """One whole job: checks, generation, MP4, with its phases reported to `on_phase` as it enters them (the
+        last is `encode_video`). Raises `JobError` for the failures a user is told about; after any failure the
+        memory the job held is freed, so the worker goes on serving."""
         try:
-            return self._run(job, on_step=on_step, cancelled=cancelled)
+            context = JobContext(cancelled, self.job_steps(job.infer_steps), on_phase)
+            with context.active():
+                return self._run(job, context, on_step=on_step)
         except Exception as exc:
             if not isinstance(exc, JobError) and not is_out_of_memory(exc):
                 logger.exception("task=%s failed", job.task_id)
@@ -308,8 +352,8 @@ class Engine:
         logger.info("task=%s failed: %s", job.task_id, failure)
         raise failure
 
-    def _run(self, job: Job, *, on_step: StepCallback, cancelled: threading.Event) -> GenerationResult:
-        steps = self.job_steps(job.infer_steps)
+    def _run(self, job: Job, context: JobContext, *, on_step: StepCallback) -> GenerationResult:
+        steps = context.total_steps
         guidance = self.job_guidance(job.guidance_scale)
         logger.info(
             "task=%s start %dx%d, %d frames, %d steps, guidance %.2f, seed %d",
@@ -318,14 +362,16 @@ class Engine:
         self._check(job)
         image = load_image(job.image_path, job.width, job.height)
         started = time.monotonic()
-        frames = self.generate(
-            image=image, prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width, height=job.height,
-            num_frames=job.num_frames, infer_steps=steps, guidance_scale=guidance, seed=job.seed, on_step=on_step,
-            cancelled=cancelled,
+        frames = self._generate(
+            context, image=image, prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width,
+            height=job.height, num_frames=job.num_frames, guidance_scale=guidance, seed=job.seed, on_step=on_step,
+            decode=True,
         )  # fmt: skip
         inference_seconds = time.monotonic() - started
         started = time.monotonic()
-        encode_mp4(frames, job.output_path, self.info.fps)
+        context.enter("encode_video")
+        context.check()
+        encode_mp4(frames, job.output_path, self.info.fps, check=context.check)
         encode_seconds = time.monotonic() - started
         logger.info(
             "task=%s done: %s (inference %.2f s, encode %.2f s)",

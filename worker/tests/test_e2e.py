@@ -120,11 +120,16 @@ def test_worker_process_end_to_end(worker: Any, image_file: Callable[..., Path],
     }  # fmt: skip
     image = image_file()
 
-    # A job: progress on every step, then done with the finished MP4.
+    # A job: each phase as it starts, progress on every step, then done with the finished MP4.
     a = "a" * 32
     w.send(run_message(a, image, tmp_path / "a.mp4"))
     seen = w.until(lambda m: m["type"] in ("done", "error"))
-    assert [(m["type"], m.get("step")) for m in seen] == [("progress", 1), ("progress", 2), ("progress", 3), ("done", None)]
+    assert [(m["type"], m.get("phase") or m.get("step")) for m in seen] == [
+        ("phase", "encode_prompt"), ("phase", "encode_image"), ("phase", "denoise"),
+        ("progress", 1), ("progress", 2), ("progress", 3),
+        ("phase", "decode"), ("phase", "encode_video"), ("done", None),
+    ]  # fmt: skip
+    assert all(m["task_id"] == a for m in seen)
     done = seen[-1]
     assert done["task_id"] == a and done["path"] == str(tmp_path / "a.mp4")
     assert (done["width"], done["height"], done["num_frames"], done["fps"], done["seed"]) == (WIDTH, HEIGHT, 17, 16, 42)
@@ -134,7 +139,7 @@ def test_worker_process_end_to_end(worker: Any, image_file: Callable[..., Path],
     # A long job cancelled after its first step.
     b = "b" * 32
     w.send(run_message(b, image, tmp_path / "b.mp4", infer_steps=100))
-    first = w.next()
+    first = w.until(lambda m: m["type"] == "progress")[-1]
     assert (first["type"], first["task_id"], first["step"], first["total_steps"]) == ("progress", b, 1, 100)
     w.send({"type": "cancel", "task_id": b})
     seen = w.until(lambda m: m["type"] in ("done", "error"))
@@ -163,7 +168,8 @@ def test_worker_process_end_to_end(worker: Any, image_file: Callable[..., Path],
     while sum(m["type"] in ("done", "error") for m in seen) < 2:
         seen.append(w.next())
     order = [(m["type"], m["task_id"][0]) for m in seen]
-    assert sorted(x for x in order if x[0] != "progress") == [("done", "e"), ("done", "f")]
+    assert sorted(x for x in order if x[0] not in ("progress", "phase")) == [("done", "e"), ("done", "f")]
+    assert (order.count(("phase", "e")), order.count(("phase", "f"))) == (5, 5)
     assert (order.count(("progress", "e")), order.count(("progress", "f"))) == (20, 3)
 
     w.send({"type": "shutdown"})
@@ -178,10 +184,10 @@ def test_end_of_input_cancels_and_exits_zero(worker: Any, image_file: Callable[.
     w = worker()
     assert w.next(timeout=120)["type"] == "ready"
     w.send(run_message("a" * 32, image_file(), tmp_path / "a.mp4", infer_steps=100))
-    assert w.next()["type"] == "progress"
+    w.until(lambda m: m["type"] == "progress")
     assert w.proc.stdin is not None
     w.proc.stdin.close()
-    seen = w.until(lambda m: m["type"] != "progress")
+    seen = w.until(lambda m: m["type"] not in ("progress", "phase"))
     assert (seen[-1]["type"], seen[-1]["kind"]) == ("error", "cancelled")
     assert w.wait() == 0
     assert not (tmp_path / "a.mp4").exists()
@@ -225,7 +231,7 @@ def test_turbo_worker_runs_4_step_jobs_and_says_so(
         "infer_steps": 4, "guidance_scale": 1.0,
     }  # fmt: skip
     w.send(run_message("a" * 32, image_file(), tmp_path / "a.mp4", infer_steps=30, guidance_scale=5.0))
-    seen = w.until(lambda m: m["type"] in ("done", "error"))
+    seen = [m for m in w.until(lambda m: m["type"] in ("done", "error")) if m["type"] != "phase"]
     assert [(m["type"], m.get("step"), m.get("total_steps")) for m in seen[:-1]] == [
         ("progress", step, 4) for step in range(1, 5)
     ]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from i2v_worker.errors import BadInput, Cancelled, OutOfMemory
-from i2v_worker.jobs import EngineInfo, GenerationResult, Job, SpeedPlan, StepCallback
+from i2v_worker.jobs import EngineInfo, GenerationResult, Job, PhaseCallback, SpeedPlan, StepCallback
 from i2v_worker.loop import LineWriter, classify, serve
 from i2v_worker.messages import Progress, parse_line
 from i2v_worker.metadata import ModelInfo
@@ -26,7 +26,8 @@ QUALITY = SpeedPlan(
 
 
 class FakeRunner:
-    """Each job reports `steps` progress lines, one per `step_seconds`, and honours cancel between steps."""
+    """Each job reports its phases and `steps` progress lines, one per `step_seconds`, and honours cancel between
+    steps."""
 
     def __init__(self, slots: int = 2, steps: int = 3, step_seconds: float = 0.01) -> None:
         self.slots = slots
@@ -45,17 +46,24 @@ class FakeRunner:
             speed=QUALITY,
         )
 
-    def run(self, job: Job, *, on_step: StepCallback, cancelled: threading.Event) -> GenerationResult:
+    def run(
+        self, job: Job, *, on_step: StepCallback, cancelled: threading.Event, on_phase: PhaseCallback
+    ) -> GenerationResult:
         self.started.append(job.task_id)
         if job.prompt == "raise":
             raise RuntimeError("runner bug")
+        on_phase("encode_prompt")
+        on_phase("encode_image")
         if job.prompt == "oom":
             raise OutOfMemory()
+        on_phase("denoise")
         for step in range(1, self.steps + 1):
             time.sleep(self.step_seconds)
             if cancelled.is_set():
                 raise Cancelled(step, self.steps)
             on_step(step, self.steps)
+        on_phase("decode")
+        on_phase("encode_video")
         return GenerationResult(
             path=job.output_path, width=job.width, height=job.height, num_frames=job.num_frames, fps=16,
             seed=job.seed, infer_steps=self.steps, guidance_scale=job.guidance_scale, inference_seconds=0.1,
@@ -126,8 +134,13 @@ def test_serve_runs_a_job_and_shuts_down(session: Callable[..., Session]) -> Non
     s.wait_for(lambda ms: any(m["type"] == "done" for m in ms))
     s.send(json.dumps({"type": "shutdown"}))
     assert s.finish() == 0
-    types = [m["type"] for m in s.messages()]
-    assert types == ["ready", "progress", "progress", "progress", "done"]
+    sequence = [(m["type"], m.get("phase") or m.get("step")) for m in s.messages()]
+    assert sequence == [
+        ("ready", None), ("phase", "encode_prompt"), ("phase", "encode_image"), ("phase", "denoise"),
+        ("progress", 1), ("progress", 2), ("progress", 3), ("phase", "decode"), ("phase", "encode_video"),
+        ("done", None),
+    ]  # fmt: skip
+    assert all(m["task_id"] == "a" for m in s.messages() if m["type"] == "phase")
     ready, done = s.messages()[0], s.messages()[-1]
     assert ready["speed"] == {
         "preset": "quality", "compiled": False, "cache_threshold": None, "fp8": False, "lora": None,
@@ -142,7 +155,7 @@ def test_serve_survives_bad_lines(session: Callable[..., Session]) -> None:
     s.wait_for(lambda ms: any(m["type"] == "done" for m in ms))
     s.close()  # end of input means shutdown
     assert s.finish() == 0
-    by_type = [(m["type"], m.get("task_id")) for m in s.messages() if m["type"] != "progress"]
+    by_type = [(m["type"], m.get("task_id")) for m in s.messages() if m["type"] not in ("progress", "phase")]
     assert by_type == [("ready", None), ("error", "bad"), ("done", "ok")]
     error = s.messages()[1]
     assert error["kind"] == "bad_input" and "width" in str(error["message"])
@@ -235,6 +248,7 @@ def test_out_of_memory_becomes_an_oom_error(session: Callable[..., Session]) -> 
 
 def test_classify() -> None:
     assert classify(Cancelled(4, 30)) == ("cancelled", "cancelled at step 4 of 30")
+    assert classify(Cancelled(30, 30, "decode")) == ("cancelled", "cancelled at step 30 of 30 (decode)")
     assert classify(BadInput("image not found: /x.png")) == ("bad_input", "image not found: /x.png")
     assert classify(OutOfMemory())[0] == "oom"
     assert classify(ValueError("bad")) == ("internal", "ValueError: bad")

@@ -12,6 +12,7 @@ from i2v_worker.messages import (
     Done,
     Error,
     Fatal,
+    Phase,
     ProtocolError,
     Ready,
     Run,
@@ -111,6 +112,20 @@ def test_bad_lines_raise_protocol_error(line: str, task_id: str | None) -> None:
 def test_invalid_utf8_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError):
         parse_line(b'{"type": "shutdown", "x": "\xff"}')
+
+
+def test_phase_message() -> None:
+    line = f'{{"type":"phase","task_id":"{TASK}","phase":"decode"}}'
+    message = parse_line(line)
+    assert message == Phase(task_id=TASK, phase="decode")
+    assert dumps(message) == line
+    for phase in ("encode_prompt", "encode_image", "denoise", "decode", "encode_video"):
+        assert parse_line(dumps(Phase(task_id=TASK, phase=phase))) == Phase(task_id=TASK, phase=phase)  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="'phase' must be one of") as info:
+        parse_line('{"type":"phase","task_id":"t","phase":"upscale"}')
+    assert info.value.task_id == "t"
+    with pytest.raises(ProtocolError):
+        parse_line('{"type":"phase","task_id":"","phase":"decode"}')
 
 
 def test_fatal_and_shutdown_serialise_minimally() -> None:
