@@ -37,7 +37,7 @@ test-python: python-env
 test-clients: system-deps-test python-env clients-env
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)
 	I2V_SERVER_BIN=$$(swift build --show-bin-path $(SWIFT_BUILD_FLAGS))/i2v-server I2V_TEST_PYTHON=$(CURDIR)/.venv/bin/python \
-	  .venv-clients/bin/python -m pytest tests/clients -q
+	  .venv-clients/bin/python -m pytest integration/clients -q
 
 clients-env:
 	scripts/clients-env.sh

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Creates (once) the Python environment of the client tests (tests/clients: the official OpenAI SDK against a
+# Creates (once) the Python environment of the client tests (integration/clients: the official OpenAI SDK against a
 # running server) and links the repo's .venv-clients to it.
 #
 # It is kept apart from the worker's venv (.venv, scripts/python-env.sh) so the SDK's pins never meet torch's
 # and a new SDK version does not rebuild the worker's environment. It lives in
 # ${I2V_CACHE_DIR:-$HOME/.cache/i2v-server}/clients-venv-<key>, where <key> is the sha256 of
-# tests/clients/requirements.txt and the Python version; a marker file written last tells a complete venv from a
+# integration/clients/requirements.txt and the Python version; a marker file written last tells a complete venv from a
 # half-built one.
 #
 # Environment:
@@ -19,7 +19,7 @@ say() { printf 'clients-env: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
-requirements="$repo/tests/clients/requirements.txt"
+requirements="$repo/integration/clients/requirements.txt"
 cache="${I2V_CACHE_DIR:-$HOME/.cache/i2v-server}"
 python="${I2V_PYTHON:-python3}"
 
