@@ -5,7 +5,7 @@ SWIFT_BUILD_FLAGS ?=
 RELEASE_FLAGS := -c release --scratch-path .build-release
 RELEASE_BIN := .build-release/release/i2v-server
 
-.PHONY: run test test-python test-clients clients-env build build-release python-env swagger-ui system-deps system-deps-test system-deps-bench bench clean-data
+.PHONY: run test test-python lint-python test-clients clients-env build build-release python-env swagger-ui system-deps system-deps-test system-deps-bench bench clean-data
 
 # The worker's venv (network and disk) is built while Swift compiles (CPU): started first, waited for last.
 # Its log goes to .build-logs/python-env.log and is shown when it fails.
@@ -32,6 +32,14 @@ test: swagger-ui
 
 test-python: python-env
 	.venv/bin/python -m pytest worker/tests -q
+
+## make lint-python: ruff (pinned in worker/requirements.lock, configured in ruff.toml) on the Python tree: the format
+## as `ruff format` writes it, and the lint rules. `.venv/bin/ruff format $(PYTHON_TREE) && .venv/bin/ruff check --fix
+## $(PYTHON_TREE)` applies what it can.
+PYTHON_TREE := worker integration bench
+lint-python: python-env
+	.venv/bin/ruff format --check $(PYTHON_TREE)
+	.venv/bin/ruff check $(PYTHON_TREE)
 
 ## make test-clients: the official OpenAI SDK against a real `serve` (debug build, demo model) on loopback
 test-clients: system-deps-test python-env clients-env
