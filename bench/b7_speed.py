@@ -74,6 +74,7 @@ def child_preset(model: str, lora: str, settings: dict[str, Any], rounds: int, f
     """Loads an engine with `settings`, runs the job `rounds` times (after the warm-up), saves the last frames."""
     _child_setup()
     import numpy as np
+
     from i2v_worker.pipeline import Engine
     from i2v_worker.settings import Settings
 
@@ -127,6 +128,7 @@ def child_parity(model: str, rounds: int) -> dict[str, Any]:
 
     import torch
     from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
+
     from i2v_worker.pipeline import Engine
     from i2v_worker.settings import Settings
 

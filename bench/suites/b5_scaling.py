@@ -101,8 +101,15 @@ def start_cluster(ctx: Context, n: int, mode: str, database_url: str, events: Pa
     data = ctx.tmp / f"data-b5-{n}-{time.monotonic_ns()}"  # the storage root all nodes share
     api = start_server(ctx, f"b5-api-{n}", model=model, python=stub, role="api", extra=common, data=data)
     workers = [
-        start_server(ctx, f"b5-worker-{n}-{i}", model=model, python=stub, role="worker", data=data,
-                     extra={**common, "I2V_DEVICES": "cpu", "I2V_MAX_CONCURRENT": "1"})  # fmt: skip
+        start_server(
+            ctx,
+            f"b5-worker-{n}-{i}",
+            model=model,
+            python=stub,
+            role="worker",
+            data=data,
+            extra={**common, "I2V_DEVICES": "cpu", "I2V_MAX_CONCURRENT": "1"},
+        )  # fmt: skip
         for i in range(n)
     ]
     return Cluster(api=api, worker_nodes=workers, nodes=[api, *workers])

@@ -187,10 +187,14 @@ def claim_row(ctx: Context, store: Store, claim: dict[str, Any]) -> str:
     if p50 is None or p99 is None:
         ctx.row("B6", f"{store.name}: claim latency", "skipped: no claims observed")
         return f"{store.name} claim p99 n/a"
-    ctx.row("B6", f"{store.name}: claim latency, {int(histogram.count)} claims, queue {store.queued:,} → "
-            f"{claim['queue_after']:,}", f"p50 {msec(1000 * p50[0])} · p99 {msec(1000 * p99[0])}",
-            f"from /metrics {CLAIM_METRIC} (bucket interpolation: p50 in {bounds(p50)}, p99 in {bounds(p99)}); "
-            f"mean {msec(1000 * (histogram.mean or 0))}; {CLAIM_CONCURRENCY} jobs in flight, each answered at once")
+    ctx.row(
+        "B6",
+        f"{store.name}: claim latency, {int(histogram.count)} claims, queue {store.queued:,} → "
+        f"{claim['queue_after']:,}",
+        f"p50 {msec(1000 * p50[0])} · p99 {msec(1000 * p99[0])}",
+        f"from /metrics {CLAIM_METRIC} (bucket interpolation: p50 in {bounds(p50)}, p99 in {bounds(p99)}); "
+        f"mean {msec(1000 * (histogram.mean or 0))}; {CLAIM_CONCURRENCY} jobs in flight, each answered at once",
+    )
     return f"{store.name} claim p99 {msec(1000 * p99[0])} {'<' if p99[2] <= CLAIM_GOAL_S else '≥'} 20 ms"
 
 

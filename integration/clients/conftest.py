@@ -99,7 +99,9 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     }
     environment.pop("I2V_DATABASE_URL", None)
     with open(log, "wb") as output:
-        server = subprocess.Popen([str(binary), "serve"], stdout=output, stderr=subprocess.STDOUT, env=environment, cwd=REPO)
+        server = subprocess.Popen(
+            [str(binary), "serve"], stdout=output, stderr=subprocess.STDOUT, env=environment, cwd=REPO
+        )
     try:
         # The first start builds the demo checkpoint and loads it in the worker.
         deadline = time.monotonic() + 300
@@ -140,7 +142,7 @@ def image_server() -> Iterator[str]:
     body = png_bytes()
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+        def do_GET(self) -> None:
             if self.path != "/image.png":
                 self.send_error(404)
                 return

@@ -135,7 +135,9 @@ def test_a_json_create_through_the_sdks_raw_post(client: OpenAI) -> None:
 
 def test_list_pages_through_the_keys_videos(client: OpenAI, image_server: str) -> None:
     ids = [
-        client.videos.create(prompt=PROMPT, extra_body={"input_reference": {"image_url": image_server}, "num_frames": 24, **FAST}).id
+        client.videos.create(
+            prompt=PROMPT, extra_body={"input_reference": {"image_url": image_server}, "num_frames": 24, **FAST}
+        ).id
         for _ in range(3)
     ]
     first = client.videos.list(limit=2)

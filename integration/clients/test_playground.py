@@ -44,7 +44,9 @@ def page(browser: Browser, service: Service) -> Iterator[Page]:
     problems: list[str] = []
     # A script or style the page's Content-Security-Policy blocks is reported on the console. (Failed
     # requests are reported there too; those the tests provoke are checked where they happen.)
-    page.on("console", lambda message: problems.append(message.text) if "Content Security Policy" in message.text else None)
+    page.on(
+        "console", lambda message: problems.append(message.text) if "Content Security Policy" in message.text else None
+    )
     page.on("pageerror", lambda error: problems.append(str(error)))
     page.goto(service.base_url + "/")
     yield page
@@ -72,7 +74,9 @@ def test_a_job_made_from_an_uploaded_file_plays_and_a_second_is_cancelled(
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
 
     page.get_by_label("API key", exact=True).fill(service.api_key)
-    page.get_by_label("Image file").set_input_files({"name": "picture.png", "mimeType": "image/png", "buffer": png_bytes()})
+    page.get_by_label("Image file").set_input_files(
+        {"name": "picture.png", "mimeType": "image/png", "buffer": png_bytes()}
+    )
     expect(page.get_by_role("img", name="The selected image")).to_be_visible()
     page.get_by_label("Prompt", exact=True).fill(PROMPT)
     # The smallest job the service takes: 24 frames (25 made), 20 steps.
@@ -116,7 +120,9 @@ def test_a_job_made_from_an_uploaded_file_plays_and_a_second_is_cancelled(
     steps = [state["step"] for state in seen if state["step"] is not None]
     print(f"steps shown: {sorted(set(steps))}")
     assert steps and max(steps) >= 1, seen
-    assert all(state["total"] == 20 and state["value"] == state["step"] for state in seen if state["step"] is not None), seen
+    assert all(
+        state["total"] == 20 and state["value"] == state["step"] for state in seen if state["step"] is not None
+    ), seen
     values = [state["value"] for state in seen]
     assert values == sorted(values), values
 
@@ -187,7 +193,9 @@ def test_every_control_is_reached_by_tab_in_order(page: Page) -> None:
 
 def test_a_refused_submit_shows_the_servers_message_and_the_key_is_kept(page: Page, service: Service) -> None:
     page.get_by_label("API key", exact=True).fill("not-the-key")
-    page.get_by_label("Image file").set_input_files({"name": "picture.png", "mimeType": "image/png", "buffer": png_bytes()})
+    page.get_by_label("Image file").set_input_files(
+        {"name": "picture.png", "mimeType": "image/png", "buffer": png_bytes()}
+    )
     page.get_by_label("Prompt", exact=True).fill(PROMPT)
     page.get_by_role("button", name="Generate video").click()
     alert = page.get_by_role("alert").filter(has_text="Could not submit")

@@ -24,7 +24,9 @@ def submit_body(image_url: str, **extra: object) -> dict[str, object]:
 
 @pytest.fixture()
 def http(service: Service) -> httpx.Client:
-    with httpx.Client(base_url=service.base_url, headers={"Authorization": f"Bearer {service.api_key}"}, timeout=60) as client:
+    with httpx.Client(
+        base_url=service.base_url, headers={"Authorization": f"Bearer {service.api_key}"}, timeout=60
+    ) as client:
         yield client
 
 
@@ -35,10 +37,14 @@ def submit(http: httpx.Client, image_url: str, **extra: object) -> str:
     return request_id
 
 
-def read_stream(http: httpx.Client, request_id: str, last_event_id: str | None = None) -> list[httpx_sse.ServerSentEvent]:
+def read_stream(
+    http: httpx.Client, request_id: str, last_event_id: str | None = None
+) -> list[httpx_sse.ServerSentEvent]:
     headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
     # No read timeout: a queued job may wait; the stream ends by itself after the terminal event.
-    with httpx_sse.connect_sse(http, "GET", f"/video/stream/{request_id}", headers=headers, timeout=httpx.Timeout(60, read=300)) as source:
+    with httpx_sse.connect_sse(
+        http, "GET", f"/video/stream/{request_id}", headers=headers, timeout=httpx.Timeout(60, read=300)
+    ) as source:
         assert source.response.status_code == 200
         assert source.response.headers["content-type"].startswith("text/event-stream")
         return list(source.iter_sse())
@@ -97,7 +103,9 @@ def streams_open(service: Service) -> float:
     raise AssertionError("i2v_streams_open is not in /metrics")
 
 
-def test_a_client_that_leaves_costs_nothing_after_it_goes(service: Service, http: httpx.Client, image_server: str) -> None:
+def test_a_client_that_leaves_costs_nothing_after_it_goes(
+    service: Service, http: httpx.Client, image_server: str
+) -> None:
     # A long job keeps the stream open (and the second one waiting) until the client goes.
     long = submit(http, image_server, num_frames=120, infer_steps=100)
     with httpx_sse.connect_sse(http, "GET", f"/video/stream/{long}") as source:

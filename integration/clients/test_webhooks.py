@@ -65,7 +65,7 @@ def receiver(service: Service) -> Iterator[Receiver]:
     state = Receiver(url="", secret=service.webhook_secret)
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             headers = {name.lower(): value for name, value in self.headers.items()}
             event: dict[str, Any] | None = None
@@ -122,7 +122,8 @@ def test_every_subscribed_event_arrives_once_verified_through_both_apis(
 ) -> None:
     # Native JSON, default events.
     status, native = service.native(
-        "/video/submit", {"image_url": image_server, "prompt": PROMPT, **SMALL, "webhook_url": receiver.url + "/ok/native"}
+        "/video/submit",
+        {"image_url": image_server, "prompt": PROMPT, **SMALL, "webhook_url": receiver.url + "/ok/native"},
     )
     assert status == 202, native
     # OpenAI multipart (an uploaded file), the events as one comma-separated field.
@@ -186,7 +187,8 @@ def test_a_receiver_failing_twice_gets_the_event_on_the_third_attempt(
     service: Service, receiver: Receiver, image_server: str
 ) -> None:
     status, submitted = service.native(
-        "/video/submit", {"image_url": image_server, "prompt": PROMPT, **SMALL, "webhook_url": receiver.url + "/flaky/one"}
+        "/video/submit",
+        {"image_url": image_server, "prompt": PROMPT, **SMALL, "webhook_url": receiver.url + "/flaky/one"},
     )
     assert status == 202, submitted
     assert wait_for_end(service, submitted["requestId"])["status"] == "Succeed"
@@ -208,7 +210,12 @@ def test_a_link_local_webhook_url_is_refused_at_submit_on_both_apis(
     # The server allows private hosts (for these loopback receivers); link-local (cloud metadata) stays blocked.
     status, body = service.native(
         "/video/submit",
-        {"image_url": image_server, "prompt": PROMPT, **SMALL, "webhook_url": "http://169.254.169.254/latest/meta-data"},
+        {
+            "image_url": image_server,
+            "prompt": PROMPT,
+            **SMALL,
+            "webhook_url": "http://169.254.169.254/latest/meta-data",
+        },
     )
     assert status == 400, body
     assert body["detail"]["reason"].startswith("webhook_url"), body

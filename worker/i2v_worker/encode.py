@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 CHUNK_BYTES = 1 << 20  # written to ffmpeg between two cancel checks
 POLL_SECONDS = 0.1  # how often a cancel is checked while ffmpeg finishes
 

@@ -46,7 +46,9 @@ class Calls:
 
 
 @contextmanager
-def hooked(module: Any, pre: Callable[..., Any] | None = None, post: Callable[..., Any] | None = None) -> Iterator[None]:
+def hooked(
+    module: Any, pre: Callable[..., Any] | None = None, post: Callable[..., Any] | None = None
+) -> Iterator[None]:
     """Test hooks on `module` for the length of the block (after the engine's own, which run first)."""
     handles = []
     if pre is not None:
@@ -233,7 +235,9 @@ def test_a_cancel_inside_the_vae_decode_stops_it_and_spares_the_job_beside_it(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.mp4", "input.png"]
 
 
-def test_a_cancelled_decode_leaves_the_views_clean(engine: Engine, image_file: Callable[..., Path], tmp_path: Path) -> None:
+def test_a_cancelled_decode_leaves_the_views_clean(
+    engine: Engine, image_file: Callable[..., Path], tmp_path: Path
+) -> None:
     """After a cancel inside the decode, the view's VAE holds no cached activations and the next job is whole."""
     cancelled = threading.Event()
     job = make_job(image_file(), tmp_path / "a.mp4", num_frames=NUM_FRAMES, infer_steps=STEPS)

@@ -35,6 +35,8 @@ def test_metadata_file_wins(tmp_path: Path) -> None:
 
 
 def test_bad_metadata_file(tmp_path: Path) -> None:
-    (tmp_path / MODEL_INFO_FILE).write_text(json.dumps({"id": "x", "native_area": "big", "size_multiple": 16, "fps": 16}))
+    (tmp_path / MODEL_INFO_FILE).write_text(
+        json.dumps({"id": "x", "native_area": "big", "size_multiple": 16, "fps": 16})
+    )
     with pytest.raises(ValueError, match="native_area"):
         read_model_info(str(tmp_path))

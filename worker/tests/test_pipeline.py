@@ -203,8 +203,10 @@ def test_cancel_before_start(engine: Engine, image_file: Callable[..., Path], tm
     "failure",
     [
         torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
-        RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried"
-                     " to allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)"),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried"
+            " to allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)"
+        ),
         MemoryError(),
     ],
     ids=["cuda", "cpu", "python"],
@@ -336,4 +338,3 @@ def test_vae_tiling_and_cpu_offload_flags_load_on_cpu(demo_checkpoint: Path) -> 
     assert tiled.pipe.vae.use_tiling
     assert not tiled.offload  # model CPU offload needs CUDA: ignored on the CPU
     assert generate(tiled, steps=1, num_frames=1).shape == (1, HEIGHT, WIDTH, 3)
-
