@@ -30,7 +30,8 @@ test: swagger-ui
 	$(MAKE) test-python
 	$(MAKE) test-clients
 
-test-python: python-env
+## make test-python: the worker's tests, after lint-python (so `make test` checks the format and the lint rules too)
+test-python: python-env lint-python
 	.venv/bin/python -m pytest worker/tests -q
 
 ## make lint-python: ruff (pinned in worker/requirements.lock, configured in ruff.toml) on the Python tree: the format

@@ -37,14 +37,104 @@ let package = Package(
             name: "I2VServer",
             dependencies: [
                 "I2VApp",
+                "I2VCore",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Hummingbird", package: "hummingbird"),
             ],
             swiftSettings: swiftSettings
         ),
+        // The core: domain types, use cases, the task state machine and the ports they need. It imports no
+        // HTTP server, database driver or process library (DependencyTests reads this manifest to keep it so).
+        .target(
+            name: "I2VCore",
+            dependencies: [
+                "ImageIntake",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Store adapters: the core's store ports over one SQL dialect each.
+        .target(
+            name: "I2VStoreSQLite",
+            dependencies: [
+                "I2VCore",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "I2VStorePostgres",
+            dependencies: [
+                "I2VCore",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The GPU node: the dispatcher that claims work from the store, the worker pool, and the supervised
+        // Python worker processes with their line protocol.
+        .target(
+            name: "I2VGPUNode",
+            dependencies: [
+                "I2VCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Webhook delivery: reads the core's outbox port, signs and sends over HTTP.
+        .target(
+            name: "I2VWebhooks",
+            dependencies: [
+                "I2VCore",
+                "ImageIntake",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The HTTP side: the native API, the OpenAI-style API, streams, the playground and the operations
+        // endpoints (which report the node's own worker pool, hence the GPU node dependency).
+        .target(
+            name: "I2VHTTP",
+            dependencies: [
+                "I2VCore",
+                "I2VGPUNode",
+                "I2VOpenAPI",
+                "ImageIntake",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "MultipartKit", package: "multipart-kit"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The composition root: reads the configuration, builds every part and runs them in one ServiceGroup.
         .target(
             name: "I2VApp",
             dependencies: [
+                "I2VCore",
+                "I2VStoreSQLite",
+                "I2VStorePostgres",
+                "I2VGPUNode",
+                "I2VWebhooks",
+                "I2VHTTP",
                 "I2VOpenAPI",
                 "ImageIntake",
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -53,11 +143,7 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "GRDB", package: "GRDB.swift"),
-                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
-                .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "MultipartKit", package: "multipart-kit"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -86,10 +172,28 @@ let package = Package(
             pkgConfig: "vips",
             providers: [.apt(["libvips-dev"])]
         ),
+        // Helpers both test targets use: a raw TCP server, a PNG writer.
+        .target(
+            name: "I2VTestSupport",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "Tests/I2VTestSupport",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "I2VAppTests",
             dependencies: [
                 "I2VApp",
+                "I2VCore",
+                "I2VTestSupport",
+                "I2VStoreSQLite",
+                "I2VStorePostgres",
+                "I2VGPUNode",
+                "I2VWebhooks",
+                "I2VHTTP",
+                .product(name: "GRDB", package: "GRDB.swift"),
                 "ImageIntake",
                 "I2VOpenAPI",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
@@ -106,6 +210,7 @@ let package = Package(
             name: "ImageIntakeTests",
             dependencies: [
                 "ImageIntake",
+                "I2VTestSupport",
                 "CVips",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -43,7 +43,7 @@ def make_handler(files: dict[str, tuple[bytes, str]]) -> type[BaseHTTPRequestHan
         def do_HEAD(self) -> None:
             self._answer(False)
 
-        def log_message(self, format: str, *args: object) -> None:
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the standard library's name
             return
 
     return Handler

@@ -42,7 +42,7 @@ def run(ctx: Context) -> None:
         except BenchError as exc:
             say(f"{suite.name} failed: {exc}")
             ctx.row(suite.name, suite.title, f"skipped: failed: {exc}")
-        except Exception as exc:  # a bug or an unexpected answer in one suite: report it, run the others
+        except Exception as exc:  # noqa: BLE001 - a bug or an unexpected answer in one suite: report it, run the others
             traceback.print_exc()
             ctx.row(suite.name, suite.title, f"skipped: failed: {type(exc).__name__}: {exc}")
 

@@ -6,6 +6,12 @@ import ImageIntake
 import Logging
 import ServiceLifecycle
 import Subprocess
+import I2VCore
+import I2VGPUNode
+import I2VHTTP
+import I2VStorePostgres
+import I2VStoreSQLite
+import I2VWebhooks
 
 #if canImport(System)
 import System
@@ -38,6 +44,61 @@ public func buildApplication(
     role: NodeRole = .serve,
     overrides: AppOverrides = .init()
 ) async throws -> some ApplicationProtocol {
+    try await buildNode(configuration: configuration, role: role, overrides: overrides).application()
+}
+
+/// The stages of a node's long-lived parts. They start in this order and stop in the reverse one, after
+/// the HTTP server, which Hummingbird runs after every service so that it stops first: the API stops
+/// accepting, its helpers (webhook delivery, the image downloader) stop, upkeep stops, the dispatcher
+/// drains its jobs while the workers can still finish or hand them back, the workers stop, and the store's
+/// connections close last because every stage before records through them.
+public enum NodeStage: String, Sendable, CaseIterable {
+    case store
+    case workers
+    case dispatch
+    case upkeep
+    case api
+}
+
+/// A node built and wired, not started: what `buildNode` returns, and what tests take their parts from
+/// instead of assembling the object graph again.
+public struct NodeParts {
+    public let role: NodeRole
+    package let configuration: ServiceConfiguration
+    package let store: any TaskStore & TaskListing & WebhookOutbox
+    package let media: MediaStore
+    package let prometheus: PrometheusExposition
+    package let pool: WorkerPool?
+    package let nodes: LiveNodes
+    package let router: Router<AppRequestContext>
+    /// Each stage's services, in start order.
+    package let stages: [(stage: NodeStage, services: [any Service])]
+    package let logger: Logger
+
+    /// Every long-lived part, in start order.
+    package var services: [any Service] { stages.flatMap(\.services) }
+
+    /// The stages as they stop (the HTTP server before all of them).
+    public var shutdownOrder: [NodeStage] { stages.filter { !$0.services.isEmpty }.map(\.stage).reversed() }
+
+    /// The node as a Hummingbird application: its services and its HTTP server in one service group.
+    public func application() -> some ApplicationProtocol {
+        Application(
+            router: router,
+            server: configuration.makeHTTPServer(),
+            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "i2v-server"),
+            services: services,
+            logger: logger
+        )
+    }
+}
+
+/// Builds every part of a node for its role and wires them together; starts nothing.
+public func buildNode(
+    configuration: ServiceConfiguration,
+    role: NodeRole = .serve,
+    overrides: AppOverrides = .init()
+) async throws -> NodeParts {
     var logger = Logger(label: "i2v-server")
     logger.logLevel = Logger.Level(rawValue: configuration.logLevel.lowercased()) ?? .info
     logger[metadataKey: "node"] = "\(configuration.nodeID)"
@@ -56,84 +117,65 @@ public func buildApplication(
         notify: role.runsWorkers ? signal : nil,
         logger: logger
     )
-    let metrics = ServiceMetrics()
+    let prometheus = PrometheusExposition()
+    let metrics = prometheus.metrics
+    let nodes = LiveNodes(registry: store, lease: configuration.lease)
 
-    var services: [any Service] = []
+    var workerServices: [any Service] = []
+    var dispatchServices: [any Service] = []
     var pool: WorkerPool?
     let catalog: ModelCatalogSource
     if role.runsWorkers {
         let node = try await buildWorkerNode(configuration: configuration, signal: signal, metrics: metrics, overrides: overrides, logger: logger)
         pool = node.pool
         catalog = .fixed(node.catalog)
-        let dispatcher = Dispatcher(
-            store: store,
-            media: media,
-            pool: node.pool,
-            signal: signal,
-            configuration: .init(
-                node: configuration.nodeID,
-                lease: configuration.lease,
-                maxAttempts: configuration.maxAttempts,
-                cancelGrace: configuration.cancelGrace,
-                shutdownGrace: configuration.shutdownGrace,
-                pollInterval: configuration.pollInterval
+        workerServices = node.supervisors
+        dispatchServices = [
+            Dispatcher(
+                store: store,
+                media: media,
+                pool: node.pool,
+                signal: signal,
+                configuration: configuration.dispatcher,
+                metrics: metrics,
+                logger: logger
             ),
-            metrics: metrics,
-            logger: logger
-        )
-        // Shut down in reverse order: the dispatcher (which drains running jobs) before the workers, so it
-        // can still talk to them while it drains.
-        services.append(contentsOf: node.supervisors as [any Service])
-        services.append(dispatcher)
-        services.append(NodeHeartbeat(
-            store: store, pool: node.pool, catalog: node.catalog, node: configuration.nodeID, interval: configuration.lease / 3,
-            logger: logger
-        ))
+            NodeHeartbeat(
+                store: store, pool: node.pool, catalog: node.catalog, node: configuration.nodeID, interval: configuration.lease / 3,
+                logger: logger
+            ),
+        ]
     } else {
         // An API node loads no model: it serves what the live worker nodes announce in the store.
-        catalog = .registry(store: store, lease: configuration.lease)
+        catalog = .registry(nodes)
     }
-    services.append(LeaseReaper(
-        store: store,
-        maxAttempts: configuration.maxAttempts,
-        interval: configuration.lease / 3,
-        queueChanged: role.runsWorkers ? signal : nil,
-        metrics: metrics,
-        logger: logger
-    ))
-    services.append(ResultSweeper(
-        store: store,
-        media: media,
-        configuration: .init(
-            videoTTL: configuration.videoTTL,
-            taskRetention: configuration.taskRetention,
-            interval: configuration.sweepInterval
+    let upkeepServices: [any Service] = [
+        LeaseReaper(
+            store: store,
+            maxAttempts: configuration.maxAttempts,
+            interval: configuration.lease / 3,
+            lease: configuration.lease,
+            queueChanged: role.runsWorkers ? signal : nil,
+            metrics: metrics,
+            logger: logger
         ),
-        logger: logger
-    ))
+        ResultSweeper(store: store, media: media, configuration: configuration.sweeper, logger: logger),
+    ]
 
     let operations = OperationsController(
-        role: role, node: configuration.nodeID, store: store, pool: pool, catalog: catalog, lease: configuration.lease, metrics: metrics
+        role: role, node: configuration.nodeID, queue: store, pool: pool, catalog: catalog, nodes: nodes, prometheus: prometheus
     )
+    var apiServices: [any Service] = []
     let router: Router<AppRequestContext>
     if role.runsAPI {
         let keyring = try APIKeyring.load(configured: configuration.apiKeys, dataDirectory: configuration.dataDirectory, logger: logger)
-        let intake = ImageIntake(
-            configuration: ImageIntakeConfiguration(
-                timeout: configuration.imageTimeout,
-                connectTimeout: min(.seconds(5), configuration.imageTimeout),
-                maxBytes: configuration.imageMaxBytes,
-                maxPixels: configuration.imageMaxPixels,
-                maxRedirects: 3,
-                allowPrivateHosts: configuration.allowPrivateImageHosts
-            ),
-            logger: logger
-        )
-        services.append(ImageIntakeService(intake: intake))
-        services.append(try WebhookDeliveryService(outbox: store, configuration: configuration, metrics: metrics, logger: logger))
+        let intake = ImageIntake(configuration: configuration.imageIntake, logger: logger)
+        apiServices.append(ImageIntakeService(intake: intake))
+        apiServices.append(try WebhookDeliveryService(outbox: store, configuration: configuration, metrics: metrics, logger: logger))
         let workerPool = pool
         let useCases = TaskUseCases(
             store: store,
+            nodes: nodes,
             media: media,
             intake: intake,
             models: catalog,
@@ -142,15 +184,16 @@ public func buildApplication(
                 if let workerPool {
                     return await workerPool.largestFreeMemory().map { DeviceMemory(freeBytes: $0.freeBytes, bytesPerToken: $0.bytesPerToken) }
                 }
-                return await registeredDeviceMemory(store: store, lease: configuration.lease)
+                return await nodes.largestFreeMemory()
             },
+            webhookOutbox: store,
             metrics: metrics,
-            configuration: configuration
+            configuration: configuration.useCases
         )
         router = try buildRouter(
             configuration: configuration,
-            video: VideoController(useCases: useCases, metrics: metrics, configuration: configuration),
-            openAI: OpenAIVideosController(useCases: useCases, metrics: metrics, configuration: configuration, logger: logger),
+            video: VideoController(useCases: useCases, metrics: metrics, configuration: configuration.api),
+            openAI: OpenAIVideosController(useCases: useCases, metrics: metrics, configuration: configuration.api, logger: logger),
             operations: operations,
             keyring: keyring,
             logger: logger
@@ -158,88 +201,25 @@ public func buildApplication(
     } else {
         router = buildOperationsRouter(operations: operations)
     }
-    // The store's connection pool stops after everything else: the dispatcher records how its jobs ended.
-    services.insert(contentsOf: storeServices, at: 0)
     logger.info("node starting", metadata: ["role": "\(role.rawValue)", "store": "\(configuration.usesPostgres ? "postgresql" : "sqlite")"])
-    return Application(
+    return NodeParts(
+        role: role,
+        configuration: configuration,
+        store: store,
+        media: media,
+        prometheus: prometheus,
+        pool: pool,
+        nodes: nodes,
         router: router,
-        server: configuration.makeHTTPServer(),
-        configuration: .init(
-            address: .hostname(configuration.host, port: configuration.port),
-            serverName: "i2v-server"
-        ),
-        services: services,
+        stages: [
+            (.store, storeServices),
+            (.workers, workerServices),
+            (.dispatch, dispatchServices),
+            (.upkeep, upkeepServices),
+            (.api, apiServices),
+        ],
         logger: logger
     )
-}
-
-/// On an API node, the device memory the live worker nodes announced: a job is refused only when it fits
-/// on none of them (the largest free memory), and not at all while none says (a CPU, or none alive).
-private func registeredDeviceMemory(store: any TaskStore, lease: Duration) async -> DeviceMemory? {
-    guard let nodes = try? await store.workerNodes() else { return nil }
-    let now = Date()
-    let live = nodes.filter { $0.isLive(now: now, lease: lease) }
-    guard !live.isEmpty, live.allSatisfy({ $0.freeMemoryBytes != nil }) else { return nil }
-    guard let best = live.max(by: { ($0.freeMemoryBytes ?? 0) < ($1.freeMemoryBytes ?? 0) }) else { return nil }
-    return DeviceMemory(freeBytes: best.freeMemoryBytes, bytesPerToken: best.bytesPerToken)
-}
-
-/// What a node runs: `serve` is one node doing everything; several `api` and `worker` nodes share one
-/// PostgreSQL queue and one data dir.
-public enum NodeRole: String, Sendable, CaseIterable {
-    case serve
-    /// HTTP only: no model, no worker.
-    case api
-    /// Inference workers only, with /health, /ready, /metrics and /models for its operators.
-    case worker
-
-    var runsAPI: Bool { self != .worker }
-    var runsWorkers: Bool { self != .api }
-}
-
-/// The workers of a node: the supervised Python workers, one per device, or the doubles a test put in.
-private func buildWorkerNode(
-    configuration: ServiceConfiguration,
-    signal: DispatchSignal,
-    metrics: ServiceMetrics,
-    overrides: AppOverrides,
-    logger: Logger
-) async throws -> (pool: WorkerPool, supervisors: [WorkerSupervisor], catalog: ModelCatalog) {
-    let doubles = overrides.workers.isEmpty ? overrides.worker.map { [$0] } ?? [] : overrides.workers
-    if !doubles.isEmpty {
-        // Doubles stand in for the configured devices' workers, or for CPU workers where no list matches them.
-        let labels: [String] = if case .list(let devices) = configuration.devices, devices.count == doubles.count { devices }
-            else { Array(repeating: "cpu", count: doubles.count) }
-        let capacity = configuration.maxConcurrent ?? WorkerPool.defaultCapacity(workers: doubles.count)
-        let slots = WorkerPool.slotsPerWorker(total: capacity, workers: doubles.count)
-        let pool = WorkerPool(
-            members: doubles.enumerated().map { .init(index: $0.offset, device: labels[$0.offset], worker: $0.element, slots: slots) },
-            capacity: capacity,
-            metrics: metrics
-        )
-        return (pool, [], overrides.catalog ?? ModelCatalog(models: [ServedModel(id: "test-model", nativeArea: 15_360)]))
-    }
-    let checkpoint = try await resolveCheckpoint(configuration: configuration, logger: logger)
-    let devices = try await configuration.devices.resolve(logger: logger)
-    let capacity = configuration.maxConcurrent ?? WorkerPool.defaultCapacity(workers: devices.count)
-    let slots = WorkerPool.slotsPerWorker(total: capacity, workers: devices.count)
-    let supervisors = devices.enumerated().map { index, device in
-        WorkerSupervisor(
-            launch: workerLaunch(configuration: configuration, checkpoint: checkpoint, device: device, slots: slots),
-            index: index,
-            device: device,
-            signal: signal,
-            metrics: metrics,
-            logger: logger
-        )
-    }
-    let pool = WorkerPool(
-        members: supervisors.map { .init(index: $0.index, device: $0.device, worker: $0, slots: slots) },
-        capacity: capacity,
-        metrics: metrics
-    )
-    logger.info("inference workers", metadata: ["devices": "\(devices.joined(separator: ","))", "slots_each": "\(slots)", "total": "\(capacity)"])
-    return (pool, supervisors, overrides.catalog ?? ModelCatalog.load(checkpoint: checkpoint))
 }
 
 /// A worker node's HTTP side: only what its operators and load balancer look at.
@@ -273,70 +253,6 @@ func buildRouter(
     video.addRoutes(to: router.group("video").add(middleware: APIKeyAuthenticator(keyring: keyring)))
     openAI.addRoutes(to: router.group("v1").add(middleware: APIKeyAuthenticator(keyring: keyring)))
     return router
-}
-
-public struct ConfigurationProblem: Error, CustomStringConvertible {
-    public var description: String
-    init(_ description: String) { self.description = description }
-}
-
-/// The checkpoint the worker loads: `I2V_MODEL_PATH`, or the demo checkpoint in the data dir, built on
-/// first start (a few seconds) so `serve` works on a machine that has never seen the model.
-///
-/// Nodes sharing a data dir may all start at once: each builds into a folder of its own and renames it into
-/// place, so none ever reads a half-written checkpoint, and the first rename wins.
-func resolveCheckpoint(configuration: ServiceConfiguration, logger: Logger) async throws -> String {
-    if let path = configuration.modelPath { return path }
-    let demo = configuration.demoModelDirectory
-    if FileManager.default.fileExists(atPath: demo.appending(path: "i2v_model.json").path) { return demo.path }
-    logger.info("building the demo checkpoint", metadata: ["path": "\(demo.path)"])
-    let staging = demo.deletingLastPathComponent().appending(path: ".\(demo.lastPathComponent).\(RandomIdentifier.hex128())")
-    defer { try? FileManager.default.removeItem(at: staging) }
-    let python = absolutePython(configuration.pythonExecutable)
-    let result = try await Subprocess.run(
-        python.contains("/") ? .path(.init(python)) : .name(python),
-        arguments: ["-m", "i2v_worker.demo", "--output", staging.path],
-        environment: .inherit.updating(["PYTHONPATH": workerPythonPath(configuration)]),
-        output: .discarded,
-        error: .string(limit: 64 * 1024)
-    )
-    guard result.terminationStatus.isSuccess else {
-        throw ConfigurationProblem("could not build the demo checkpoint with \(python): \(result.standardError)")
-    }
-    do {
-        try FileManager.default.moveItem(at: staging, to: demo)
-    } catch where FileManager.default.fileExists(atPath: demo.appending(path: "i2v_model.json").path) {
-        // Another node finished first; its checkpoint is the same demo model.
-    }
-    return demo.path
-}
-
-func absolutePython(_ executable: String) -> String {
-    guard executable.contains("/"), !executable.hasPrefix("/") else { return executable }
-    return URL(fileURLWithPath: executable).standardizedFileURL.path
-}
-
-func workerPythonPath(_ configuration: ServiceConfiguration) -> String {
-    let inherited = ProcessInfo.processInfo.environment["PYTHONPATH"].map { ":" + $0 } ?? ""
-    return configuration.workerDirectory.path + inherited
-}
-
-func workerLaunch(configuration: ServiceConfiguration, checkpoint: String, device: String, slots: Int) -> WorkerLaunch {
-    var environment = [
-        "PYTHONPATH": workerPythonPath(configuration),
-        "I2V_MODEL_PATH": checkpoint,
-        "I2V_WORKER_SLOTS": String(slots),
-        "I2V_CPU_OFFLOAD": configuration.cpuOffload ? "1" : "0",
-        "I2V_VAE_TILING": configuration.vaeTiling ? "1" : "0",
-        "PYTHONUNBUFFERED": "1",
-    ]
-    environment.merge(DeviceSelection.workerEnvironment(device: device)) { _, pinned in pinned }
-    environment.merge(configuration.speed.environment) { _, speed in speed }
-    return WorkerLaunch(
-        executable: absolutePython(configuration.pythonExecutable),
-        arguments: ["-m", "i2v_worker"],
-        environment: environment
-    )
 }
 
 /// Owns the image downloader's HTTP client for the life of the service.

@@ -2,6 +2,7 @@ import Configuration
 import Foundation
 import Hummingbird
 import I2VApp
+import I2VCore
 
 @main
 struct I2VServer {

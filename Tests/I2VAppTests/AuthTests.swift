@@ -8,6 +8,12 @@ import HummingbirdTesting
 import NIOCore
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 @Suite struct AuthTests {
     @Test func missingMalformedAndUnknownKeysAre401WithChallenge() async throws {

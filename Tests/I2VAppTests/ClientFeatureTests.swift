@@ -5,6 +5,12 @@ import HummingbirdTesting
 import NIOCore
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// Idempotent submits, the live status stream and the ETA, through the HTTP API.
 @Suite struct ClientFeatureTests {
@@ -236,7 +242,7 @@ import Testing
         (portrait.parameters.width, portrait.parameters.height) = (96, 160)
         try await store.enqueue(portrait, maxQueued: 10)
         try await store.recordHeartbeat(WorkerNode(id: "n", models: [], slots: 2, running: 1, startedAt: Date(), heartbeatAt: Date()))
-        let view = ReadTask(store: store, estimate: EstimateETA(store: store, lease: .seconds(30)))
+        let view = ReadTask(store: store, estimate: EstimateETA(statistics: store, nodes: LiveNodes(registry: store, lease: .seconds(30))))
         #expect(try await view(id: "portrait", owner: "owner")?.etaSeconds == nil, "no job of that size has finished")
         let running = try #require(try await view(id: "running", owner: "owner"))
         #expect(running.etaSeconds.map { abs($0 - (20 * 1.5 + 2)) < 1e-6 } == true, "\(String(describing: running.etaSeconds))")

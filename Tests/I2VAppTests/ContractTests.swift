@@ -8,31 +8,23 @@ import I2VOpenAPI
 import NIOCore
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// The OpenAPI document is the contract: the served routes, the document and the worker protocol agree.
 @Suite struct ContractTests {
     /// Routes the router serves, as "METHOD /path" with `{name}` captures.
-    static func servedRoutes() throws -> Set<String> {
+    static func servedRoutes() async throws -> Set<String> {
         let directory = try TemporaryDirectory()
-        let configuration = testConfiguration(dataDir: directory.url)
-        let store = try SQLiteTaskStore(path: directory.url.appending(path: "tasks.sqlite").path)
-        let signal = DispatchSignal()
-        let worker = FakeWorker()
-        let metrics = ServiceMetrics()
-        let catalog = ModelCatalog(models: [ServedModel(id: "m", nativeArea: 15_360)])
-        let media = MediaStore(inputsDirectory: directory.url, videosDirectory: directory.url)
-        let useCases = TaskUseCases(
-            store: store, media: media, intake: .init(configuration: .init(), logger: .init(label: "test")), models: .fixed(catalog),
-            queueChanged: signal, deviceMemory: { nil }, metrics: metrics, configuration: configuration
+        let parts = try await buildNode(
+            configuration: testConfiguration(dataDir: directory.url),
+            overrides: AppOverrides(worker: FakeWorker(), catalog: ModelCatalog(models: [ServedModel(id: "m", nativeArea: 15_360)]))
         )
-        let router = try buildRouter(
-            configuration: configuration,
-            video: VideoController(useCases: useCases, metrics: metrics, configuration: configuration),
-            openAI: OpenAIVideosController(useCases: useCases, metrics: metrics, configuration: configuration, logger: .init(label: "test")),
-            operations: OperationsController(store: store, worker: worker, supervisor: nil, catalog: catalog, metrics: metrics),
-            keyring: APIKeyring(keys: ["k"]),
-            logger: .init(label: "test")
-        )
+        let router = parts.router
         var routes = Set(router.routes.map { route in
             let path = route.path.components.map { component -> String in
                 let text = "\(component)"
@@ -58,8 +50,8 @@ import Testing
         return routes
     }
 
-    @Test func everyServedRouteIsDocumentedAndEveryDocumentedRouteIsServed() throws {
-        let served = try Self.servedRoutes()
+    @Test func everyServedRouteIsDocumentedAndEveryDocumentedRouteIsServed() async throws {
+        let served = try await Self.servedRoutes()
         let documented = try Self.documentedRoutes()
         #expect(served.subtracting(documented).isEmpty, "served but not in openapi.yaml: \(served.subtracting(documented))")
         #expect(documented.subtracting(served).isEmpty, "in openapi.yaml but not served: \(documented.subtracting(served))")

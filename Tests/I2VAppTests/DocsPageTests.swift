@@ -3,6 +3,12 @@ import Hummingbird
 import HummingbirdTesting
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// `/docs` renders Swagger UI from the server itself (no CDN): a headless Chromium loads the page and the
 /// rendered DOM shows the three operations. A screenshot is left in `.build/docs-screenshot.png`.

@@ -3,6 +3,12 @@ import Hummingbird
 import HummingbirdTesting
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// How the service reports what goes wrong on the model side, and the sweeper's clean-up of
 /// files no task refers to.

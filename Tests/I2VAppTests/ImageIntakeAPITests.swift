@@ -7,7 +7,14 @@ import NIOCore
 import NIOPosix
 import Synchronization
 import Testing
+import I2VTestSupport
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// The image intake through the real HTTP API: each hostile or broken image
 /// source answers `POST /video/submit` with 400 and its exact reason, is counted in `/metrics` by cause and
@@ -15,7 +22,7 @@ import Testing
 /// worker has the planned size, the upright orientation and the right colours.
 ///
 /// Image sources are loopback servers: `withImageServer` (Hummingbird) for ordinary responses and
-/// `IntakeAPI.RawServer` (bare TCP) for responses no HTTP server would send. The fixtures under `Fixtures/`
+/// `RawServer` (bare TCP) for responses no HTTP server would send. The fixtures under `Fixtures/`
 /// were made with ffmpeg (the pictures are solid halves, so every pixel check has a wide margin):
 ///
 ///     ffmpeg -filter_complex "color=c=red:s=160x180[a];color=c=blue:s=160x180[b];[a][b]hstack=inputs=2,format=yuvj420p" \
@@ -26,7 +33,7 @@ import Testing
 ///         split[s0][s1];[s0]palettegen=max_colors=4:reserve_transparent=0[p];[s1][p]paletteuse=dither=none" \
 ///         -frames:v 1 intake-red-blue-240x180.gif
 ///
-/// PNGs (RGB, RGBA, grey, palette, and the 60000×60000 header) are written by `IntakeAPI.PNG` below; the
+/// PNGs (RGB, RGBA, grey, palette, and the 60000×60000 header) are written by `PNG` of the test-support target; the
 /// EXIF orientation 6 JPEG is the JPEG fixture with an APP1 segment spliced in.
 ///
 /// The test model has a native area of 15360 and a size multiple of 16, so `auto` plans 320×180 → 160×80.
@@ -72,7 +79,7 @@ import Testing
         let directory = try TemporaryDirectory()
         let app = try await makeTestApp(dataDir: directory.url, worker: FakeWorker(ready: false), ["i2v.imageTimeoutSeconds": 1])
         // Never answers at all.
-        let silent = try await IntakeAPI.RawServer.start(response: nil)
+        let silent = try await RawServer.start(response: nil)
         defer { silent.close() }
         try await withImageServer(IntakeAPI.routes) { base in
             try await app.test(.router) { client in
@@ -103,10 +110,10 @@ import Testing
             worker: FakeWorker(ready: false),
             ["i2v.imageMaxBytes": 100_000, "i2v.imageTimeoutSeconds": 1]
         )
-        let closed = try await IntakeAPI.RawServer.start(response: nil)
+        let closed = try await RawServer.start(response: nil)
         let closedPort = closed.port
         closed.close()
-        let lyingHead = try await IntakeAPI.RawServer.start(
+        let lyingHead = try await RawServer.start(
             response: IntakeAPI.rawResponse(headers: [("Content-Type", "image/png"), ("Content-Length", "100000000")], body: []),
             closeAfterResponse: false
         )
@@ -210,20 +217,20 @@ import Testing
         let big = IntakeAPI.bigPNG
         #expect(big.count > 100_000)
         // Announces 100 MB and then sends nothing: refused from the head, without waiting for a body.
-        let lyingHead = try await IntakeAPI.RawServer.start(
+        let lyingHead = try await RawServer.start(
             response: IntakeAPI.rawResponse(headers: [("Content-Type", "image/png"), ("Content-Length", "100000000")], body: []),
             closeAfterResponse: false
         )
         defer { lyingHead.close() }
         // No length at all: the body ends when the connection closes.
-        let closeDelimited = try await IntakeAPI.RawServer.start(
+        let closeDelimited = try await RawServer.start(
             response: IntakeAPI.rawResponse(headers: [("Content-Type", "image/png"), ("Connection", "close")], body: big)
         )
         defer { closeDelimited.close() }
         // A small image whose Content-Length is honest, followed by 300 kB the head does not announce: only
         // the announced bytes are read, so it is accepted.
         let small = IntakeAPI.palettePNG.bytes
-        let trailingJunk = try await IntakeAPI.RawServer.start(
+        let trailingJunk = try await RawServer.start(
             response: IntakeAPI.rawResponse(
                 headers: [("Content-Type", "image/png"), ("Content-Length", "\(small.count)")],
                 body: small + [UInt8](repeating: 0xff, count: 300_000)
@@ -352,7 +359,7 @@ import Testing
         let directory = try TemporaryDirectory()
         let app = try await makeTestApp(dataDir: directory.url, worker: FakeWorker(ready: false), ["i2v.allowPrivateImageHosts": false])
         // A port that was just free: nothing listens there.
-        let closed = try await IntakeAPI.RawServer.start(response: nil)
+        let closed = try await RawServer.start(response: nil)
         let closedPort = closed.port
         closed.close()
         let allowing = try TemporaryDirectory()
@@ -731,148 +738,6 @@ enum IntakeAPI {
     // MARK: PNG writer
 
     /// A minimal PNG writer (8-bit, stored deflate blocks, filter 0), for pictures a test needs exactly.
-    struct PNG: Sendable {
-        static let signature: [UInt8] = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]
-        var bytes: [UInt8]
-
-        /// - Parameters:
-        ///   - colourType: 0 grey, 2 RGB, 3 palette, 4 grey + alpha, 6 RGBA.
-        ///   - pixel: the samples of one pixel (a palette index for type 3).
-        init(width: Int, height: Int, colourType: UInt8, palette: [[UInt8]] = [], _ pixel: (_ x: Int, _ y: Int) -> [UInt8]) {
-            var raw: [UInt8] = []
-            for y in 0..<height {
-                raw.append(0)  // filter: none
-                for x in 0..<width { raw.append(contentsOf: pixel(x, y)) }
-            }
-            var png = Self.signature
-            png += Self.chunk("IHDR", Self.be32(width) + Self.be32(height) + [8, colourType, 0, 0, 0])
-            if !palette.isEmpty { png += Self.chunk("PLTE", palette.flatMap { $0 }) }
-            png += Self.chunk("IDAT", Self.zlibStored(raw))
-            png += Self.chunk("IEND", [])
-            bytes = png
-        }
-
-        static func rgb(width: Int, height: Int, _ pixel: (_ x: Int, _ y: Int) -> [UInt8]) -> PNG {
-            PNG(width: width, height: height, colourType: 2, pixel)
-        }
-
-        /// The same PNG with its IHDR claiming another size (CRC fixed, pixel data unchanged).
-        func claiming(width: Int, height: Int) -> [UInt8] {
-            var png = bytes
-            png.replaceSubrange(16..<24, with: Self.be32(width) + Self.be32(height))
-            png.replaceSubrange(29..<33, with: Self.be32(Int(Self.crc32(png[12..<29]))))
-            return png
-        }
-
-        static func be32(_ value: Int) -> [UInt8] {
-            [UInt8(truncatingIfNeeded: value >> 24), UInt8(truncatingIfNeeded: value >> 16), UInt8(truncatingIfNeeded: value >> 8), UInt8(truncatingIfNeeded: value)]
-        }
-
-        static func chunk(_ type: String, _ data: [UInt8]) -> [UInt8] {
-            let typed = Array(type.utf8) + data
-            return be32(data.count) + typed + be32(Int(crc32(typed[...])))
-        }
-
-        static func zlibStored(_ data: [UInt8]) -> [UInt8] {
-            var out: [UInt8] = [0x78, 0x01]
-            var rest = data[...]
-            repeat {
-                let block = rest.prefix(65_535)
-                rest = rest.dropFirst(block.count)
-                let count = block.count
-                out += [rest.isEmpty ? 1 : 0, UInt8(count & 0xff), UInt8(count >> 8), UInt8(~count & 0xff), UInt8((~count >> 8) & 0xff)]
-                out += block
-            } while !rest.isEmpty
-            var a: UInt32 = 1
-            var b: UInt32 = 0
-            for byte in data {
-                a = (a + UInt32(byte)) % 65_521
-                b = (b + a) % 65_521
-            }
-            return out + be32(Int(b << 16 | a))
-        }
-
-        static let crcTable: [UInt32] = (0..<256).map { (n: UInt32) -> UInt32 in
-            var c = n
-            for _ in 0..<8 { c = c & 1 == 1 ? 0xedb8_8320 ^ (c >> 1) : c >> 1 }
-            return c
-        }
-
-        static func crc32(_ bytes: ArraySlice<UInt8>) -> UInt32 {
-            var crc: UInt32 = 0xffff_ffff
-            for byte in bytes { crc = crcTable[Int((crc ^ UInt32(byte)) & 0xff)] ^ (crc >> 8) }
-            return ~crc
-        }
-    }
-
-    // MARK: raw TCP server
-
-    /// A bare TCP server on 127.0.0.1 that answers each connection, once it has received anything, with fixed
-    /// bytes (or never), then closes it (or keeps it open): for responses no HTTP server would send.
-    final class RawServer: Sendable {
-        let port: Int
-        private let server: any Channel
-        private let accepted: ChildList
-
-        private init(port: Int, server: any Channel, accepted: ChildList) {
-            self.port = port
-            self.server = server
-            self.accepted = accepted
-        }
-
-        static func start(response: [UInt8]?, closeAfterResponse: Bool = true) async throws -> RawServer {
-            let accepted = ChildList()
-            let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelInitializer { channel in
-                    accepted.add(channel)
-                    return channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(Responder(response: response, closeAfterResponse: closeAfterResponse))
-                    }
-                }
-                .bind(host: "127.0.0.1", port: 0)
-                .get()
-            return RawServer(port: server.localAddress?.port ?? 0, server: server, accepted: accepted)
-        }
-
-        func close() {
-            server.close(promise: nil)
-            for channel in accepted.all { channel.close(promise: nil) }
-        }
-    }
-
-    final class ChildList: Sendable {
-        private let channels = Mutex<[any Channel]>([])
-        func add(_ channel: any Channel) { channels.withLock { $0.append(channel) } }
-        var all: [any Channel] { channels.withLock { $0 } }
-    }
-
-    final class Responder: ChannelInboundHandler {
-        typealias InboundIn = ByteBuffer
-        typealias OutboundOut = ByteBuffer
-        let response: [UInt8]?
-        let closeAfterResponse: Bool
-        var responded = false
-
-        init(response: [UInt8]?, closeAfterResponse: Bool) {
-            self.response = response
-            self.closeAfterResponse = closeAfterResponse
-        }
-
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            guard !responded, let response else { return }
-            responded = true
-            let close = closeAfterResponse
-            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: response))).whenComplete { _ in
-                if close { loopBound.value.close(promise: nil) }
-            }
-        }
-
-        func errorCaught(context: ChannelHandlerContext, error: any Error) {
-            context.close(promise: nil)
-        }
-    }
 
     static func rawResponse(headers: [(String, String)], body: [UInt8]) -> [UInt8] {
         var head = "HTTP/1.1 200 OK\r\n"

@@ -1,6 +1,12 @@
 import Foundation
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// The request body parser: exactly RFC 8259, and numbers beyond a double kept as values.
 @Suite struct JSONParserTests {

@@ -5,15 +5,21 @@ import Logging
 import PostgresNIO
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// Several nodes on one store: each running task is held under its node's lease, only that node may record
 /// its end, and a lease that runs out gives the task back to the queue (or fails it) from any node.
 @Suite struct LeaseTests {
     static let lease = Duration.seconds(30)
 
-    @Test(arguments: StoreKind.allCases)
-    func onlyTheHoldingNodeRenewsRecordsAndEndsATask(_ kind: StoreKind) async throws {
-        try await withStore(kind) { store in
+    @Test(arguments: QueueKind.allCases)
+    func onlyTheHoldingNodeRenewsRecordsAndEndsATask(_ kind: QueueKind) async throws {
+        try await withQueue(kind) { store in
             for id in ["a", "b"] { try await store.enqueue(TaskStoreTests.record(id), maxQueued: 10) }
             let a = try #require(try await store.claimNext(node: "node-a", lease: Self.lease))
             let b = try #require(try await store.claimNext(node: "node-b", lease: Self.lease))
@@ -37,9 +43,9 @@ import Testing
         }
     }
 
-    @Test(arguments: StoreKind.allCases)
-    func expiredLeasesAreRequeuedThenFailedAndTheOldNodeCannotFinish(_ kind: StoreKind) async throws {
-        try await withStore(kind) { store in
+    @Test(arguments: QueueKind.allCases)
+    func expiredLeasesAreRequeuedThenFailedAndTheOldNodeCannotFinish(_ kind: QueueKind) async throws {
+        try await withQueue(kind) { store in
             try await store.enqueue(TaskStoreTests.record("t"), maxQueued: 10)
             try await store.enqueue(TaskStoreTests.record("live"), maxQueued: 10)
             _ = try await store.claimNext(node: "node-a", lease: .seconds(5))
@@ -53,13 +59,13 @@ import Testing
             #expect(requeued.status == .inQueue && requeued.lease == nil && requeued.attempts == 1)
             #expect(try await store.task(id: "live")?.status == .inProgress)
 
-            // node-a comes back from a partition: its result no longer counts, its heartbeat finds the task gone.
+            // Claimed again by node-c before node-a comes back from its partition: node-a's result no longer
+            // counts, and its heartbeat finds the task gone.
+            #expect(try await store.claimNext(node: "node-c", lease: .seconds(5))?.id == "t")
             #expect(try await store.finish(id: "t", node: "node-a", outcome: .succeeded(TaskStoreTests.result)) == .notRunning)
             #expect(try await store.renewLeases(node: "node-a", ids: ["t"], lease: Self.lease).isEmpty)
 
-            // Claimed again by node-c, whose lease also runs out: the second attempt was the last.
-            #expect(try await store.claimNext(node: "node-c", lease: .seconds(5))?.id == "t")
-            #expect(try await store.renewLeases(node: "node-a", ids: ["t"], lease: Self.lease).isEmpty)
+            // node-c's lease also runs out: the second attempt was the last.
             let outcomes = try await store.requeueExpiredLeases(maxAttempts: 2, now: later)
             guard case .failed(let reason) = outcomes["t"] else {
                 Issue.record("expected the task to fail, got \(outcomes)")
@@ -70,10 +76,37 @@ import Testing
         }
     }
 
+    /// A node cut off from the store for longer than its lease, whose task nobody claimed meanwhile: its
+    /// heartbeat takes the task back, or its result is recorded, whichever reaches the store first. A
+    /// failure from that attempt does not end the task.
+    @Test(arguments: QueueKind.allCases)
+    func aTaskTakenFromACutOffNodeIsItsOwnAgainUntilAnotherClaimsIt(_ kind: QueueKind) async throws {
+        try await withQueue(kind) { store in
+            for id in ["beat", "result", "failure"] {
+                try await store.enqueue(TaskStoreTests.record(id), maxQueued: 10)
+                _ = try await store.claimNext(node: "node-a", lease: .seconds(5))
+            }
+            let later = Date().addingTimeInterval(60)
+            #expect(try await store.requeueExpiredLeases(maxAttempts: 3, now: later).count == 3)
+
+            #expect(try await store.renewLeases(node: "node-a", ids: ["beat"], lease: Self.lease) == ["beat"])
+            let back = try #require(try await store.task(id: "beat"))
+            #expect(back.status == .inProgress && back.lease?.node == "node-a" && back.attempts == 1)
+
+            #expect(try await store.finish(id: "result", node: "node-a", outcome: .succeeded(TaskStoreTests.result)) == .ended(.succeed))
+            #expect(try await store.task(id: "result")?.result == TaskStoreTests.result)
+
+            #expect(try await store.finish(id: "failure", node: "node-a", outcome: .failed(reason: "lost")) == .notRunning)
+            #expect(try await store.task(id: "failure")?.status == .inQueue)
+            // Another node's result for it never counts.
+            #expect(try await store.finish(id: "failure", node: "node-b", outcome: .succeeded(TaskStoreTests.result)) == .notRunning)
+        }
+    }
+
     /// A restarted node (same name) takes back its own tasks at once; another node's are left to their lease.
-    @Test(arguments: StoreKind.allCases)
-    func recoveryTakesBackOnlyTheNodesOwnTasks(_ kind: StoreKind) async throws {
-        try await withStore(kind) { store in
+    @Test(arguments: QueueKind.allCases)
+    func recoveryTakesBackOnlyTheNodesOwnTasks(_ kind: QueueKind) async throws {
+        try await withQueue(kind) { store in
             for id in ["mine", "theirs"] { try await store.enqueue(TaskStoreTests.record(id), maxQueued: 10) }
             _ = try await store.claimNext(node: "node-a", lease: Self.lease)
             _ = try await store.claimNext(node: "node-b", lease: Self.lease)
@@ -84,9 +117,9 @@ import Testing
     }
 
     /// A running task its client cancelled ends Cancelled when its node's lease runs out, never requeued.
-    @Test(arguments: StoreKind.allCases)
-    func anExpiredCancelledTaskEndsCancelled(_ kind: StoreKind) async throws {
-        try await withStore(kind) { store in
+    @Test(arguments: QueueKind.allCases)
+    func anExpiredCancelledTaskEndsCancelled(_ kind: QueueKind) async throws {
+        try await withQueue(kind) { store in
             try await store.enqueue(TaskStoreTests.record("c"), maxQueued: 10)
             _ = try await store.claimNext(node: "node-a", lease: .seconds(5))
             #expect(try await store.cancel(id: "c", ownerKeyHash: "owner") == .cancelRequested)
@@ -96,11 +129,11 @@ import Testing
     }
 
     /// Two reapers at once (two nodes) over the same expired tasks: each task is taken back exactly once.
-    @Test(arguments: StoreKind.allCases)
-    func concurrentReapersTakeEachTaskOnce(_ kind: StoreKind) async throws {
-        try await withStoreDatabase(kind) { database in
-            try await database.withStore { first in
-                try await database.withStore { second in
+    @Test(arguments: QueueKind.allCases)
+    func concurrentReapersTakeEachTaskOnce(_ kind: QueueKind) async throws {
+        try await withQueueDatabase(kind) { database in
+            try await database.withQueue { first in
+                try await database.withQueue { second in
                     for index in 0..<8 { try await first.enqueue(TaskStoreTests.record("r\(index)"), maxQueued: 100) }
                     for _ in 0..<8 { _ = try await first.claimNext(node: "gone", lease: .seconds(1)) }
                     let later = Date().addingTimeInterval(60)
@@ -146,7 +179,7 @@ import Testing
     }
 
     /// Enqueues and cancels notify the channel, so a listening node wakes without polling.
-    @Test func enqueueRequeueAndCancelNotifyListeners() async throws {
+    @Test func enqueueRequeueCancelAndDeleteNotifyListeners() async throws {
         try await withFreshPostgresDatabase { endpoint in
             try await withPostgresStore(endpoint) { store in
                 let connection = try await PostgresConnection.connect(
@@ -155,20 +188,29 @@ import Testing
                     logger: TestCluster.logger
                 )
                 defer { Task { try? await connection.close() } }
-                let events = try await connection.listen(on: PostgresTaskStore.notificationChannel) { notifications in
+                let events: [String] = try await connection.listen(on: PostgresTaskStore.notificationChannel) { notifications -> [String] in
                     try await store.enqueue(TaskStoreTests.record("n"), maxQueued: 10)
                     _ = try await store.claimNext(node: "node-a", lease: Self.lease)
                     _ = try await store.requeue(id: "n", node: "node-a", maxAttempts: 5, reason: "x", countAttempt: false)
                     _ = try await store.claimNext(node: "node-a", lease: Self.lease)
                     _ = try await store.cancel(id: "n", ownerKeyHash: "owner")
+                    // Deleting a running task stops it as a cancel does: its node is told at once, not at
+                    // its next poll.
+                    try await store.enqueue(TaskStoreTests.record("d"), maxQueued: 10)
+                    _ = try await store.claimNext(node: "node-a", lease: Self.lease)
+                    let deleted = try await (store as any TaskListing).deleteTask(id: "d", ownerKeyHash: "owner")
+                    guard case .stopping = deleted else {
+                        Issue.record("deleting a running task answered \(deleted)")
+                        return []
+                    }
                     var received: [String] = []
                     for try await notification in notifications {
                         received.append(notification.payload)
-                        if received.count == 3 { break }
+                        if received.count == 5 { break }
                     }
                     return received
                 }
-                #expect(events == ["queued", "queued", "cancel"])
+                #expect(events == ["queued", "queued", "cancel", "queued", "cancel"])
             }
         }
     }

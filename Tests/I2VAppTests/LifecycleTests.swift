@@ -8,6 +8,12 @@ import HummingbirdTesting
 import NIOCore
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// Task lifecycle with a test double for the worker: queue positions, the concurrency cap, cancel,
 /// results, downloads and expiry.
@@ -201,6 +207,40 @@ import Testing
                 let metrics = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
                 #expect(metrics.contains(#"i2v_task_outcomes_total{status="Cancelled"} 1"#), "\(metrics)")
                 #expect(!metrics.contains(#"i2v_task_outcomes_total{status="Succeed"}"#))
+            }
+        }
+    }
+
+    /// One client's cancel must not cost another client's job its progress: with two jobs on one worker,
+    /// a cancelled job stuck in a phase that does not look at cancels is recorded Cancelled when its grace
+    /// runs out, and the worker is not restarted; the other job finishes from where it was, once.
+    @Test func aCancelThatOutlivesItsGraceNeverRestartsAWorkerRunningAnotherClientsJob() async throws {
+        let directory = try TemporaryDirectory()
+        let worker = FakeWorker(stepDuration: .milliseconds(2))
+        await worker.setHoldsAfterLastStep(true)
+        let app = try await makeTestApp(dataDir: directory.url, worker: worker, ["i2v.cancelGraceSeconds": 0.5])
+        try await withImageServer { base in
+            try await app.test(.router) { client in
+                let a = try await client.submit(imageURL: "\(base)/image.png")
+                let b = try await client.submit(imageURL: "\(base)/image.png", key: TestKeys.bob)
+                try #require(await eventually("both jobs in their decode") { await worker.heldAfterLastStep == [a, b] })
+
+                #expect(try await client.post("/video/cancel", json: #"{"requestId":"\#(a)"}"#).status == .ok)
+                let cancelled = try await client.waitFor(a, status: "Cancelled")
+                #expect(cancelled["status"] as? String == "Cancelled", "\(cancelled)")
+                #expect(await worker.restarts.isEmpty)
+                #expect(try await client.status(b, key: TestKeys.bob)["status"] as? String == "InProgress")
+
+                await worker.releaseHeldJobs()
+                let done = try await client.waitFor(b, status: "Succeed", key: TestKeys.bob)
+                #expect(done["status"] as? String == "Succeed", "\(done)")
+                #expect(await worker.started.filter { $0 == b }.count == 1)
+                // The cancelled job's video, made after all, is discarded; its task stays Cancelled.
+                try #require(await eventually("the cancelled job's video removed") {
+                    let videos = (try? FileManager.default.contentsOfDirectory(atPath: directory.url.appending(path: "videos").path)) ?? []
+                    return videos.count == 1
+                })
+                #expect(try await client.status(a)["status"] as? String == "Cancelled")
             }
         }
     }

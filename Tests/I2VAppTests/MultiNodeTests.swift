@@ -4,6 +4,12 @@ import NIOCore
 import NIOHTTP1
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// Several nodes as an operator runs them: two `i2v-server api` and two `i2v-server worker` processes (the
 /// built binary, the demo model on the CPU) on one PostgreSQL database and one data dir. The processes are
@@ -56,6 +62,16 @@ private final class Cluster: @unchecked Sendable {
         for name in ["api-1", "api-2"] { try start(name, role: "api") }
         for name in ["worker-1", "worker-2"] { try start(name, role: "worker") }
         for name in ["api-1", "api-2", "worker-1", "worker-2"] { try await waitUntilReady(name) }
+
+        // The Python worker does not inherit its node's secrets (API keys, database URL), and runs this
+        // checkout's worker code, not whatever the shared venv has installed. Read from a real node process:
+        // a test that set them in its own environment would race with the processes other tests start.
+        let ready = try await get("worker-1", "/ready")
+        let pid = try #require(ready.body["worker_pid"] as? Int, "\(ready.body)")
+        let environment = try String(decoding: Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/environ")), as: UTF8.self)
+        #expect(environment.contains("I2V_MODEL_PATH="), "read the worker's environment")
+        #expect(!environment.contains(TestKeys.alice) && !environment.contains(databaseURL))
+        #expect(environment.contains("PYTHONPATH=\(repositoryRoot.appending(path: "worker").path)"))
 
         // Jobs submitted through both API nodes all succeed, and both worker nodes ran some of them.
         var ids: [String] = []

@@ -6,6 +6,12 @@ import MultipartKit
 import NIOCore
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 @testable import ImageIntake
 
 /// `/v1/videos`, OpenAI's videos API, with a fake worker: the same tasks as the seed's API, OpenAI's objects

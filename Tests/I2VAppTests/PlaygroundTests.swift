@@ -4,6 +4,12 @@ import Hummingbird
 import HummingbirdTesting
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// `GET /` serves the playground: one page, self-contained, with every control labelled. What it does in a
 /// browser is tested with a real Chromium in tests/clients/test_playground.py.

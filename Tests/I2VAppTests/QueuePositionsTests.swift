@@ -2,6 +2,12 @@ import Foundation
 import Synchronization
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// Status polls place a queued task by its `seq` in the queue's order, read once and shared, instead of
 /// counting the queue on every poll.

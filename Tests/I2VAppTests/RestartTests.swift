@@ -6,6 +6,12 @@ import Hummingbird
 import HummingbirdTesting
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// The store is the truth: stopping the app mid-queue and starting it again on the same SQLite file
 /// finishes every task.

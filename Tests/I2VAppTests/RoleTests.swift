@@ -4,6 +4,12 @@ import Hummingbird
 import HummingbirdTesting
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// The node roles, in process: what each one serves, what it refuses, and an API node's answers while the
 /// database is away. (Several nodes as separate processes: MultiNodeTests.)
@@ -91,7 +97,13 @@ import Testing
                 try await apiAgain.test(.router) { client in
                     #expect(try await client.execute(uri: "/ready", method: .get).status == .serviceUnavailable)
                     try await withPostgresStore(endpoint) { try await $0.recordHeartbeat(Self.node("gpu-box-2", heartbeatAt: Date())) }
-                    let ready = try await client.execute(uri: "/ready", method: .get)
+                    // The API node reads the registry through a cache of about a second, so the new node shows
+                    // within that.
+                    var ready = try await client.execute(uri: "/ready", method: .get)
+                    _ = await eventually("the API node ready after a heartbeat") {
+                        ready = (try? await client.execute(uri: "/ready", method: .get)) ?? ready
+                        return ready.status == .ok
+                    }
                     #expect(ready.status == .ok)
                     let body = try ready.jsonObject()
                     #expect(body["role"] as? String == "api" && body["node"] as? String == "front-1" && body["workers"] == nil)

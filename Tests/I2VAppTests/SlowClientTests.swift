@@ -6,6 +6,12 @@ import NIOCore
 import NIOPosix
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// Clients that connect and then dawdle must not take the server from everyone else. These tests talk
 /// to a live loopback server over raw sockets, as such clients do.

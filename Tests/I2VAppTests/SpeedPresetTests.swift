@@ -4,6 +4,12 @@ import Hummingbird
 import HummingbirdTesting
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// The speed preset: every worker of a node gets the settings as they were set, and `/models` and `/ready` show what
 /// the workers report they turned on.
@@ -32,14 +38,12 @@ import Testing
 
     @Test func modelsAndReadyShowWhatTheWorkerTurnedOn() async throws {
         let directory = try TemporaryDirectory()
-        let store = try SQLiteTaskStore(path: directory.url.appending(path: "tasks.sqlite").path)
         let speed = WorkerSpeed(preset: "turbo", compiled: true, lora: "turbo.safetensors", inferSteps: 4, guidanceScale: 1.0)
-        let operations = OperationsController(
-            store: store, worker: ReportingWorker(speed: speed), supervisor: nil,
-            catalog: ModelCatalog(models: [ServedModel(id: "m", nativeArea: 15_360)]), metrics: ServiceMetrics()
+        let parts = try await buildNode(
+            configuration: testConfiguration(dataDir: directory.url),
+            overrides: AppOverrides(worker: ReportingWorker(speed: speed), catalog: ModelCatalog(models: [ServedModel(id: "m", nativeArea: 15_360)]))
         )
-        let router = Router(context: AppRequestContext.self)
-        operations.addRoutes(to: router)
+        let router = parts.router
         try await Application(router: router).test(.router) { client in
             let models = try await client.execute(uri: "/models", method: .get)
             let model = try #require((try models.jsonObject()["models"] as? [[String: Any]])?.first)

@@ -1,6 +1,12 @@
 import Foundation
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// The worker registry, idempotency keys and the estimates' measurements, against both stores.
 @Suite struct TaskStoreRegistryTests {

@@ -4,9 +4,16 @@ import Hummingbird
 import HummingbirdTesting
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
-/// Every store case runs against both stores: SQLite, and PostgreSQL on the test cluster (skipped without
-/// one, a failure under `I2V_TEST_STRICT=1`).
+/// The store contract: every case runs against SQLite and PostgreSQL on the test cluster (skipped without
+/// one, a failure under `I2V_TEST_STRICT=1`), and the cases of the queue port against the in-memory queue
+/// too.
 @Suite struct TaskStoreTests {
     static func record(_ id: String, owner: String = "owner") -> TaskRecord {
         TaskRecord(
@@ -26,9 +33,9 @@ import Testing
 
     static let result = TaskResult(videoName: "v", width: 16, height: 16, numFrames: 5, fps: 16, inferenceSeconds: 1, encodeSeconds: 0)
 
-    @Test(arguments: StoreKind.allCases)
-    func fifoClaimsPositionsAndTheQueueCap(_ kind: StoreKind) async throws {
-        try await withStore(kind) { store in
+    @Test(arguments: QueueKind.allCases)
+    func fifoClaimsPositionsAndTheQueueCap(_ kind: QueueKind) async throws {
+        try await withQueue(kind) { store in
             for index in 0..<3 { try await store.enqueue(Self.record("t\(index)"), maxQueued: 3) }
             await #expect(throws: QueueFullError.self) { try await store.enqueue(Self.record("t3"), maxQueued: 3) }
             #expect(try await store.queuePosition(id: "t2") == 3)
@@ -45,15 +52,15 @@ import Testing
         }
     }
 
-    @Test(arguments: StoreKind.allCases)
-    func recoveryRequeuesOnceThenFails(_ kind: StoreKind) async throws {
-        try await withStoreDatabase(kind) { database in
-            try await database.withStore { store in
+    @Test(arguments: QueueKind.allCases)
+    func recoveryRequeuesOnceThenFails(_ kind: QueueKind) async throws {
+        try await withQueueDatabase(kind) { database in
+            try await database.withQueue { store in
                 try await store.enqueue(Self.record("a"), maxQueued: 10)
                 _ = try await store.claimNext(node: Self.node, lease: Self.lease)
             }
             // A new process opens the same database: the running task goes back to the queue, once.
-            try await database.withStore { reopened in
+            try await database.withQueue { reopened in
                 #expect(try await reopened.recoverInterrupted(node: Self.node, maxAttempts: 2) == ["a": .requeued])
                 let requeued = try await reopened.task(id: "a")
                 #expect(requeued?.status == .inQueue && requeued?.startedAt == nil && requeued?.progressStep == nil)
@@ -71,9 +78,9 @@ import Testing
         }
     }
 
-    @Test(arguments: StoreKind.allCases)
-    func requeueCountsAttemptsUnlessToldNotTo(_ kind: StoreKind) async throws {
-        try await withStore(kind) { store in
+    @Test(arguments: QueueKind.allCases)
+    func requeueCountsAttemptsUnlessToldNotTo(_ kind: QueueKind) async throws {
+        try await withQueue(kind) { store in
             try await store.enqueue(Self.record("a"), maxQueued: 10)
             try await store.enqueue(Self.record("b"), maxQueued: 10)
             #expect(try await store.requeue(id: "a", node: Self.node, maxAttempts: 1, reason: "x", countAttempt: true) == .notRunning)
@@ -90,9 +97,9 @@ import Testing
         }
     }
 
-    @Test(arguments: StoreKind.allCases)
-    func cancelOutcomesAndOwnership(_ kind: StoreKind) async throws {
-        try await withStore(kind) { store in
+    @Test(arguments: QueueKind.allCases)
+    func cancelOutcomesAndOwnership(_ kind: QueueKind) async throws {
+        try await withQueue(kind) { store in
             try await store.enqueue(Self.record("q"), maxQueued: 10)
             try await store.enqueue(Self.record("r"), maxQueued: 10)
             #expect(try await store.cancel(id: "q", ownerKeyHash: "someone else") == .notFound)
@@ -113,9 +120,9 @@ import Testing
 
     /// A cancel acknowledged with 200 is a promise: a result that arrives afterwards (the worker was past its
     /// last step, decoding or encoding) still ends the task Cancelled, with no result kept.
-    @Test(arguments: StoreKind.allCases)
-    func aResultAfterAnAcknowledgedCancelEndsCancelled(_ kind: StoreKind) async throws {
-        try await withStore(kind) { store in
+    @Test(arguments: QueueKind.allCases)
+    func aResultAfterAnAcknowledgedCancelEndsCancelled(_ kind: QueueKind) async throws {
+        try await withQueue(kind) { store in
             try await store.enqueue(Self.record("late"), maxQueued: 10)
             try await store.enqueue(Self.record("kept"), maxQueued: 10)
             _ = try await store.claimNext(node: Self.node, lease: Self.lease)
@@ -134,9 +141,9 @@ import Testing
     }
 
     /// Everything a task carries comes back as it went in, times to the last bit included.
-    @Test(arguments: StoreKind.allCases)
-    func aRecordRoundTripsEveryField(_ kind: StoreKind) async throws {
-        try await withStore(kind) { store in
+    @Test(arguments: QueueKind.allCases)
+    func aRecordRoundTripsEveryField(_ kind: QueueKind) async throws {
+        try await withQueue(kind) { store in
             var submitted = TaskRecord(
                 id: "round-trip",
                 ownerKeyHash: "hash-ü",
@@ -219,11 +226,11 @@ import Testing
     // MARK: Several nodes on one database
 
     /// Twenty claims at once, from two stores (two nodes), over ten tasks: every task goes to exactly one claim.
-    @Test(arguments: StoreKind.allCases)
-    func concurrentClaimsNeverShareATask(_ kind: StoreKind) async throws {
-        try await withStoreDatabase(kind) { database in
-            try await database.withStore { first in
-                try await database.withStore { second in
+    @Test(arguments: QueueKind.allCases)
+    func concurrentClaimsNeverShareATask(_ kind: QueueKind) async throws {
+        try await withQueueDatabase(kind) { database in
+            try await database.withQueue { first in
+                try await database.withQueue { second in
                     for index in 0..<10 { try await first.enqueue(Self.record("c\(index)"), maxQueued: 100) }
                     // Open the pools' connections first, so that the claims below really overlap.
                     try await withThrowingTaskGroup(of: Void.self) { group in
@@ -274,11 +281,11 @@ import Testing
     }
 
     /// Twenty submits at once, from two stores, against a cap of five: exactly five get in.
-    @Test(arguments: StoreKind.allCases)
-    func theQueueCapHoldsUnderConcurrentEnqueues(_ kind: StoreKind) async throws {
-        try await withStoreDatabase(kind) { database in
-            try await database.withStore { first in
-                try await database.withStore { second in
+    @Test(arguments: QueueKind.allCases)
+    func theQueueCapHoldsUnderConcurrentEnqueues(_ kind: QueueKind) async throws {
+        try await withQueueDatabase(kind) { database in
+            try await database.withQueue { first in
+                try await database.withQueue { second in
                     let accepted = try await withThrowingTaskGroup(of: Bool.self) { group in
                         for index in 0..<20 {
                             let store = index.isMultiple(of: 2) ? first : second

@@ -6,6 +6,12 @@ import NIOCore
 import NIOPosix
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// Byte ranges, HEAD and conditional requests on `/videos/<id>.mp4`: the range parser on its own, the
 /// GET/HEAD decision on its own, then the same cases over a real loopback connection.

@@ -2,6 +2,12 @@ import Foundation
 import GRDB
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// The outbox against both stores (PostgreSQL on the test cluster: skipped without one, a failure under
 /// `I2V_TEST_STRICT=1`).

@@ -8,6 +8,12 @@ import Logging
 import NIOCore
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// A loopback receiver: records every delivery and answers each message (by webhook-id) with the statuses it
 /// is given, in turn (the last one repeats). A stalled receiver holds each request until it is released.

@@ -5,6 +5,12 @@ import HummingbirdTesting
 import Logging
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// A node with several workers: where tasks go, and what one worker's trouble does (and does not do) to
 /// the others. Jobs held after their last step stay running until the test lets them go, so what runs

@@ -2,6 +2,7 @@ import Hummingbird
 import Synchronization
 import NIOCore
 import NIOPosix
+import I2VTestSupport
 import Testing
 
 @testable import ImageIntake

@@ -1,4 +1,5 @@
 import CVips
+import I2VTestSupport
 import Testing
 
 @testable import ImageIntake
@@ -143,7 +144,7 @@ enum TestImages {
                 png[offset + index] = UInt8(truncatingIfNeeded: value >> UInt32(24 - 8 * index))
             }
         }
-        let crc = crc32(png[12..<29])
+        let crc = PNG.crc32(png[12..<29])
         for index in 0..<4 {
             png[29 + index] = UInt8(truncatingIfNeeded: crc >> UInt32(24 - 8 * index))
         }
@@ -162,17 +163,6 @@ enum TestImages {
             return jpeg
         }
         fatalError("no SOF0 marker")
-    }
-
-    static func crc32<C: Collection>(_ bytes: C) -> UInt32 where C.Element == UInt8 {
-        var crc: UInt32 = 0xffff_ffff
-        for byte in bytes {
-            crc ^= UInt32(byte)
-            for _ in 0..<8 {
-                crc = crc & 1 == 1 ? (crc >> 1) ^ 0xedb8_8320 : crc >> 1
-            }
-        }
-        return ~crc
     }
 }
 

@@ -10,6 +10,7 @@ that every job ended Succeed. efficiency(N) = rate(N) / (N × rate(1))."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -109,7 +110,7 @@ def start_cluster(ctx: Context, n: int, mode: str, database_url: str, events: Pa
             role="worker",
             data=data,
             extra={**common, "I2V_DEVICES": "cpu", "I2V_MAX_CONCURRENT": "1"},
-        )  # fmt: skip
+        )
         for i in range(n)
     ]
     return Cluster(api=api, worker_nodes=workers, nodes=[api, *workers])
@@ -193,7 +194,7 @@ def rate_from_events(events: list[dict[str, Any]], n: int) -> dict[str, Any]:
     for event in events:
         by_worker.setdefault(event["worker"], []).append(event)
     for worker_events in by_worker.values():
-        for earlier, later in zip(worker_events, worker_events[1:], strict=False):
+        for earlier, later in itertools.pairwise(worker_events):
             if earlier["event"] == "done" and later["event"] == "run":
                 gaps.append(float(later["t"]) - float(earlier["t"]))
     return {"rate_per_s": rate, "window_s": window_s, "finished": len(done), "workers_seen": len(by_worker),

@@ -62,7 +62,7 @@ def bench_b6(ctx: Context) -> None:
     claims = {store.name: claim_latency(ctx, store) for store in stores}
     add_rows(ctx, stores, status, claims)
     raw.update({"fill": {s.name: s.fill for s in stores}, "status": status,
-                "claims": {name: c for name, c in claims.items()}})  # fmt: skip
+                "claims": dict(claims)})  # fmt: skip
     ctx.raw["B6"] = raw
 
 

@@ -142,7 +142,7 @@ def image_server() -> Iterator[str]:
     body = png_bytes()
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
+        def do_GET(self) -> None:  # the standard library's name
             if self.path != "/image.png":
                 self.send_error(404)
                 return

@@ -65,7 +65,7 @@ def receiver(service: Service) -> Iterator[Receiver]:
     state = Receiver(url="", secret=service.webhook_secret)
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
+        def do_POST(self) -> None:  # the standard library's name
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             headers = {name.lower(): value for name, value in self.headers.items()}
             event: dict[str, Any] | None = None

@@ -39,7 +39,7 @@ class Worker:
             try:
                 parse_line(text)  # every stdout line is a valid protocol message: no stray prints
                 self.lines.put(json.loads(text))
-            except Exception as exc:  # reported to the test through the queue
+            except Exception as exc:  # noqa: BLE001 - reported to the test through the queue
                 self.lines.put({"type": "__invalid__", "line": text, "error": str(exc)})
         self.lines.put(None)
 

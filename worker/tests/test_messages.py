@@ -152,7 +152,7 @@ def test_messages_of_a_worker_without_speed_presets_still_parse() -> None:
     ['{"preset":"warp"}', '{"preset":"fast","compiled":"yes"}', '{"preset":"fast","cache_threshold":"high"}', "[]"],
 )
 def test_a_bad_speed_object_is_a_protocol_error(speed: str) -> None:
-    with pytest.raises(ProtocolError, match="speed|preset"):
+    with pytest.raises(ProtocolError, match=r"speed|preset"):
         parse_line(
             '{"type":"ready","protocol":1,"model":{"id":"m","native_area":256,"size_multiple":16,"fps":16},'
             f'"device":"cpu","dtype":"float32","slots":1,"memory":{{"free_bytes":null,"bytes_per_token":null}},'

@@ -159,7 +159,7 @@ def test_fp8_needs_compute_capability_8_9(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     reason = fp8_support(gpu)
     assert reason is not None and "compute capability 8.0" in reason and "8.9" in reason
-    with pytest.raises(ConfigurationError, match="compute capability 8.0"):
+    with pytest.raises(ConfigurationError, match=r"compute capability 8\.0"):
         plan(Settings(model_path="/m", speed="fast", fp8="on"), gpu)
     assert not plan(Settings(model_path="/m", speed="fast"), gpu).fp8  # auto: the cache alone
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))

@@ -1,5 +1,11 @@
 import Foundation
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// A stand-in for the Python worker in unit tests: it "runs" a job by sleeping per step, reports
 /// progress, honours cancel at the next step, and writes a small file where the video goes.

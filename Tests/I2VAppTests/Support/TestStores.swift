@@ -3,6 +3,12 @@ import Logging
 import PostgresNIO
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 /// The task stores every store test runs against.
 enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
@@ -133,4 +139,39 @@ func withStoreDatabase<T>(_ kind: StoreKind, _ body: (StoreDatabase) async throw
 /// A store of `kind` on a database of its own.
 func withStore<T>(_ kind: StoreKind, _ body: (any TaskStore) async throws -> T) async throws -> T {
     try await withStoreDatabase(kind) { database in try await database.withStore(body) }
+}
+
+/// The queue port's implementations the store contract suite runs against: both stores, and the in-memory
+/// queue that holds them to the same transitions.
+enum QueueKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case sqlite
+    case postgres
+    case memory
+
+    var testDescription: String { rawValue }
+}
+
+/// One backing database of a queue kind. For the in-memory queue every "open" is the same instance, as
+/// every process sharing a database sees the same rows.
+struct QueueDatabase: Sendable {
+    let stores: StoreDatabase?
+    let memory: InMemoryTaskQueue?
+
+    func withQueue<T>(_ body: (any TaskQueue) async throws -> T) async throws -> T {
+        if let memory { return try await body(memory) }
+        return try await stores!.withStore { try await body($0) }
+    }
+}
+
+func withQueueDatabase<T>(_ kind: QueueKind, _ body: (QueueDatabase) async throws -> T) async throws -> T {
+    switch kind {
+    case .sqlite: try await withStoreDatabase(.sqlite) { try await body(QueueDatabase(stores: $0, memory: nil)) }
+    case .postgres: try await withStoreDatabase(.postgres) { try await body(QueueDatabase(stores: $0, memory: nil)) }
+    case .memory: try await body(QueueDatabase(stores: nil, memory: InMemoryTaskQueue()))
+    }
+}
+
+/// A queue of `kind` on a database of its own.
+func withQueue<T>(_ kind: QueueKind, _ body: (any TaskQueue) async throws -> T) async throws -> T {
+    try await withQueueDatabase(kind) { database in try await database.withQueue(body) }
 }

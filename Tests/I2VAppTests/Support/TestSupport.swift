@@ -7,6 +7,12 @@ import NIOCore
 import Subprocess
 import Testing
 @testable import I2VApp
+@testable import I2VCore
+@testable import I2VGPUNode
+@testable import I2VHTTP
+@testable import I2VStorePostgres
+@testable import I2VStoreSQLite
+@testable import I2VWebhooks
 
 #if canImport(System)
 import System

@@ -1,0 +1,193 @@
+import Configuration
+import Foundation
+import I2VCore
+import I2VGPUNode
+import I2VHTTP
+import I2VStorePostgres
+import I2VStoreSQLite
+import I2VWebhooks
+
+/// Everything the service reads from its environment, read once at start.
+///
+/// Keys are read under the `i2v` scope, so `apiKeys` is the environment variable `I2V_API_KEYS`.
+public struct ServiceConfiguration: Sendable {
+    public var host: String
+    public var port: Int
+    /// Plain keys from `I2V_API_KEYS`; empty means "use (or generate) the key kept in the data dir".
+    public var apiKeys: [String]
+    public var dataDirectory: URL
+    public var databaseURL: String?
+    /// How long one store call may wait for PostgreSQL before the request fails with 503.
+    public var databaseTimeout: Duration
+    /// This node's name in the shared store (`I2V_NODE_ID`); by default the host name and port, which stay
+    /// the same across restarts and differ between nodes on one machine.
+    public var nodeID: String
+    /// How long a node's claim on a running task lasts without a heartbeat (`I2V_LEASE_SECONDS`).
+    public var lease: Duration
+    /// How often a live status stream sends a comment when nothing else happened, so proxies keep it open
+    /// and a client that went away is noticed (`I2V_STREAM_KEEPALIVE_SECONDS`).
+    public var streamKeepAlive: Duration
+    /// How often a worker node reads the queue when nothing woke it (`I2V_POLL_SECONDS`).
+    public var pollInterval: Duration
+    public var publicURL: String
+    /// The node's total of jobs at once, as set; nil leaves it to the number of workers.
+    public var maxConcurrent: Int?
+    public var maxQueued: Int
+    public var videoTTL: Duration
+    public var taskRetention: Duration
+    public var sweepInterval: Duration
+    public var imageTimeout: Duration
+    public var imageMaxBytes: Int
+    public var imageMaxPixels: Int
+    public var allowPrivateImageHosts: Bool
+    public var maxBodyBytes: Int
+    /// A request head whose URL and header fields come to more than this is answered 431.
+    public var maxHeaderBytes: Int
+    /// A request head must be complete this long after its first byte (or, first on a connection, after connecting).
+    public var headerTimeout: Duration
+    /// A connection with no request in flight and nothing received for this long is closed.
+    public var idleTimeout: Duration
+    /// With this many connections open, new ones are closed as soon as they are accepted.
+    public var maxConnections: Int
+    public var submitsPerMinute: Int
+    public var maxAttempts: Int
+    public var shutdownGrace: Duration
+    public var cancelGrace: Duration
+    public var modelPath: String?
+    /// One inference worker per entry: `I2V_DEVICES`, or the single `I2V_DEVICE`.
+    public var devices: DeviceSelection
+    public var pythonExecutable: String
+    /// The worker's source folder, put first on the worker's PYTHONPATH so the server always runs the worker
+    /// of its own checkout, whatever the (shared, cached) venv has installed.
+    public var workerDirectory: URL
+    public var cpuOffload: Bool
+    public var vaeTiling: Bool
+    /// How every worker runs the model (`I2V_SPEED` and its knobs).
+    public var speed: SpeedSettings
+    public var docsAssetsDirectory: URL
+    public var logLevel: String
+    /// Webhook signing and delivery (`I2V_WEBHOOK_*`).
+    public var webhooks: WebhookSettings
+
+    public init(reader: ConfigReader) {
+        let config = reader.scoped(to: "i2v")
+        self.host = config.string(forKey: "host", default: "0.0.0.0")
+        self.port = config.int(forKey: "port", default: 8088)
+        let hostName = ProcessInfo.processInfo.hostName
+        self.nodeID = config.string(forKey: "nodeId").flatMap { $0.isEmpty ? nil : $0 } ?? "\(hostName):\(self.port)"
+        self.apiKeys = (config.string(forKey: "apiKeys", isSecret: true) ?? "")
+            .split(separator: ",")
+            .map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty }
+        self.dataDirectory = URL(
+            fileURLWithPath: config.string(forKey: "dataDir", default: "./data"),
+            isDirectory: true
+        ).standardizedFileURL
+        self.databaseURL = config.string(forKey: "databaseUrl", isSecret: true).flatMap { $0.isEmpty ? nil : $0 }
+        self.databaseTimeout = .seconds(max(0.1, config.seconds(forKey: "databaseTimeoutSeconds", default: 10)))
+        self.lease = .seconds(max(1, config.seconds(forKey: "leaseSeconds", default: 30)))
+        let postgres = self.databaseURL.map { $0.lowercased().hasPrefix("postgres") } ?? false
+        // On PostgreSQL notifications wake the node; on SQLite everything is in one process and wakes it
+        // directly. Either way the poll only covers a lost wake-up.
+        self.pollInterval = .seconds(max(0.05, config.seconds(forKey: "pollSeconds", default: postgres ? 5 : 1)))
+        let publicURL = config.string(forKey: "publicUrl", default: "http://localhost:8088")
+        self.publicURL = publicURL.hasSuffix("/") ? String(publicURL.dropLast()) : publicURL
+        self.maxConcurrent = config.int(forKey: "maxConcurrent").map { max(1, $0) }
+        self.maxQueued = max(1, config.int(forKey: "maxQueued", default: 100))
+        self.videoTTL = .seconds(max(1, config.seconds(forKey: "videoTtlSeconds", default: 3600)))
+        self.taskRetention = .seconds(max(1, config.seconds(forKey: "taskRetentionSeconds", default: 86400)))
+        self.sweepInterval = .seconds(max(0.05, config.seconds(forKey: "sweepIntervalSeconds", default: 30)))
+        self.imageTimeout = .seconds(max(0.1, config.seconds(forKey: "imageTimeoutSeconds", default: 15)))
+        self.imageMaxBytes = max(1, config.int(forKey: "imageMaxBytes", default: 20_971_520))
+        self.imageMaxPixels = max(1, config.int(forKey: "imageMaxPixels", default: 40_000_000))
+        self.allowPrivateImageHosts = config.bool(forKey: "allowPrivateImageHosts", default: false)
+        self.maxBodyBytes = max(1024, config.int(forKey: "maxBodyBytes", default: 65_536))
+        self.maxHeaderBytes = max(1024, config.int(forKey: "maxHeaderBytes", default: 16_384))
+        self.headerTimeout = .seconds(max(0.1, config.seconds(forKey: "headerTimeoutSeconds", default: 10)))
+        self.idleTimeout = .seconds(max(0.1, config.seconds(forKey: "idleTimeoutSeconds", default: 75)))
+        self.maxConnections = max(1, config.int(forKey: "maxConnections", default: defaultMaxConnections()))
+        self.submitsPerMinute = max(0, config.int(forKey: "submitsPerMinute", default: 120))
+        self.streamKeepAlive = .seconds(max(0.1, config.seconds(forKey: "streamKeepaliveSeconds", default: 15)))
+        self.maxAttempts = max(1, config.int(forKey: "maxAttempts", default: 2))
+        self.shutdownGrace = .seconds(max(0, config.seconds(forKey: "shutdownGraceSeconds", default: 30)))
+        self.cancelGrace = .seconds(max(0.1, config.seconds(forKey: "cancelGraceSeconds", default: 30)))
+        self.modelPath = config.string(forKey: "modelPath").flatMap { $0.isEmpty ? nil : $0 }
+        self.devices = DeviceSelection(devices: config.string(forKey: "devices"), device: config.string(forKey: "device"))
+        self.pythonExecutable = config.string(forKey: "python", default: ".venv/bin/python")
+        self.workerDirectory = URL(
+            fileURLWithPath: config.string(forKey: "workerDir", default: "worker"),
+            isDirectory: true
+        ).standardizedFileURL
+        self.cpuOffload = config.bool(forKey: "cpuOffload", default: false)
+        self.vaeTiling = config.bool(forKey: "vaeTiling", default: false)
+        self.speed = SpeedSettings(
+            preset: config.string(forKey: "speed"),
+            compile: config.string(forKey: "compile"),
+            cacheThreshold: config.string(forKey: "cacheThreshold"),
+            fp8: config.string(forKey: "fp8"),
+            loraPath: config.string(forKey: "loraPath")
+        )
+        self.docsAssetsDirectory = URL(
+            fileURLWithPath: config.string(forKey: "docsAssetsDir", default: ".swagger-ui"),
+            isDirectory: true
+        ).standardizedFileURL
+        self.logLevel = config.string(forKey: "logLevel", default: "info")
+        self.webhooks = WebhookSettings(config: config)
+    }
+
+    public var inputsDirectory: URL { dataDirectory.appending(path: "inputs", directoryHint: .isDirectory) }
+    public var videosDirectory: URL { dataDirectory.appending(path: "videos", directoryHint: .isDirectory) }
+    public var databaseFile: URL { dataDirectory.appending(path: "tasks.sqlite") }
+    /// Whether `I2V_DATABASE_URL` names a PostgreSQL database (otherwise the SQLite file in the data dir).
+    public var usesPostgres: Bool {
+        guard let url = databaseURL?.lowercased() else { return false }
+        return url.hasPrefix("postgres://") || url.hasPrefix("postgresql://")
+    }
+    /// Where the demo checkpoint is built when `I2V_MODEL_PATH` is not set.
+    public var demoModelDirectory: URL {
+        dataDirectory.appending(path: "models/wan2.1-i2v-demo", directoryHint: .isDirectory)
+    }
+}
+
+/// The worker's speed preset and its knobs, as set: `I2V_SPEED` (`quality`, `fast`, `turbo`), `I2V_COMPILE`,
+/// `I2V_CACHE_THRESHOLD`, `I2V_FP8` and `I2V_LORA_PATH`. The worker checks them against its device and refuses to
+/// start, saying why, on what it cannot do; the server passes them on unchanged (unset ones stay unset, so the
+/// worker's defaults apply) to every worker, so all the devices of a node run the same preset.
+public struct SpeedSettings: Sendable, Equatable {
+    public var preset: String?
+    public var compile: String?
+    public var cacheThreshold: String?
+    public var fp8: String?
+    /// Made absolute against the server's working directory, which the worker shares.
+    public var loraPath: String?
+
+    public init(preset: String? = nil, compile: String? = nil, cacheThreshold: String? = nil, fp8: String? = nil, loraPath: String? = nil) {
+        func given(_ value: String?) -> String? {
+            guard let value = value?.trimmingCharacters(in: .whitespaces), !value.isEmpty else { return nil }
+            return value
+        }
+        self.preset = given(preset)
+        self.compile = given(compile)
+        self.cacheThreshold = given(cacheThreshold)
+        self.fp8 = given(fp8)
+        self.loraPath = given(loraPath).map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+    }
+
+    /// The worker's environment variables for the settings that were given.
+    public var environment: [String: String] {
+        var environment: [String: String] = [:]
+        environment["I2V_SPEED"] = preset
+        environment["I2V_COMPILE"] = compile
+        environment["I2V_CACHE_THRESHOLD"] = cacheThreshold
+        environment["I2V_FP8"] = fp8
+        environment["I2V_LORA_PATH"] = loraPath
+        return environment
+    }
+}
+
+extension ConfigReader {
+    /// A number of seconds, written either as an integer or with a fraction (`15`, `0.5`).
+    func seconds(forKey key: ConfigKey, default defaultValue: Double) -> Double {
+        double(forKey: key) ?? int(forKey: key).map(Double.init) ?? defaultValue
+    }
+}

@@ -1,0 +1,54 @@
+import Foundation
+
+/// A model the service serves, with the limits resolution planning needs.
+public struct ServedModel: Codable, Sendable, Equatable {
+    public var id: String
+    public var nativeArea: Int
+    public var sizeMultiple: Int
+    public var fps: Int
+
+    package enum CodingKeys: String, CodingKey {
+        case id
+        case nativeArea = "native_area"
+        case sizeMultiple = "size_multiple"
+        case fps
+    }
+
+    /// Wan2.1's frame rate.
+    public static let defaultFPS = 16
+
+    public init(id: String, nativeArea: Int, sizeMultiple: Int = 16, fps: Int = defaultFPS) {
+        self.id = id
+        self.nativeArea = nativeArea
+        self.sizeMultiple = sizeMultiple
+        self.fps = fps
+    }
+}
+
+/// The served models; the first is the default. Read from the checkpoint's `i2v_model.json` (the demo
+/// checkpoint writes one) or inferred from a real checkpoint's name, the same way the worker does.
+public struct ModelCatalog: Sendable {
+    public var models: [ServedModel]
+
+    public init(models: [ServedModel]) {
+        precondition(!models.isEmpty, "a catalog serves at least one model")
+        self.models = models
+    }
+
+    public var defaultModel: ServedModel { models[0] }
+
+    public func model(id: String) -> ServedModel? {
+        models.first { $0.id.lowercased() == id.lowercased() }
+    }
+
+    public static func load(checkpoint: String) -> ModelCatalog {
+        let metadata = URL(fileURLWithPath: checkpoint).appending(path: "i2v_model.json")
+        if let data = try? Data(contentsOf: metadata), let model = try? JSONDecoder().decode(ServedModel.self, from: data) {
+            return ModelCatalog(models: [model])
+        }
+        var name = checkpoint.split(separator: "/").last.map(String.init) ?? checkpoint
+        if name.hasSuffix("-Diffusers") { name = String(name.dropLast("-Diffusers".count)) }
+        let area = name.uppercased().contains("720P") ? 921_600 : 399_360
+        return ModelCatalog(models: [ServedModel(id: name, nativeArea: area)])
+    }
+}

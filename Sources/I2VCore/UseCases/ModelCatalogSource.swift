@@ -1,0 +1,44 @@
+import Foundation
+import Synchronization
+
+/// Where a node learns the models it serves. A node with workers reads its own checkpoint; an API node loads
+/// no model, so it serves what the worker nodes announce with their heartbeats in the store.
+package final class ModelCatalogSource: Sendable {
+    private enum Source: Sendable {
+        case fixed(ModelCatalog)
+        case registry(LiveNodes)
+    }
+
+    private let source: Source
+
+    package static func fixed(_ catalog: ModelCatalog) -> ModelCatalogSource { .init(source: .fixed(catalog)) }
+
+    package static func registry(_ nodes: LiveNodes) -> ModelCatalogSource {
+        .init(source: .registry(nodes))
+    }
+
+    private init(source: Source) { self.source = source }
+
+    /// The models of the live worker nodes (the first live node's default first). While none is live, the
+    /// models of the nodes last heard from, so a submit made while the workers restart still queues; nil
+    /// when no worker node has ever registered.
+    package func current() async throws -> ModelCatalog? {
+        switch source {
+        case .fixed(let catalog):
+            return catalog
+        case .registry(let nodes):
+            let registered = try await nodes.registered()
+            let live = try await nodes.live()
+            return Self.union(live.isEmpty ? registered : live)
+        }
+    }
+
+    /// The models these nodes serve, each once, in the order the nodes come.
+    package static func union(_ nodes: [WorkerNode]) -> ModelCatalog? {
+        var models: [ServedModel] = []
+        for model in nodes.flatMap(\.models) where !models.contains(where: { $0.id == model.id }) {
+            models.append(model)
+        }
+        return models.isEmpty ? nil : ModelCatalog(models: models)
+    }
+}

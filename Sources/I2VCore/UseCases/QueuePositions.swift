@@ -1,0 +1,87 @@
+import Synchronization
+
+/// Queue positions for status polls. Counting the tasks ahead on every poll costs time in proportion to the
+/// queue's depth, and clients poll often while a deep queue drains; instead this node reads the queue's order
+/// (the `seq` of every queued task) from the store at most once per `maxAge`, shared by every poll, and a
+/// task's position is a binary search in it.
+///
+/// A position can be up to `maxAge` old: a task claimed or cancelled ahead since still counts. A task the
+/// order does not hold (submitted or requeued after it was read) makes it be read again at once, so a new
+/// task never waits for a position; one that is in neither (it left the queue meanwhile) is counted exactly.
+package final class QueuePositions: Sendable {
+    package typealias ReadOrder = @Sendable () async throws -> [Int64]
+    package typealias CountPosition = @Sendable (_ id: String) async throws -> Int?
+
+    private struct Order: Sendable {
+        var seqs: [Int64]
+        var readAt: ContinuousClock.Instant
+
+        /// 1-based place of `seq`, by binary search (the seqs are ascending).
+        func place(of seq: Int64) -> Int? {
+            var low = 0
+            var high = seqs.count
+            while low < high {
+                let middle = (low + high) / 2
+                if seqs[middle] < seq { low = middle + 1 } else { high = middle }
+            }
+            return low < seqs.count && seqs[low] == seq ? low + 1 : nil
+        }
+    }
+
+    private struct State: Sendable {
+        var order: Order?
+        /// The read in progress: polls that need a new order while one is being read wait for that one.
+        var reading: Task<Order, any Error>?
+    }
+
+    package let maxAge: Duration
+    private let readOrder: ReadOrder
+    private let countPosition: CountPosition
+    private let state = Mutex(State())
+
+    package init(maxAge: Duration = .seconds(1), readOrder: @escaping ReadOrder, countPosition: @escaping CountPosition) {
+        self.maxAge = maxAge
+        self.readOrder = readOrder
+        self.countPosition = countPosition
+    }
+
+    package convenience init(store: any TaskQueue & TaskListing, maxAge: Duration = .seconds(1)) {
+        self.init(
+            maxAge: maxAge,
+            readOrder: { try await store.queueSeqs() },
+            countPosition: { try await store.queuePosition(id: $0) }
+        )
+    }
+
+    /// The place (1 = next to run) of the queued task `id`, whose `seq` the caller has just read.
+    package func position(of id: String, seq: Int64) async throws -> Int? {
+        let now = ContinuousClock.now
+        if let order = state.withLock({ $0.order }), now - order.readAt < maxAge, let place = order.place(of: seq) {
+            return place
+        }
+        if let place = try await freshOrder().place(of: seq) {
+            return place
+        }
+        return try await countPosition(id)
+    }
+
+    private func freshOrder() async throws -> Order {
+        let reading = state.withLock { state in
+            if let reading = state.reading { return reading }
+            let reading = Task { [readOrder] in
+                let readAt = ContinuousClock.now
+                return Order(seqs: try await readOrder(), readAt: readAt)
+            }
+            state.reading = reading
+            return reading
+        }
+        let result = await reading.result
+        state.withLock { state in
+            if state.reading == reading { state.reading = nil }
+            if case .success(let order) = result, state.order.map({ order.readAt > $0.readAt }) ?? true {
+                state.order = order
+            }
+        }
+        return try result.get()
+    }
+}

@@ -1,0 +1,212 @@
+import Foundation
+import ImageIntake
+import Logging
+
+/// Why a submit was not queued. The API answers each with its own status; none of them queued anything.
+package enum SubmitFailure: Error, Sendable, Equatable {
+    /// The key used up its submits; `retryAfter` seconds until the next one.
+    case rateLimited(perMinute: Int, retryAfter: Int)
+    case queueFull(queued: Int)
+    case modelNotServed(String)
+    case unusableImage(ImageIntakeError)
+    /// The device cannot hold the job at all (known before it is queued).
+    case tooBigForDevice(width: Int, height: Int, frames: Int, neededBytes: Int, freeBytes: Int)
+    /// An API node with no worker node registered in the store knows no model to validate against.
+    case noWorkerNode
+    /// The `Idempotency-Key` was used within the day for a different request.
+    case idempotencyKeyReused
+    /// The `Idempotency-Key` header is empty, too long or not printable ASCII.
+    case invalidIdempotencyKey
+    /// The webhook URL may not be called (scheme, host, a blocked address, a host that does not resolve).
+    case unusableWebhook(OutboundRefusal)
+
+    package static let noWorkerNodeReason = "no worker node has registered with the task queue yet: start an `i2v-server worker` on the same database"
+}
+
+/// Takes a validated submit to a queued task: rate limit, queue cap, image intake, the device-memory
+/// admission, the input file, the seed, and the enqueue. Every API that creates tasks goes through it.
+package struct SubmitTask: Sendable {
+    package struct Limits: Sendable {
+        package var maxQueued: Int
+        package var submitsPerMinute: Int
+        /// How long a submit may take from taking its idempotency key to queuing its task (the image
+        /// download is most of it); a reservation older than that belongs to a submit that died.
+        package var idempotencyPatience: Duration = .seconds(90)
+    }
+
+    /// How long an `Idempotency-Key` names its task.
+    package static let idempotencyWindow: TimeInterval = 86_400
+
+    /// The task a submit created, or the one an earlier submit with the same idempotency key created.
+    package struct Submitted: Sendable, Equatable {
+        package var id: String
+        package var replayed: Bool
+    }
+
+    package let queue: any TaskQueue
+    package let guards: any SubmitGuards
+    package let media: MediaStore
+    package let intake: ImageIntake
+    package let models: ModelCatalogSource
+    package let queueChanged: DispatchSignal
+    /// The free device memory and the cost per latent token, where the node can tell them.
+    package let deviceMemory: @Sendable () async -> DeviceMemory?
+    package let metrics: ServiceMetrics
+    package let limits: Limits
+
+    /// Charged before the body is even read, so a key over its rate costs the service little. The bucket is
+    /// in the store, so a key has one rate however many API nodes it reaches.
+    package func admit(owner: String) async throws {
+        if let retryAfter = try await guards.takeSubmitToken(owner: owner, perMinute: limits.submitsPerMinute, now: Date()) {
+            throw SubmitFailure.rateLimited(perMinute: limits.submitsPerMinute, retryAfter: retryAfter)
+        }
+    }
+
+    /// What can be asked for now.
+    package func servedModels() async throws -> ModelCatalog {
+        guard let catalog = try await models.current() else { throw SubmitFailure.noWorkerNode }
+        return catalog
+    }
+
+    /// Queues the task. With an idempotency key, the same key and request within a day give back the first
+    /// submit's task, from any API node, even while that submit is still downloading its image: the key is
+    /// reserved in the store before anything else happens, and a second submit waits for the first.
+    package func callAsFunction(_ submission: Submission, owner: String, idempotencyKey: String? = nil, logger: Logger) async throws -> Submitted {
+        guard let idempotencyKey else {
+            return Submitted(id: try await queue(submission, id: RandomIdentifier.hex128(), owner: owner, logger: logger), replayed: false)
+        }
+        guard (1...255).contains(idempotencyKey.utf8.count), idempotencyKey.utf8.allSatisfy({ (0x21...0x7e).contains($0) }) else {
+            throw SubmitFailure.invalidIdempotencyKey
+        }
+        let key = IdempotencyKey(owner: owner, key: idempotencyKey, requestHash: submission.fingerprint)
+        while true {
+            let id = RandomIdentifier.hex128()
+            let now = Date()
+            let reservation = try await guards.reserveIdempotencyKey(
+                key, taskID: id, validAfter: now.addingTimeInterval(-Self.idempotencyWindow), now: now
+            )
+            switch reservation {
+            case .reserved:
+                do {
+                    try await queue(submission, id: id, owner: owner, logger: logger)
+                } catch {
+                    try? await guards.releaseIdempotencyKey(key, taskID: id)
+                    throw error
+                }
+                // Should this fail, a retry still finds the task itself.
+                try? await guards.completeIdempotencyKey(key, taskID: id)
+                return Submitted(id: id, replayed: false)
+            case .taken(let first, let requestHash, let queued, let since):
+                guard requestHash == key.requestHash else { throw SubmitFailure.idempotencyKeyReused }
+                if queued { return Submitted(id: first, replayed: true) }
+                if try await queue.task(id: first) != nil { return Submitted(id: first, replayed: true) }
+                if now.timeIntervalSince(since) > limits.idempotencyPatience.seconds {
+                    // The submit that took the key never queued nor gave it back: its node died meanwhile.
+                    try await guards.releaseIdempotencyKey(key, taskID: first)
+                    continue
+                }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
+    }
+
+    @discardableResult
+    private func queue(_ submission: Submission, id: String, owner: String, logger: Logger) async throws -> String {
+        // Checked before the download so a full queue costs nothing; checked again atomically on insert.
+        let queued = try await queue.counts().queued
+        guard queued < limits.maxQueued else { throw SubmitFailure.queueFull(queued: queued) }
+        guard let model = try await servedModels().model(id: submission.model) else { throw SubmitFailure.modelNotServed(submission.model) }
+
+        var logger = logger
+        logger[metadataKey: "requestId"] = "\(id)"
+        if let webhook = submission.webhook { try await refuseUnusableWebhook(webhook, logger: logger) }
+        let planner = ResolutionPlanner(nativeArea: model.nativeArea, sizeMultiple: model.sizeMultiple)
+        let prepared: PreparedImage
+        do {
+            switch submission.image {
+            case .url(let url):
+                prepared = try await intake.prepare(url: url, size: submission.imageSize, planner: planner, logger: logger)
+            case .bytes(let bytes):
+                prepared = try await intake.prepare(imageBytes: bytes, size: submission.imageSize, planner: planner, logger: logger)
+            }
+        } catch {
+            metrics.recordImageFailure(cause: error.cause.label)
+            logger.info("image refused", metadata: ["cause": "\(error.cause.label)", "reason": "\(error.reason)"])
+            throw SubmitFailure.unusableImage(error)
+        }
+        metrics.recordIntake(
+            fetch: prepared.timings.fetch.seconds,
+            decode: prepared.timings.decode.seconds,
+            png: prepared.timings.encode.seconds
+        )
+        let frames = submission.effectiveFrames
+        try await refuseWhenTooBigForDevice(width: prepared.width, height: prepared.height, frames: frames)
+
+        let inputKey = try media.writeInput(prepared.png, taskID: id)
+        var seedGenerator = SystemRandomNumberGenerator()
+        var task = TaskRecord(
+            id: id,
+            ownerKeyHash: owner,
+            parameters: TaskParameters(
+                model: model.id,
+                prompt: submission.prompt,
+                negativePrompt: submission.negativePrompt,
+                width: prepared.width,
+                height: prepared.height,
+                numFrames: frames,
+                guidanceScale: submission.guidanceScale,
+                inferSteps: submission.inferSteps,
+                seed: submission.seed ?? Int.random(in: 0...2_147_483_647, using: &seedGenerator)
+            ),
+            inputKey: inputKey,
+            intake: IntakeTimings(
+                fetch: prepared.timings.fetch.seconds,
+                decode: prepared.timings.decode.seconds,
+                encode: prepared.timings.encode.seconds
+            )
+        )
+        task.webhook = submission.webhook
+        do {
+            try await queue.enqueue(task, maxQueued: limits.maxQueued)
+        } catch let error as QueueFullError {
+            media.removeInput(key: inputKey)
+            throw SubmitFailure.queueFull(queued: error.queued)
+        } catch {
+            media.removeInput(key: inputKey)
+            throw error
+        }
+        queueChanged.wake()
+        logger.info(
+            "task queued",
+            metadata: [
+                "size": "\(prepared.width)x\(prepared.height)", "source": "\(prepared.sourceWidth)x\(prepared.sourceHeight)",
+                "frames": "\(frames)", "steps": "\(submission.inferSteps)",
+                "fetch_ms": "\(Int(task.intake.fetch * 1000))", "decode_ms": "\(Int(task.intake.decode * 1000))",
+                "png_ms": "\(Int(task.intake.encode * 1000))",
+            ]
+        )
+        return id
+    }
+
+    /// Where the node can tell in advance that a job cannot fit in device memory, it is refused with the
+    /// hint an out-of-memory failure gives, instead of being queued to fail.
+    private func refuseWhenTooBigForDevice(width: Int, height: Int, frames: Int) async throws(SubmitFailure) {
+        guard let memory = await deviceMemory(), let free = memory.freeBytes, let perToken = memory.bytesPerToken else { return }
+        let tokens = (width / 16) * (height / 16) * ((frames - 1) / 4 + 1)
+        let needed = tokens * perToken
+        guard needed > free else { return }
+        throw .tooBigForDevice(width: width, height: height, frames: frames, neededBytes: needed, freeBytes: free)
+    }
+
+    package init(queue: any TaskQueue, guards: any SubmitGuards, media: MediaStore, intake: ImageIntake, models: ModelCatalogSource, queueChanged: DispatchSignal, deviceMemory: @escaping @Sendable () async -> DeviceMemory?, metrics: ServiceMetrics, limits: Limits) {
+        self.queue = queue
+        self.guards = guards
+        self.media = media
+        self.intake = intake
+        self.models = models
+        self.queueChanged = queueChanged
+        self.deviceMemory = deviceMemory
+        self.metrics = metrics
+        self.limits = limits
+    }
+}

@@ -1,0 +1,210 @@
+import Foundation
+import HTTPTypes
+import ImageIntake
+import I2VCore
+import I2VGPUNode
+
+/// `POST /v1/videos`, in OpenAI's terms, taken to the same `Submission` the seed's submit makes. The
+/// fields' rules are the seed's (the same `FieldReader`), under OpenAI's names; every problem is a 400.
+package enum VideoCreateRequest {
+    /// Where the image came from, before validation.
+    package enum ImageField: Sendable, Equatable {
+        /// `input_reference` as an uploaded file, already read under the byte cap.
+        case upload([UInt8])
+        /// `input_reference.image_url` (JSON) or `input_reference[image_url]` (multipart).
+        case url(JSONValue)
+        /// `input_reference.file_id`: OpenAI's own file store, which this service does not have.
+        case fileID
+    }
+
+    package static let sizes: [String: ImageSizeRequest] = SubmitRequest.imageSizes
+
+    /// Multipart fields arrive as text; these are read as the numbers they stand for.
+    package static let numericFields: Set<String> = ["seconds", "num_frames", "guidance_scale", "num_inference_steps", "seed"]
+
+    package struct Models: Sendable {
+        package var ids: [String]
+        package var defaultModel: String
+        /// Frames per second of each served model, for `seconds`.
+        package var fps: [String: Int]
+
+        package init(ids: [String], defaultModel: String, fps: [String: Int]) {
+            self.ids = ids
+            self.defaultModel = defaultModel
+            self.fps = fps
+        }
+    }
+
+    /// The JSON form: `input_reference` is an object with `image_url` (or `file_id`).
+    package static func validate(json body: JSONValue, models: Models) throws(OpenAIError) -> Submission {
+        guard case .object(var fields) = body else {
+            throw OpenAIError(.badRequest, "the body must be a JSON object", code: "invalid_json")
+        }
+        var image: ImageField?
+        switch fields.removeValue(forKey: "input_reference") {
+        case .object(let reference)?:
+            if let url = reference["image_url"] {
+                image = .url(url)
+            } else if reference["file_id"] != nil {
+                image = .fileID
+            }
+        case .string(let url)?:
+            // A bare URL where the object was expected: what it means is not in doubt.
+            image = .url(.string(url))
+        case let other?:
+            throw OpenAIError(
+                .badRequest,
+                "input_reference must be an object such as {\"image_url\": \"https://…\"}, not \(other.kind)",
+                param: "input_reference",
+                code: "invalid_type"
+            )
+        case nil:
+            break
+        }
+        return try validate(fields: fields, image: image, models: models)
+    }
+
+    /// The multipart form: text fields, and the image as a file part or as `input_reference[image_url]`.
+    package static func validate(form: VideoForm, models: Models) throws(OpenAIError) -> Submission {
+        var fields: [String: JSONValue] = [:]
+        for (name, text) in form.fields {
+            fields[name] = numericFields.contains(name) ? number(text) : .string(text)
+        }
+        var image: ImageField?
+        if let bytes = form.imageBytes {
+            image = .upload(bytes)
+        } else if let url = fields.removeValue(forKey: "input_reference[image_url]") {
+            image = .url(url)
+        } else if fields["input_reference[file_id]"] != nil {
+            image = .fileID
+        }
+        return try validate(fields: fields, image: image, models: models)
+    }
+
+    /// A form field as the JSON number it spells, or the text itself (reported as the wrong type).
+    private static func number(_ text: String) -> JSONValue {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        if let integer = Int(trimmed) { return .integer(integer) }
+        if let double = Double(trimmed), trimmed.rangeOfCharacter(from: .letters) == nil { return .number(double) }
+        if trimmed == "null" { return .null }
+        return .string(text)
+    }
+
+    private static func validate(fields: [String: JSONValue], image: ImageField?, models: Models) throws(OpenAIError) -> Submission {
+        let source: Submission.Image
+        switch image {
+        case .upload(let bytes):
+            source = .bytes(bytes)
+        case .url(let value):
+            source = .url(try imageURL(value))
+        case .fileID:
+            throw OpenAIError(
+                .badRequest,
+                "input_reference.file_id is not supported: upload the image as input_reference, or give input_reference.image_url",
+                param: "input_reference",
+                code: "unsupported_parameter"
+            )
+        case nil:
+            throw OpenAIError(
+                .badRequest,
+                "an input image is required: upload it as the input_reference file, or give input_reference.image_url",
+                param: "input_reference",
+                code: "missing_required_parameter"
+            )
+        }
+
+        var reader = FieldReader(fields: fields)
+        let prompt = reader.string("prompt", minLength: 10, maxLength: 500, default: nil)
+        let model = reader.choice("model", among: models.ids, default: models.defaultModel)
+        let size = reader.string("size", minLength: nil, maxLength: nil, default: "auto").flatMap { value -> ImageSizeRequest? in
+            if let size = sizes[value] { return size }
+            reader.issues.append(ValidationIssue("literal_error", field: "size", "Input should be '832x480', '480x832' or 'auto'", input: .string(value)))
+            return nil
+        }
+        let guidance = reader.number("guidance_scale", in: 1.0...20.0, default: 3.0)
+        let steps = reader.integer("num_inference_steps", in: 20...100, default: 30)
+        let seed = reader.optionalInteger("seed", in: 0...2_147_483_647)
+        let negative = reader.string("negative_prompt", minLength: 0, maxLength: 500, default: defaultNegativePrompt)
+        let frames: Int?
+        if fields["num_frames"] != nil {
+            frames = reader.integer("num_frames", in: 24...120, default: 81)
+        } else if let seconds = fields["seconds"] {
+            frames = Self.frames(seconds: seconds, fps: model.flatMap { models.fps[$0] } ?? 16, issues: &reader.issues)
+        } else {
+            frames = 81
+        }
+        let webhook = reader.webhook()
+        guard reader.issues.isEmpty, let prompt, let model, let size, let frames, let guidance, let steps, let negative else {
+            throw OpenAIError.invalidRequest(reader.issues)
+        }
+        return Submission(
+            image: source,
+            prompt: prompt,
+            model: model,
+            imageSize: size,
+            numFrames: frames,
+            guidanceScale: guidance,
+            inferSteps: steps,
+            seed: seed ?? nil,
+            negativePrompt: negative,
+            webhook: webhook
+        )
+    }
+
+    /// `seconds`, a string or a number, as the requested frame count `round(seconds × fps)`, which must
+    /// fall in the seed's 24–120 (the model then makes `frames // 4 * 4 + 1`).
+    private static func frames(seconds value: JSONValue, fps: Int, issues: inout [ValidationIssue]) -> Int? {
+        let seconds: Double? = switch value {
+        case .integer(let integer): Double(integer)
+        case .number(let number): number
+        case .string(let text): Double(text.trimmingCharacters(in: .whitespaces))
+        default: nil
+        }
+        let shortest = 24.0 / Double(fps), longest = 120.0 / Double(fps)
+        let range = "\(format(shortest))–\(format(longest)) s at \(fps) fps (24–120 frames)"
+        guard let seconds, seconds.isFinite else {
+            issues.append(ValidationIssue("float_parsing", field: "seconds", "Input should be a number of seconds, \(range)", input: value))
+            return nil
+        }
+        let frames = (seconds * Double(fps)).rounded()
+        guard (24...120).contains(frames) else {
+            issues.append(ValidationIssue("out_of_range", field: "seconds", "Input should be \(range); \(format(seconds)) s is \(format(frames)) frames", input: value))
+            return nil
+        }
+        return Int(frames)
+    }
+
+    private static func format(_ value: Double) -> String {
+        value.rounded() == value && abs(value) < 1e15 ? String(Int(value)) : String(format: "%.2f", value)
+    }
+
+    /// An http(s) URL (downloaded with the SSRF checks) or a `data:image/…;base64,…` URL (decoded under
+    /// the byte cap); both go to the intake as they are.
+    private static func imageURL(_ value: JSONValue) throws(OpenAIError) -> String {
+        let param = "input_reference.image_url"
+        guard case .string(let url) = value else {
+            throw OpenAIError(.badRequest, "\(param) must be a string", param: param, code: "invalid_type")
+        }
+        if url.prefix(5).lowercased() == "data:" { return url }
+        var reader = FieldReader(fields: ["image_url": value])
+        guard let checked = reader.url("image_url"), reader.issues.isEmpty else {
+            let reason = reader.issues.first?.msg ?? "Input should be a valid URL"
+            throw OpenAIError(.badRequest, "\(param): \(reason) (or a data:image/…;base64,… URL)", param: param, code: reader.issues.first?.type)
+        }
+        return checked
+    }
+}
+
+extension JSONValue {
+    /// What kind of JSON value this is, for messages.
+    package var kind: String {
+        switch self {
+        case .null: "null"
+        case .bool: "a boolean"
+        case .integer, .number: "a number"
+        case .string: "a string"
+        case .array: "an array"
+        case .object: "an object"
+        }
+    }
+}

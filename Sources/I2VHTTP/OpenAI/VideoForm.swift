@@ -1,0 +1,178 @@
+import Foundation
+import Hummingbird
+import ImageIntake
+import MultipartKit
+import NIOCore
+import I2VCore
+import I2VGPUNode
+
+/// A `multipart/form-data` create request: its text fields, and the `input_reference` file's bytes.
+package struct VideoForm: Sendable, Equatable {
+    package var fields: [String: String] = [:]
+    package var imageBytes: [UInt8]?
+
+    package init(fields: [String: String] = [:], imageBytes: [UInt8]? = nil) {
+        self.fields = fields
+        self.imageBytes = imageBytes
+    }
+}
+
+/// Why a form could not be read.
+package enum VideoFormFailure: Error, Sendable, Equatable {
+    case malformed(String)
+    /// The text fields together passed their cap.
+    case fieldsTooLarge(limit: Int)
+    /// The whole body passed the image's cap plus the fields' (only framing can make up the difference).
+    case bodyTooLarge(limit: Int)
+    /// The file passed the image byte cap (or another intake check that applies to raw bytes).
+    case image(ImageIntakeError)
+}
+
+/// Reads a form part by part while the body streams, so the image's byte cap stops an oversized upload
+/// as soon as it is passed and no more than the cap is ever held.
+package enum VideoFormReader {
+    package static let imageField = "input_reference"
+
+    /// The `boundary` parameter of a `multipart/form-data` Content-Type; nil for any other type.
+    package static func boundary(contentType: String) -> String? {
+        let parts = contentType.split(separator: ";").map { $0.trimmingCharacters(in: .whitespaces) }
+        guard parts.first?.lowercased() == "multipart/form-data" else { return nil }
+        for parameter in parts.dropFirst() {
+            guard let equals = parameter.firstIndex(of: "="),
+                parameter[..<equals].trimmingCharacters(in: .whitespaces).lowercased() == "boundary"
+            else { continue }
+            var value = parameter[parameter.index(after: equals)...].trimmingCharacters(in: .whitespaces)
+            if value.count >= 2, value.hasPrefix("\""), value.hasSuffix("\"") { value = String(value.dropFirst().dropLast()) }
+            // RFC 2046: 1 to 70 characters.
+            return (1...70).contains(value.utf8.count) ? value : nil
+        }
+        return nil
+    }
+
+    package static func read<Body: AsyncSequence>(
+        _ body: Body,
+        boundary: String,
+        upload: ImageUpload,
+        fieldLimit: Int
+    ) async throws -> VideoForm where Body.Element == ByteBuffer {
+        let collector = Collector(upload: upload, fieldLimit: fieldLimit)
+        let parser = MultipartParser(boundary: boundary)
+        parser.onHeader = { name, value in collector.header(name: name, value: value) }
+        parser.onBody = { buffer in collector.body(&buffer) }
+        parser.onPartComplete = { collector.complete() }
+        // Parts hold at most the image and the fields; the rest is framing, which the parser does not keep
+        // (a preamble, say) but which must not stream on for ever either.
+        let limit = upload.maxBytes + fieldLimit + 64 * 1024
+        var received = 0
+        for try await chunk in body {
+            received += chunk.readableBytes
+            guard received <= limit else { throw VideoFormFailure.bodyTooLarge(limit: limit) }
+            do {
+                try parser.execute(chunk)
+            } catch {
+                throw VideoFormFailure.malformed("the multipart body is malformed")
+            }
+            if let failure = collector.failure { throw failure }
+        }
+        guard collector.completedParts > 0 else {
+            throw VideoFormFailure.malformed("the multipart body has no complete part (is its boundary \"\(boundary)\"?)")
+        }
+        return collector.form
+    }
+
+    /// The parser's callbacks cannot throw: the first failure is kept here and ends the read after the
+    /// chunk in hand, and nothing more is kept once there is one.
+    private final class Collector {
+        enum Part {
+            case image
+            case field(name: String, bytes: [UInt8])
+            case ignored
+        }
+
+        var form = VideoForm()
+        var failure: VideoFormFailure?
+        var completedParts = 0
+        private var upload: ImageUpload
+        private let fieldLimit: Int
+        private var fieldBytes = 0
+        private var headers = HTTPHeaders()
+        private var part: Part?
+
+        init(upload: ImageUpload, fieldLimit: Int) {
+            self.upload = upload
+            self.fieldLimit = fieldLimit
+        }
+
+        func header(name: String, value: String) {
+            headers.add(name: name, value: value)
+        }
+
+        /// The part's kind, once its headers are all in (at its first body bytes, or its end).
+        private func currentPart() -> Part {
+            if let part { return part }
+            let name = MultipartPart(headers: headers, body: ByteBuffer()).name
+            let kind: Part
+            switch name {
+            case VideoFormReader.imageField? where form.imageBytes != nil:
+                failure = failure ?? .malformed("only one input_reference file may be sent")
+                kind = .ignored
+            case VideoFormReader.imageField?:
+                kind = .image
+            case let name?:
+                kind = .field(name: name, bytes: [])
+            case nil:
+                kind = .ignored
+            }
+            part = kind
+            return kind
+        }
+
+        func body(_ buffer: inout ByteBuffer) {
+            guard failure == nil else { return }
+            switch currentPart() {
+            case .image:
+                do {
+                    try upload.append(contentsOf: buffer.readableBytesView)
+                } catch {
+                    failure = .image(error)
+                }
+            case .field(let name, var bytes):
+                fieldBytes += buffer.readableBytes
+                guard fieldBytes <= fieldLimit else {
+                    failure = .fieldsTooLarge(limit: fieldLimit)
+                    return
+                }
+                part = nil
+                bytes.append(contentsOf: buffer.readableBytesView)
+                part = .field(name: name, bytes: bytes)
+            case .ignored:
+                // Parts this API does not read still count against the cap.
+                fieldBytes += buffer.readableBytes
+                if fieldBytes > fieldLimit { failure = .fieldsTooLarge(limit: fieldLimit) }
+            }
+        }
+
+        func complete() {
+            defer {
+                headers = HTTPHeaders()
+                part = nil
+            }
+            guard failure == nil else { return }
+            completedParts += 1
+            switch currentPart() {
+            case .image:
+                form.imageBytes = upload.bytes
+                upload = ImageUpload(maxBytes: upload.maxBytes)
+            case .field(let name, let bytes):
+                guard let text = String(validating: bytes, as: UTF8.self) else {
+                    failure = .malformed("the form field \(name) is not UTF-8 text")
+                    return
+                }
+                // A repeated field keeps its first value, as most form parsers do.
+                if form.fields[name] == nil { form.fields[name] = text }
+            case .ignored:
+                break
+            }
+        }
+    }
+}
