@@ -69,7 +69,11 @@ struct OpenAIVideosController: Sendable {
             return response
         } catch {
             let answer = Self.openAIError(error)
-            metrics.recordRejection(status: Int(answer.status.code))
+            if case RequestBodyError.clientClosed = error {
+                metrics.recordClientClosedSubmit()
+            } else {
+                metrics.recordRejection(status: Int(answer.status.code))
+            }
             // The middleware logs a server-side failure with its cause, and answers it the same way.
             throw answer.status == .internalServerError ? error : answer
         }
@@ -83,7 +87,8 @@ struct OpenAIVideosController: Sendable {
                 request.body,
                 boundary: boundary,
                 upload: useCases.submit.intake.upload(),
-                fieldLimit: configuration.maxBodyBytes
+                fieldLimit: configuration.maxBodyBytes,
+                spoolingTo: configuration.uploadSpoolDirectory
             )
             return try VideoCreateRequest.validate(form: form, models: try await models())
         }
@@ -97,7 +102,7 @@ struct OpenAIVideosController: Sendable {
         }
         // Room for a data: URL of the largest image accepted, in base64, beside the other fields.
         let limit = configuration.maxBodyBytes + (configuration.imageMaxBytes + 2) / 3 * 4
-        let body = try await request.jsonBody(limit: limit)
+        let body = try await request.jsonBody(limit: limit, spoolingTo: configuration.uploadSpoolDirectory)
         return try VideoCreateRequest.validate(json: body, models: try await models())
     }
 

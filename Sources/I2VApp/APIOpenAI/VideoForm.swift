@@ -46,9 +46,10 @@ enum VideoFormReader {
         _ body: Body,
         boundary: String,
         upload: ImageUpload,
-        fieldLimit: Int
+        fieldLimit: Int,
+        spoolingTo spoolDirectory: URL
     ) async throws -> VideoForm where Body.Element == ByteBuffer {
-        let collector = Collector(upload: upload, fieldLimit: fieldLimit)
+        let collector = Collector(upload: upload, fieldLimit: fieldLimit, spoolDirectory: spoolDirectory)
         let parser = MultipartParser(boundary: boundary)
         parser.onHeader = { name, value in collector.header(name: name, value: value) }
         parser.onBody = { buffer in collector.body(&buffer) }
@@ -66,15 +67,19 @@ enum VideoFormReader {
                 throw VideoFormFailure.malformed("the multipart body is malformed")
             }
             if let failure = collector.failure { throw failure }
+            if let error = collector.spoolError { throw error }
         }
         guard collector.completedParts > 0 else {
             throw VideoFormFailure.malformed("the multipart body has no complete part (is its boundary \"\(boundary)\"?)")
         }
-        return collector.form
+        var form = collector.form
+        form.imageBytes = try collector.image?.finish()
+        return form
     }
 
     /// The parser's callbacks cannot throw: the first failure is kept here and ends the read after the
-    /// chunk in hand, and nothing more is kept once there is one.
+    /// chunk in hand, and nothing more is kept once there is one. The image waits in a `BodySpool` until
+    /// the whole form is in, so a stalled upload does not hold it in memory.
     private final class Collector {
         enum Part {
             case image
@@ -84,16 +89,23 @@ enum VideoFormReader {
 
         var form = VideoForm()
         var failure: VideoFormFailure?
+        /// The spool's own failure (a full disk, say): the server's, not the form's.
+        var spoolError: (any Error)?
         var completedParts = 0
-        private var upload: ImageUpload
+        /// The complete image part's bytes.
+        private(set) var image: BodySpool?
+        private let maxImageBytes: Int
+        private let spoolDirectory: URL
+        private var imagePart: BodySpool?
         private let fieldLimit: Int
         private var fieldBytes = 0
         private var headers = HTTPHeaders()
         private var part: Part?
 
-        init(upload: ImageUpload, fieldLimit: Int) {
-            self.upload = upload
+        init(upload: ImageUpload, fieldLimit: Int, spoolDirectory: URL) {
+            self.maxImageBytes = upload.maxBytes
             self.fieldLimit = fieldLimit
+            self.spoolDirectory = spoolDirectory
         }
 
         func header(name: String, value: String) {
@@ -106,11 +118,12 @@ enum VideoFormReader {
             let name = MultipartPart(headers: headers, body: ByteBuffer()).name
             let kind: Part
             switch name {
-            case VideoFormReader.imageField? where form.imageBytes != nil:
+            case VideoFormReader.imageField? where image != nil:
                 failure = failure ?? .malformed("only one input_reference file may be sent")
                 kind = .ignored
             case VideoFormReader.imageField?:
                 kind = .image
+                imagePart = BodySpool(directory: spoolDirectory)
             case let name?:
                 kind = .field(name: name, bytes: [])
             case nil:
@@ -121,13 +134,18 @@ enum VideoFormReader {
         }
 
         func body(_ buffer: inout ByteBuffer) {
-            guard failure == nil else { return }
+            guard failure == nil, spoolError == nil else { return }
             switch currentPart() {
             case .image:
+                guard let imagePart else { return }
+                guard imagePart.count + buffer.readableBytes <= maxImageBytes else {
+                    failure = .image(ImageUpload.tooLarge(maxBytes: maxImageBytes))
+                    return
+                }
                 do {
-                    try upload.append(contentsOf: buffer.readableBytesView)
+                    try imagePart.append(buffer.readableBytesView)
                 } catch {
-                    failure = .image(error)
+                    spoolError = error
                 }
             case .field(let name, var bytes):
                 fieldBytes += buffer.readableBytes
@@ -154,8 +172,8 @@ enum VideoFormReader {
             completedParts += 1
             switch currentPart() {
             case .image:
-                form.imageBytes = upload.bytes
-                upload = ImageUpload(maxBytes: upload.maxBytes)
+                image = imagePart
+                imagePart = nil
             case .field(let name, let bytes):
                 guard let text = String(validating: bytes, as: UTF8.self) else {
                     failure = .malformed("the form field \(name) is not UTF-8 text")

@@ -18,17 +18,24 @@ extension ServiceConfiguration {
     /// HTTP/1 with the slow-client limits, so held connections cannot starve everyone else.
     ///
     /// Hummingbird's idle timeout only counts time without a complete HTTP part, so a client trickling a
-    /// request head would hold its connection for the whole idle timeout; `RequestHeadGuard` cuts that to
-    /// the header timeout. Heads over `maxHeaderBytes` make the decoder fail, which the guard answers with
-    /// a 431 in the service's error format instead of Hummingbird's bare 400. `ConnectionSlot` keeps the
-    /// open connections under `maxConnections`, so they cannot take the last file descriptors.
+    /// request head or body would hold its connection (and what its body has sent so far) for the whole
+    /// idle timeout, or for ever while it keeps trickling; `RequestHeadGuard` cuts a head off at the header
+    /// timeout and a body at the body timeout or below the minimum rate. Heads over `maxHeaderBytes` make
+    /// the decoder fail, which the guard answers with a 431 in the service's error format instead of
+    /// Hummingbird's bare 400. `ConnectionSlot` keeps the open connections under `maxConnections`, so they
+    /// cannot take the last file descriptors.
     func makeHTTPServer() -> HTTPServerBuilder {
         let slots = ConnectionSlots(limit: maxConnections)
         let headerTimeout = TimeAmount(self.headerTimeout)
+        let body = RequestBodyLimits(
+            timeout: TimeAmount(bodyTimeout),
+            minBytesPerSecond: bodyMinBytesPerSecond,
+            window: TimeAmount(bodyRateWindow)
+        )
         let maxHeaderBytes = self.maxHeaderBytes
         return .http1(
             configuration: HTTP1Channel.Configuration(
-                additionalChannelHandlers: [ConnectionSlot(slots), RequestHeadGuard(timeout: headerTimeout)],
+                additionalChannelHandlers: [ConnectionSlot(slots), RequestHeadGuard(timeout: headerTimeout, body: body)],
                 idleTimeout: TimeAmount(self.idleTimeout),
                 httpDecoderConfiguration: .init(maxHeaderFieldSize: maxHeaderBytes, maxHeaderListSize: maxHeaderBytes)
             )
@@ -104,8 +111,66 @@ func defaultMaxConnections() -> Int {
     return min(4096, max(64, (Int(clamping: limit.rlim_cur) - 128) / 2))
 }
 
+/// How long a request body may keep the server waiting for it, and how slowly it may arrive.
+struct RequestBodyLimits: Sendable {
+    var timeout: TimeAmount
+    /// 0: no minimum.
+    var minBytesPerSecond: Int
+    var window: TimeAmount
+
+    /// How often a body's progress is looked at: a fraction of the shorter limit, so a cut comes close to
+    /// it, and at most once a second, so thousands of uploads cost next to nothing.
+    var checkInterval: TimeAmount {
+        let shorter = minBytesPerSecond > 0 ? min(timeout, window) : timeout
+        return min(.seconds(1), max(.milliseconds(10), .nanoseconds(shorter.nanoseconds / 4)))
+    }
+}
+
+/// Why a request body stopped short of its end. The body a route reads throws this in place of the
+/// decoder's or the socket's own error, and in place of simply ending when the connection closes (which
+/// Hummingbird would hand over as a complete body), so a route never acts on part of a body and can
+/// tell a client's fault from the server's.
+enum RequestBodyError: Error, Sendable, Equatable {
+    /// The client closed or reset the connection first; nobody is left to answer.
+    case clientClosed
+    /// Not complete within the body timeout, or slower than the minimum rate: answered 408.
+    case timedOut(String)
+    /// Not valid HTTP framing (a chunk size that is not a number, a chunk shorter than its size): answered 400.
+    case malformed(String)
+
+    var status: HTTPResponse.Status {
+        switch self {
+        case .clientClosed, .malformed: .badRequest
+        case .timedOut: .requestTimeout
+        }
+    }
+
+    var reason: String {
+        switch self {
+        case .clientClosed: "the connection was closed before the request body was complete"
+        case .timedOut(let reason), .malformed(let reason): reason
+        }
+    }
+
+    /// The `code` of its OpenAI-shaped answer.
+    var openAICode: String {
+        switch self {
+        case .clientClosed: "client_closed"
+        case .timedOut: "request_timeout"
+        case .malformed: "malformed_body"
+        }
+    }
+}
+
 /// Behind the HTTP decoder, the only place Hummingbird lets us add handlers: it tells `RequestHeadClock`
-/// where requests and responses begin and end, and turns the decoder's header overflow into a 431.
+/// where requests and responses begin and end, turns the decoder's header overflow into a 431, and times
+/// request bodies.
+///
+/// A body is timed only while the server is asking for its bytes: when a route is not reading yet and
+/// its buffer is full, reads stop and so does the clock, so a busy server never blames the client. A
+/// body that takes longer than the limits, or whose framing is malformed, is answered (408, 400) and the
+/// connection closed; the route reading it gets a `RequestBodyError` once the connection is down, so the
+/// answer is not cut short by the route's own close.
 final class RequestHeadGuard: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -113,10 +178,29 @@ final class RequestHeadGuard: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundOut = HTTPResponsePart
 
     private let timeout: TimeAmount
+    private let limits: RequestBodyLimits
     private var clock: RequestHeadClock?
+    /// The request whose body is still arriving.
+    private var body: BodyProgress?
+    /// The server has asked for bytes and not had them yet: time in this state is the client's.
+    private var awaitingClient = false
+    private var check: Scheduled<Void>?
 
-    init(timeout: TimeAmount) {
+    private struct BodyProgress {
+        var openAIStyle: Bool
+        var mark: NIODeadline
+        var waited: TimeAmount = .zero
+        var windowWaited: TimeAmount = .zero
+        var windowBytes = 0
+        /// Set once the body is cut off: what the route will be told.
+        var failure: RequestBodyError?
+        /// The route has been told; nothing more of this body is passed on.
+        var reported = false
+    }
+
+    init(timeout: TimeAmount, body: RequestBodyLimits) {
         self.timeout = timeout
+        self.limits = body
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -130,37 +214,188 @@ final class RequestHeadGuard: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
+    func handlerRemoved(context: ChannelHandlerContext) {
+        check?.cancel()
+        check = nil
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // A body cut off ends with its error, never with whatever parts were still in flight.
+        if let body, body.failure != nil || body.reported { return }
         switch unwrapInboundIn(data) {
-        case .head: clock?.headReceived()
-        case .body: break
-        case .end: clock?.requestEnded()
+        case .head(let head):
+            clock?.headReceived()
+            body = BodyProgress(openAIStyle: head.path.map(Self.isOpenAIPath) ?? false, mark: .now())
+        case .body(let bytes):
+            body?.windowBytes += bytes.readableBytes
+        case .end:
+            body = nil
+            check?.cancel()
+            check = nil
+            clock?.requestEnded()
         }
         context.fireChannelRead(data)
     }
 
+    func channelReadComplete(context: ChannelHandlerContext) {
+        account()
+        awaitingClient = false
+        if body != nil, check == nil { scheduleCheck(context: context) }
+        context.fireChannelReadComplete()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        account()
+        awaitingClient = true
+        context.read()
+    }
+
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let isEnd = if case .end = unwrapOutboundIn(data) { true } else { false }
+        let part = unwrapOutboundIn(data)
         context.write(data, promise: promise)
-        if isEnd { clock?.responseEnded() }
+        switch part {
+        case .head: clock?.responseStarted()
+        case .body: break
+        case .end: clock?.responseEnded()
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // Hummingbird would end the body as if it were complete: it is not.
+        if case ChannelEvent.inputClosed = event { reportBody(context: context, default: .clientClosed) }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        check?.cancel()
+        check = nil
+        reportBody(context: context, default: .clientClosed)
+        context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if case HTTPParserError.headerOverflow = error, let clock {
-            clock.reject(.requestHeaderFieldsTooLarge, "request header fields too large")
-        } else {
+        switch error {
+        case HTTPParserError.headerOverflow:
+            if let clock {
+                clock.reject(.requestHeaderFieldsTooLarge, "request header fields too large")
+            } else {
+                context.fireErrorCaught(error)
+            }
+        case HTTPParserError.invalidEOFState where body != nil:
+            // The client half-closed in the middle of the body.
+            reportBody(context: context, default: .clientClosed)
+        case let parserError as HTTPParserError where body != nil:
+            cut(context: context, .malformed("the request body is malformed: \(Self.describe(parserError))"))
+        case is IOError where body != nil:
+            // A reset in the middle of the body.
+            reportBody(context: context, default: .clientClosed)
+        default:
             context.fireErrorCaught(error)
         }
+    }
+
+    private static func isOpenAIPath(_ path: String) -> Bool {
+        path == "/v1" || path.hasPrefix("/v1/") || path.hasPrefix("/v1?")
+    }
+
+    private static func describe(_ error: HTTPParserError) -> String {
+        switch error {
+        case .invalidChunkSize: "a chunk size is not a hexadecimal number"
+        case .lfExpected, .strictModeAssertion: "a chunk does not end where its size says"
+        case .unknown: "invalid HTTP framing"
+        default: "invalid HTTP framing (\(error))"
+        }
+    }
+
+    /// Adds the time since the last look to the body's waiting time, if the server was waiting on the client.
+    private func account() {
+        guard var progress = body, progress.failure == nil else { return }
+        let now = NIODeadline.now()
+        if awaitingClient {
+            let elapsed = now - progress.mark
+            progress.waited = progress.waited + elapsed
+            progress.windowWaited = progress.windowWaited + elapsed
+        }
+        progress.mark = now
+        body = progress
+    }
+
+    private func scheduleCheck(context: ChannelHandlerContext) {
+        check = context.eventLoop.assumeIsolated().scheduleTask(in: limits.checkInterval) { [self] in
+            check = nil
+            checkBody(context: context)
+        }
+    }
+
+    private func checkBody(context: ChannelHandlerContext) {
+        account()
+        guard var progress = body, progress.failure == nil else { return }
+        if progress.waited >= limits.timeout {
+            cut(context: context, .timedOut("the request body was not complete within \(Self.seconds(limits.timeout)) seconds"))
+            return
+        }
+        if limits.minBytesPerSecond > 0, progress.windowWaited >= limits.window {
+            let needed = Double(limits.minBytesPerSecond) * Double(progress.windowWaited.nanoseconds) / 1e9
+            if Double(progress.windowBytes) < needed {
+                cut(
+                    context: context,
+                    .timedOut("the request body arrived slower than \(limits.minBytesPerSecond) bytes per second")
+                )
+                return
+            }
+            progress.windowWaited = .zero
+            progress.windowBytes = 0
+            body = progress
+        }
+        scheduleCheck(context: context)
+    }
+
+    private static func seconds(_ amount: TimeAmount) -> String {
+        let seconds = Double(amount.nanoseconds) / 1e9
+        return seconds == seconds.rounded() ? String(Int(seconds)) : String(seconds)
+    }
+
+    /// Answers (or, with a response under way, just closes), and keeps the route's error for the close.
+    private func cut(context: ChannelHandlerContext, _ failure: RequestBodyError) {
+        guard let progress = body, progress.failure == nil, !progress.reported else { return }
+        body?.failure = failure
+        check?.cancel()
+        check = nil
+        if let clock {
+            clock.rejectBody(
+                failure.status,
+                failure.reason,
+                style: progress.openAIStyle ? .openAI(code: failure.openAICode) : .native
+            )
+        } else {
+            reportBody(context: context, default: failure)
+            context.close(promise: nil)
+        }
+    }
+
+    /// Tells the route reading the body that it will not get the rest, once.
+    private func reportBody(context: ChannelHandlerContext, default failure: RequestBodyError) {
+        guard let progress = body, !progress.reported else { return }
+        body?.reported = true
+        context.fireErrorCaught(progress.failure ?? failure)
     }
 }
 
 /// Ahead of the HTTP decoder: closes a connection whose request head is not complete `timeout` after
-/// its first byte (or, for the first request, after connecting), and writes the 408 and 431 answers
-/// straight to the socket. A head whose first bytes came in the same read as the end of the request
-/// before it is left to the idle timeout.
-final class RequestHeadClock: ChannelInboundHandler, RemovableChannelHandler {
+/// its first byte (or, for the first request, after connecting), and writes the 408, 431 and body 400
+/// answers straight to the socket. A head whose first bytes came in the same read as the end of the
+/// request before it is left to the idle timeout.
+final class RequestHeadClock: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
+    typealias OutboundIn = IOData
+    typealias OutboundOut = IOData
+
+    /// The shape of an answer's body: the seed API's, or OpenAI's under `/v1`.
+    enum ErrorStyle {
+        case native
+        case openAI(code: String)
+    }
 
     private let timeout: TimeAmount
     private var context: ChannelHandlerContext?
@@ -168,6 +403,8 @@ final class RequestHeadClock: ChannelInboundHandler, RemovableChannelHandler {
     /// Part of the awaited head has arrived: a client that stalls then hears why it is cut off.
     private var headStarted = false
     private var responsesOwed = 0
+    /// Part of a response has been written, so another answer cannot go in front of it.
+    private var responseUnderway = false
     private var answered = false
     /// The head deadline, or once answered, the end of the drain.
     private var scheduled: Scheduled<Void>?
@@ -205,6 +442,16 @@ final class RequestHeadClock: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        // Once answered, a route's late response would follow ours as a second one. It is dropped as if
+        // sent, so Hummingbird waits for the drain to end rather than closing at once.
+        guard !answered else {
+            promise?.succeed()
+            return
+        }
+        context.write(data, promise: promise)
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         // Once answered, what the client still sends is drained, not decoded.
         guard !answered else { return }
@@ -226,7 +473,12 @@ final class RequestHeadClock: ChannelInboundHandler, RemovableChannelHandler {
         awaitingHead = true
     }
 
+    func responseStarted() {
+        responseUnderway = true
+    }
+
     func responseEnded() {
+        responseUnderway = false
         responsesOwed -= 1
         // A deadline that passed while we were still answering earlier requests starts over: the client
         // may simply have been waiting on us.
@@ -239,6 +491,17 @@ final class RequestHeadClock: ChannelInboundHandler, RemovableChannelHandler {
         guard let context, !answered else { return }
         if responsesOwed == 0 {
             answerAndClose(context: context, status: status, reason: reason)
+        } else {
+            context.close(promise: nil)
+        }
+    }
+
+    /// For a request whose body is cut off: answers and closes while its response has not begun (and no
+    /// earlier one is still going out); otherwise just closes.
+    func rejectBody(_ status: HTTPResponse.Status, _ reason: String, style: ErrorStyle) {
+        guard let context, !answered else { return }
+        if responsesOwed == 1, !responseUnderway {
+            answerAndClose(context: context, status: status, reason: reason, style: style)
         } else {
             context.close(promise: nil)
         }
@@ -262,10 +525,20 @@ final class RequestHeadClock: ChannelInboundHandler, RemovableChannelHandler {
         scheduled = nil
     }
 
-    private func answerAndClose(context: ChannelHandlerContext, status: HTTPResponse.Status, reason: String) {
+    private func answerAndClose(
+        context: ChannelHandlerContext,
+        status: HTTPResponse.Status,
+        reason: String,
+        style: ErrorStyle = .native
+    ) {
         answered = true
         cancelScheduled()
-        let body = (try? JSONBody.encoder.encode(ErrorBody(detail: .init(reason: reason)))) ?? Data()
+        let body: Data = switch style {
+        case .native:
+            (try? JSONBody.encoder.encode(ErrorBody(detail: .init(reason: reason)))) ?? Data()
+        case .openAI(let code):
+            (try? JSONBody.encoder.encode(OpenAIErrorBody(error: .init(message: reason, code: code)))) ?? Data()
+        }
         var buffer = context.channel.allocator.buffer(capacity: 160 + body.count)
         buffer.writeString(
             "HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\ncontent-type: application/json\r\ncontent-length: \(body.count)\r\nconnection: close\r\n\r\n"
@@ -291,5 +564,24 @@ final class RequestHeadClock: ChannelInboundHandler, RemovableChannelHandler {
             var reason: String
         }
         var detail: Detail
+    }
+
+    /// The body `OpenAIError` renders, for a 4xx (`param` is always null here).
+    private struct OpenAIErrorBody: Encodable {
+        struct Detail: Encodable {
+            var message: String
+            var code: String
+
+            func encode(to encoder: any Encoder) throws {
+                var container = encoder.container(keyedBy: CodingKeys.self)
+                try container.encode(message, forKey: .message)
+                try container.encode("invalid_request_error", forKey: .type)
+                try container.encodeNil(forKey: .param)
+                try container.encode(code, forKey: .code)
+            }
+
+            enum CodingKeys: String, CodingKey { case message, type, param, code }
+        }
+        var error: Detail
     }
 }
