@@ -261,6 +261,27 @@ import Darwin
         }
     }
 
+    @Test func aTruncatedMultipartBodyIs400ForItsFraming() async throws {
+        try await withLiveApp(SlowClientTests.patient) { port in
+            let boundary = Self.boundary
+            // A whole HTTP body, but the form in it stops inside the image, before its closing boundary.
+            let form = "--\(boundary)\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\na cat dancing in the rain\r\n"
+                + "--\(boundary)\r\nContent-Disposition: form-data; name=\"input_reference\"; filename=\"cat.png\"\r\n"
+                + "Content-Type: image/png\r\n\r\n\u{89}PNG"
+            let connection = try await RawConnection.open(port: port)
+            try await connection.send(
+                Self.head("/v1/videos", contentType: "multipart/form-data; boundary=\(boundary)", length: form.utf8.count) + form
+            )
+            let answer = try await outcome(of: connection.response, within: .seconds(60))
+            let response = try #require(answer, "no answer in 60 s")
+            #expect(response.hasPrefix("HTTP/1.1 400 "), "\(response.prefix(300))")
+            let error = rawOpenAIError(in: response)
+            #expect(error?["code"] as? String == "invalid_multipart", "\(response.prefix(400))")
+            #expect((error?["message"] as? String)?.contains("truncated") == true, "\(response.prefix(400))")
+            await connection.close()
+        }
+    }
+
     /// An upload that stalls holds a few KiB of memory, not what it has sent: past its first 64 KiB it
     /// waits in an unlinked file (seen here through the process's open descriptors), which is gone once
     /// the client has hung up.
@@ -296,6 +317,41 @@ import Darwin
             // Unlinked while open: nothing was ever left to find in the directory.
             let left = (try? FileManager.default.contentsOfDirectory(atPath: spool)) ?? []
             #expect(left.isEmpty, "\(left)")
+        }
+    }
+
+    @Test func connectionsOverThePerAddressCapAreClosedAndServedOnceSlotsFree() async throws {
+        let cap = 4
+        let values = SlowClientTests.patient.merging(["i2v.maxConnectionsPerAddress": .init(integerLiteral: cap)]) { $1 }
+        try await withLiveApp(values) { port, client in
+            // The test client keeps one connection of its own, from the same address; a request pins it.
+            #expect(try await client.execute(uri: "/health", method: .get).status == .ok)
+            var held: [RawConnection] = []
+            for _ in 0..<(cap - 1) {
+                let connection = try await RawConnection.open(port: port)
+                held.append(connection)
+                try await connection.send("GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                let response = try await outcome(of: connection.response, within: .seconds(30))
+                try #require(response?.hasPrefix("HTTP/1.1 200") == true, "under the cap: \(response ?? "no answer in 30 s")")
+            }
+
+            let refused = try await RawConnection.open(port: port)
+            let received = try await outcome(of: refused.closed, within: .seconds(30))
+            #expect(received == "", "over the cap: \(received ?? "still open after 30 s")")
+            #expect(held.allSatisfy { $0.channel.isActive }, "the connections under the cap should stay open")
+
+            await held[0].close()
+            var answer: String?
+            let deadline = ContinuousClock.now + .seconds(60)
+            for _ in 0..<100 where answer == nil && ContinuousClock.now < deadline {
+                let fresh = try await RawConnection.open(port: port)
+                try? await fresh.send("GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                answer = try? await outcome(of: fresh.response, within: .seconds(30))
+                await fresh.close()
+                if answer == nil { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            #expect(answer?.hasPrefix("HTTP/1.1 200") == true, "once a held connection closed: \(answer ?? "never answered")")
+            for connection in held.dropFirst() { await connection.close() }
         }
     }
 }

@@ -169,9 +169,12 @@ struct OpenAIVideosController: Sendable {
     @Sendable func list(request: Request, context: AppRequestContext) async throws -> Response {
         let query = request.uri.queryParameters
         var after: String?
-        if let cursor = query["after"].map(String.init), !cursor.isEmpty {
+        // An empty `after=` is refused like any other value that is not a video id (as an empty `limit=` or
+        // `order=` is): the first page is asked for by leaving `after` out.
+        if let cursor = query["after"].map(String.init) {
             guard let id = VideoID.taskID(cursor) else {
-                throw OpenAIError(.badRequest, "after must be a video id (video_ and 32 hex digits), not \(cursor)", param: "after", code: "invalid_value")
+                let given = cursor.isEmpty ? "empty (leave it out for the first page)" : "not \(cursor)"
+                throw OpenAIError(.badRequest, "after must be a video id (video_ and 32 hex digits), \(given)", param: "after", code: "invalid_value")
             }
             after = id
         }

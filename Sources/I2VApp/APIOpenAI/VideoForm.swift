@@ -58,9 +58,13 @@ enum VideoFormReader {
         // (a preamble, say) but which must not stream on for ever either.
         let limit = upload.maxBytes + fieldLimit + 64 * 1024
         var received = 0
+        // The parser takes a body that stops early for one that ends there, losing the part it was in
+        // (the image, most often): only the closing delimiter tells a whole form from a cut one.
+        var closing = DelimiterScanner(delimiter: "\r\n--\(boundary)--")
         for try await chunk in body {
             received += chunk.readableBytes
             guard received <= limit else { throw VideoFormFailure.bodyTooLarge(limit: limit) }
+            closing.scan(chunk)
             do {
                 try parser.execute(chunk)
             } catch {
@@ -72,9 +76,47 @@ enum VideoFormReader {
         guard collector.completedParts > 0 else {
             throw VideoFormFailure.malformed("the multipart body has no complete part (is its boundary \"\(boundary)\"?)")
         }
+        guard closing.found else {
+            throw VideoFormFailure.malformed("the multipart body is truncated: it ends before its closing boundary --\(boundary)--")
+        }
         var form = collector.form
         form.imageBytes = try collector.image?.finish()
         return form
+    }
+
+    /// Looks for one byte string in a stream as it goes by, each byte looked at once (Knuth–Morris–Pratt),
+    /// so a body of any size costs no more than one pass and no copies.
+    struct DelimiterScanner {
+        private let delimiter: [UInt8]
+        /// For each prefix of the delimiter, the longest proper prefix that is also its suffix.
+        private let fallback: [Int]
+        private var matched = 0
+        private(set) var found = false
+
+        init(delimiter: String) {
+            let bytes = Array(delimiter.utf8)
+            var fallback = Array(repeating: 0, count: bytes.count)
+            var length = 0
+            for index in bytes.indices.dropFirst() {
+                while length > 0, bytes[index] != bytes[length] { length = fallback[length - 1] }
+                if bytes[index] == bytes[length] { length += 1 }
+                fallback[index] = length
+            }
+            self.delimiter = bytes
+            self.fallback = fallback
+        }
+
+        mutating func scan(_ buffer: ByteBuffer) {
+            guard !found, !delimiter.isEmpty else { return }
+            for byte in buffer.readableBytesView {
+                while matched > 0, byte != delimiter[matched] { matched = fallback[matched - 1] }
+                if byte == delimiter[matched] { matched += 1 }
+                if matched == delimiter.count {
+                    found = true
+                    return
+                }
+            }
+        }
     }
 
     /// The parser's callbacks cannot throw: the first failure is kept here and ends the read after the

@@ -22,10 +22,11 @@ extension ServiceConfiguration {
     /// idle timeout, or for ever while it keeps trickling; `RequestHeadGuard` cuts a head off at the header
     /// timeout and a body at the body timeout or below the minimum rate. Heads over `maxHeaderBytes` make
     /// the decoder fail, which the guard answers with a 431 in the service's error format instead of
-    /// Hummingbird's bare 400. `ConnectionSlot` keeps the open connections under `maxConnections`, so they
-    /// cannot take the last file descriptors.
+    /// Hummingbird's bare 400. `ConnectionSlot` keeps the open connections under `maxConnections`, and
+    /// under `maxConnectionsPerAddress` for each client address, so they cannot take the last file
+    /// descriptors, and one client cannot take all of them.
     func makeHTTPServer() -> HTTPServerBuilder {
-        let slots = ConnectionSlots(limit: maxConnections)
+        let slots = ConnectionSlots(limit: maxConnections, perAddress: maxConnectionsPerAddress)
         let headerTimeout = TimeAmount(self.headerTimeout)
         let body = RequestBodyLimits(
             timeout: TimeAmount(bodyTimeout),
@@ -43,32 +44,78 @@ extension ServiceConfiguration {
     }
 }
 
-/// Open connections, shared by all of them.
+/// Open connections, shared by all of them, in all and per client address.
 ///
 /// Counted per connection rather than with Hummingbird's `availableConnectionsDelegate`, which pauses
 /// accepting instead: `ApplicationConfiguration.with(address:)` drops that delegate, so a server run
 /// through HummingbirdTesting would have no cap at all.
 final class ConnectionSlots: Sendable {
     let limit: Int
+    /// 0: no cap per address.
+    let perAddressLimit: Int
     private let open = Atomic<Int>(0)
+    private let openByAddress = Mutex<[ClientAddress: Int]>([:])
 
-    init(limit: Int) {
+    init(limit: Int, perAddress: Int = 0) {
         self.limit = limit
+        self.perAddressLimit = perAddress
     }
 
-    func take() -> Bool {
-        if open.wrappingAdd(1, ordering: .relaxed).newValue <= limit { return true }
-        open.wrappingSubtract(1, ordering: .relaxed)
-        return false
+    func take(for address: ClientAddress?) -> Bool {
+        guard open.wrappingAdd(1, ordering: .relaxed).newValue <= limit else {
+            open.wrappingSubtract(1, ordering: .relaxed)
+            return false
+        }
+        guard perAddressLimit > 0, let address else { return true }
+        let taken = openByAddress.withLock { counts in
+            let count = counts[address, default: 0]
+            guard count < perAddressLimit else { return false }
+            counts[address] = count + 1
+            return true
+        }
+        if !taken { open.wrappingSubtract(1, ordering: .relaxed) }
+        return taken
     }
 
-    func release() {
+    func release(for address: ClientAddress?) {
         open.wrappingSubtract(1, ordering: .relaxed)
+        guard perAddressLimit > 0, let address else { return }
+        openByAddress.withLock { counts in
+            // Removed at zero, so the table only ever holds the addresses with connections open.
+            let count = counts[address, default: 0]
+            counts[address] = count > 1 ? count - 1 : nil
+        }
+    }
+}
+
+/// What the per-address cap counts by: an IPv4 address, or an IPv6 /64 (the smallest network a host is
+/// usually given, so one host cannot pass the cap by using more of its own addresses).
+enum ClientAddress: Hashable, Sendable {
+    case v4(UInt32)
+    case v6(UInt64)
+
+    init?(_ address: SocketAddress?) {
+        switch address {
+        case .v4(let v4)?:
+            self = .v4(UInt32(bigEndian: v4.address.sin_addr.s_addr))
+        case .v6(let v6)?:
+            let bytes = withUnsafeBytes(of: v6.address.sin6_addr) { Array($0) }
+            guard bytes.count == 16 else { return nil }
+            // An IPv4 client of a dual-stack socket (::ffff:a.b.c.d) is that IPv4 address.
+            if bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xff, bytes[11] == 0xff {
+                self = .v4(bytes[12..<16].reduce(0) { $0 << 8 | UInt32($1) })
+            } else {
+                self = .v6(bytes[0..<8].reduce(0) { $0 << 8 | UInt64($1) })
+            }
+        default:
+            return nil
+        }
     }
 }
 
 /// Holds a slot for as long as its connection is open, or closes the connection as soon as it is up when
-/// none is free: the descriptor comes back at once, and the connections already open keep being served.
+/// none is free, in all or for its client's address: the descriptor comes back at once, and the
+/// connections already open keep being served.
 final class ConnectionSlot: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
 
@@ -80,12 +127,13 @@ final class ConnectionSlot: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        guard slots.take() else {
+        let address = ClientAddress(context.channel.remoteAddress)
+        guard slots.take(for: address) else {
             refused = true
             if context.channel.isActive { context.close(promise: nil) }
             return
         }
-        context.channel.closeFuture.whenComplete { [slots] _ in slots.release() }
+        context.channel.closeFuture.whenComplete { [slots] _ in slots.release(for: address) }
     }
 
     func channelActive(context: ChannelHandlerContext) {
