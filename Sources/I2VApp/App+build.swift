@@ -240,15 +240,16 @@ func buildRouter(
 ) throws -> Router<AppRequestContext> {
     let router = Router(context: AppRequestContext.self)
     let operationsByPath = try OpenAPIDocument.operations()
+    let docs = try DocsController(assetsDirectory: configuration.docsAssetsDirectory)
     router.addMiddleware {
         ErrorMiddleware()
         OpenAIErrorMiddleware()
         MethodNotAllowedMiddleware(operations: operationsByPath)
         VideoFileMiddleware(directory: configuration.videosDirectory.path, logger: logger)
-        FileMiddleware(configuration.docsAssetsDirectory.path, urlBasePath: "/docs", searchForIndexHtml: false, logger: logger)
+        docs.assetsMiddleware(logger: logger)
     }
     operations.addRoutes(to: router)
-    try DocsController(assetsDirectory: configuration.docsAssetsDirectory).addRoutes(to: router)
+    docs.addRoutes(to: router)
     PlaygroundController().addRoutes(to: router)
     video.addRoutes(to: router.group("video").add(middleware: APIKeyAuthenticator(keyring: keyring)))
     openAI.addRoutes(to: router.group("v1").add(middleware: APIKeyAuthenticator(keyring: keyring)))

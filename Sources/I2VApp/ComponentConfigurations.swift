@@ -47,7 +47,7 @@ extension ServiceConfiguration {
     var api: APIConfiguration {
         .init(
             maxBodyBytes: maxBodyBytes, imageMaxBytes: imageMaxBytes, publicURL: publicURL, streamKeepAlive: streamKeepAlive,
-            videosDirectory: videosDirectory, videoTTL: videoTTL
+            videosDirectory: videosDirectory, videoTTL: videoTTL, uploadSpoolDirectory: uploadSpoolDirectory
         )
     }
 }

@@ -49,6 +49,18 @@ public struct ServiceConfiguration: Sendable {
     public var idleTimeout: Duration
     /// With this many connections open, new ones are closed as soon as they are accepted.
     public var maxConnections: Int
+    /// With this many connections open from one client address (an IPv4 address, an IPv6 /64), its new
+    /// ones are closed as soon as they are accepted; 0 for no such cap (behind a proxy every client shares
+    /// the proxy's address).
+    public var maxConnectionsPerAddress: Int
+    /// A request body must be complete within this much time spent waiting for the client's bytes.
+    public var bodyTimeout: Duration
+    /// A request body must arrive at least this fast, measured over each `bodyRateWindow`; 0 for no minimum.
+    public var bodyMinBytesPerSecond: Int
+    public var bodyRateWindow: Duration
+    /// Where an upload past its first 64 KiB waits while it arrives (`I2V_UPLOAD_SPOOL_DIR`); by default
+    /// `uploads` in the data dir. A local disk is best where the data dir is shared over the network.
+    public var uploadSpoolDirectory: URL
     public var submitsPerMinute: Int
     public var maxAttempts: Int
     public var shutdownGrace: Duration
@@ -106,6 +118,13 @@ public struct ServiceConfiguration: Sendable {
         self.headerTimeout = .seconds(max(0.1, config.seconds(forKey: "headerTimeoutSeconds", default: 10)))
         self.idleTimeout = .seconds(max(0.1, config.seconds(forKey: "idleTimeoutSeconds", default: 75)))
         self.maxConnections = max(1, config.int(forKey: "maxConnections", default: defaultMaxConnections()))
+        self.maxConnectionsPerAddress = max(0, config.int(forKey: "maxConnectionsPerAddress", default: 512))
+        self.bodyTimeout = .seconds(max(0.1, config.seconds(forKey: "bodyTimeoutSeconds", default: 300)))
+        self.bodyMinBytesPerSecond = max(0, config.int(forKey: "bodyMinBytesPerSecond", default: 1024))
+        self.bodyRateWindow = .seconds(max(0.1, config.seconds(forKey: "bodyRateWindowSeconds", default: 10)))
+        self.uploadSpoolDirectory = config.string(forKey: "uploadSpoolDir").flatMap { $0.isEmpty ? nil : $0 }
+            .map { URL(fileURLWithPath: $0, isDirectory: true).standardizedFileURL }
+            ?? dataDirectory.appending(path: "uploads", directoryHint: .isDirectory)
         self.submitsPerMinute = max(0, config.int(forKey: "submitsPerMinute", default: 120))
         self.streamKeepAlive = .seconds(max(0.1, config.seconds(forKey: "streamKeepaliveSeconds", default: 15)))
         self.maxAttempts = max(1, config.int(forKey: "maxAttempts", default: 2))

@@ -18,7 +18,8 @@ public struct ImageUpload: Sendable {
         bytes.append(contentsOf: piece)
     }
 
-    static func tooLarge(maxBytes: Int) -> ImageIntakeError {
+    /// The refusal of an image over the cap, for readers that hold its bytes elsewhere while they count them.
+    public static func tooLarge(maxBytes: Int) -> ImageIntakeError {
         ImageIntakeError(.tooLarge, "image is larger than \(maxBytes) bytes")
     }
 

@@ -137,6 +137,8 @@ struct VipsProcessor: Sendable {
         logger: Logger
     ) throws(ImageIntakeError) -> Output {
         try Vips.start()
+        // libpng would inflate a PNG's compressed text on every open of the file (PNGTextChunks says why).
+        let bytes = PNGTextChunks.stripped(bytes) ?? bytes
         let result: Result<Output, ImageIntakeError> = bytes.withUnsafeBytes { buffer in
             do throws(ImageIntakeError) {
                 return .success(try process(buffer, size: size, planner: planner, logger: logger))

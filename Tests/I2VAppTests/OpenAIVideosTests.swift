@@ -312,7 +312,7 @@ import Testing
                 let ascending = try await client.v1(.get, "/v1/videos?order=asc").jsonObject()
                 #expect((ascending["data"] as? [[String: Any]])?.compactMap { $0["id"] as? String } == ids)
 
-                for query in ["limit=0", "limit=101", "order=up", "after=nope", "after=video_\(String(repeating: "f", count: 32))"] {
+                for query in ["limit=0", "limit=101", "order=up", "after=nope", "after=", "after=video_\(String(repeating: "f", count: 32))"] {
                     let refused = try await client.v1(.get, "/v1/videos?\(query)")
                     #expect(refused.status == .badRequest, "\(query)")
                     #expect(try refused.openAIError()["param"] as? String == String(query.prefix { $0 != "=" }), "\(query)")

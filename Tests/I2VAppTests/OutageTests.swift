@@ -47,6 +47,11 @@ import Testing
                         try await Task.sleep(for: .seconds(12))
                         let finishedMeanwhile = await fake.running.isEmpty
                         try await setConnections(allowed: true, endpoint)
+                        // The API node's pool reconnects on its own time; until then it answers 503, as it should.
+                        let back = await eventually("the API node reaches the store again") {
+                            (try? await client.execute(uri: "/ready", method: .get).status) == .ok
+                        }
+                        try #require(back)
 
                         for id in ids {
                             let body = try await client.waitFor(id, status: "Succeed", timeout: .seconds(300))

@@ -13,6 +13,12 @@ import Testing
 @testable import I2VStoreSQLite
 @testable import I2VWebhooks
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Clients that connect and then dawdle must not take the server from everyone else. These tests talk
 /// to a live loopback server over raw sockets, as such clients do.
 @Suite struct SlowClientTests {
@@ -133,6 +139,229 @@ import Testing
     }
 }
 
+/// Clients that start a request body and then stall, trickle, hang up, cut it short or garble its
+/// framing: each is answered for what it is (408, 400) or, when it went away, counted apart from the
+/// server's own failures, and never holds its connection for long.
+@Suite struct RequestBodyTests {
+    static let alice = "Bearer \(TestKeys.alice)"
+    static let boundary = "i2v-raw-boundary"
+
+    /// The routes that read a body, each with a start of a body of its kind (never the whole of it).
+    static let routes: [(path: String, contentType: String, start: String)] = [
+        ("/video/submit", "application/json", #"{"prompt":"a cat dancing in the rain","#),
+        ("/video/status", "application/json", #"{"requestId":"#),
+        ("/video/cancel", "application/json", #"{"requestId":"#),
+        ("/v1/videos", "application/json", #"{"prompt":"a cat dancing in the rain","#),
+        ("/v1/videos", "multipart/form-data; boundary=\(boundary)", "--\(boundary)\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\n"),
+    ]
+
+    static func head(_ path: String, contentType: String, length: Int? = nil) -> String {
+        let framing = length.map { "Content-Length: \($0)" } ?? "Transfer-Encoding: chunked"
+        return "POST \(path) HTTP/1.1\r\nHost: localhost\r\nAuthorization: \(alice)\r\nContent-Type: \(contentType)\r\n\(framing)\r\n\r\n"
+    }
+
+    @Test func aStalledBodyIsAnswered408AndClosedOnEveryRoute() async throws {
+        let values: [String: ConfigValue] = [
+            "i2v.bodyTimeoutSeconds": 2, "i2v.bodyMinBytesPerSecond": 0, "i2v.headerTimeoutSeconds": 600, "i2v.idleTimeoutSeconds": 600,
+        ]
+        try await withLiveApp(values) { port in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for route in Self.routes {
+                    group.addTask {
+                        let connection = try await RawConnection.open(port: port)
+                        try await connection.send(Self.head(route.path, contentType: route.contentType, length: 100_000) + route.start)
+                        let received = try await outcome(of: connection.closed, within: .seconds(60))
+                        let answer = try #require(received, "\(route.path) (\(route.contentType)): still open after 60 s")
+                        #expect(answer.hasPrefix("HTTP/1.1 408 "), "\(route.path) (\(route.contentType)): \(answer.prefix(300))")
+                        #expect(answer.lowercased().contains("connection: close"))
+                        let reason = "the request body was not complete within 2 seconds"
+                        if route.path.hasPrefix("/v1/") {
+                            #expect(rawOpenAIError(in: answer)?["code"] as? String == "request_timeout", "\(answer.prefix(400))")
+                            #expect(rawOpenAIError(in: answer)?["message"] as? String == reason)
+                        } else {
+                            #expect(rawFailureReason(in: answer) == reason, "\(route.path): \(answer.prefix(400))")
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+    }
+
+    @Test func aTricklingBodyIsAnswered408AndASteadyOneIsNot() async throws {
+        let values: [String: ConfigValue] = [
+            "i2v.bodyTimeoutSeconds": 600, "i2v.bodyMinBytesPerSecond": 20, "i2v.bodyRateWindowSeconds": 2,
+            "i2v.headerTimeoutSeconds": 600, "i2v.idleTimeoutSeconds": 600,
+        ]
+        try await withLiveApp(values) { port in
+            for route in [Self.routes[0], Self.routes[4]] {
+                let connection = try await RawConnection.open(port: port)
+                try await connection.send(Self.head(route.path, contentType: route.contentType, length: 100_000))
+                // One byte every 300 ms, far below 20 bytes a second, until the server hangs up.
+                let trickle = Task {
+                    for byte in route.start.utf8 {
+                        try await Task.sleep(for: .milliseconds(300))
+                        guard connection.channel.isActive else { return }
+                        try? await connection.send(String(UnicodeScalar(byte)))
+                    }
+                }
+                defer { trickle.cancel() }
+                let received = try await outcome(of: connection.closed, within: .seconds(60))
+                let answer = try #require(received, "\(route.path): still open after 60 s")
+                #expect(answer.hasPrefix("HTTP/1.1 408 "), "\(route.path): \(answer.prefix(300))")
+                #expect(answer.contains("the request body arrived slower than 20 bytes per second"), "\(answer.prefix(400))")
+            }
+
+            // A body in pieces with pauses between them, each piece more than a window's worth, is read whole.
+            let steady = try await RawConnection.open(port: port)
+            let body = #"{"requestId":"0123456789abcdef0123456789abcdef"}"# + String(repeating: " ", count: 200)
+            try await steady.send(Self.head("/video/status", contentType: "application/json", length: body.utf8.count))
+            for piece in [body.prefix(125), body.dropFirst(125)] {
+                try await Task.sleep(for: .milliseconds(300))
+                try await steady.send(String(piece))
+            }
+            let answer = try await outcome(of: steady.response, within: .seconds(60))
+            #expect(answer?.hasPrefix("HTTP/1.1 404 ") == true, "steady body: \(answer ?? "no answer in 60 s")")
+            await steady.close()
+        }
+    }
+
+    @Test func aMalformedChunkedBodyIs400OnEveryRoute() async throws {
+        try await withLiveApp(SlowClientTests.patient) { port, client in
+            for route in Self.routes {
+                for garbled in ["zz\r\nabc\r\n0\r\n\r\n", "5\r\nabc\r\n0\r\n\r\n"] {
+                    let connection = try await RawConnection.open(port: port)
+                    try await connection.send(Self.head(route.path, contentType: route.contentType) + garbled)
+                    let received = try await outcome(of: connection.closed, within: .seconds(60))
+                    let answer = try #require(received, "\(route.path) with \(garbled.debugDescription): still open after 60 s")
+                    #expect(answer.hasPrefix("HTTP/1.1 400 "), "\(route.path) with \(garbled.debugDescription): \(answer.prefix(300))")
+                    let reason = route.path.hasPrefix("/v1/")
+                        ? rawOpenAIError(in: answer)?["message"] as? String : rawFailureReason(in: answer)
+                    #expect(reason?.hasPrefix("the request body is malformed") == true, "\(answer.prefix(400))")
+                }
+            }
+            let metrics = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
+            #expect(!metrics.contains(#"i2v_submit_rejections_total{status="500"}"#), "\(metrics)")
+        }
+    }
+
+    @Test func aClientHangingUpMidUploadIsNotAServerError() async throws {
+        try await withLiveApp(SlowClientTests.patient) { port, client in
+            let submits = Self.routes.filter { $0.path == "/video/submit" || $0.path == "/v1/videos" }
+            for route in submits {
+                let connection = try await RawConnection.open(port: port)
+                try await connection.send(Self.head(route.path, contentType: route.contentType, length: 100_000) + route.start)
+                try await Task.sleep(for: .milliseconds(200))
+                await connection.close()
+            }
+            // The server notices each hang-up on its own time; a bounded wait absorbs that.
+            var metrics = ""
+            let deadline = ContinuousClock.now + .seconds(60)
+            while ContinuousClock.now < deadline {
+                metrics = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
+                if metrics.contains(#"i2v_submit_rejections_total{status="client_closed"} \#(submits.count)"#) { break }
+                try await Task.sleep(for: .milliseconds(200))
+            }
+            #expect(metrics.contains(#"i2v_submit_rejections_total{status="client_closed"} \#(submits.count)"#), "\(metrics)")
+            #expect(!metrics.contains(#"i2v_submit_rejections_total{status="500"}"#), "\(metrics)")
+        }
+    }
+
+    @Test func aTruncatedMultipartBodyIs400ForItsFraming() async throws {
+        try await withLiveApp(SlowClientTests.patient) { port in
+            let boundary = Self.boundary
+            // A whole HTTP body, but the form in it stops inside the image, before its closing boundary.
+            let form = "--\(boundary)\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\na cat dancing in the rain\r\n"
+                + "--\(boundary)\r\nContent-Disposition: form-data; name=\"input_reference\"; filename=\"cat.png\"\r\n"
+                + "Content-Type: image/png\r\n\r\n\u{89}PNG"
+            let connection = try await RawConnection.open(port: port)
+            try await connection.send(
+                Self.head("/v1/videos", contentType: "multipart/form-data; boundary=\(boundary)", length: form.utf8.count) + form
+            )
+            let answer = try await outcome(of: connection.response, within: .seconds(60))
+            let response = try #require(answer, "no answer in 60 s")
+            #expect(response.hasPrefix("HTTP/1.1 400 "), "\(response.prefix(300))")
+            let error = rawOpenAIError(in: response)
+            #expect(error?["code"] as? String == "invalid_multipart", "\(response.prefix(400))")
+            #expect((error?["message"] as? String)?.contains("truncated") == true, "\(response.prefix(400))")
+            await connection.close()
+        }
+    }
+
+    /// An upload that stalls holds a few KiB of memory, not what it has sent: past its first 64 KiB it
+    /// waits in an unlinked file (seen here through the process's open descriptors), which is gone once
+    /// the client has hung up.
+    @Test(.enabled(if: FileManager.default.fileExists(atPath: "/proc/self/fd"), "needs /proc to see the spool's descriptors"))
+    func aStalledUploadWaitsOnDiskNotInMemory() async throws {
+        let directory = try TemporaryDirectory()
+        let spool = directory.url.appending(path: "uploads").resolvingSymlinksInPath().path + "/"
+        let app = try await makeTestApp(dataDir: directory.url, worker: FakeWorker(), SlowClientTests.patient)
+        try await app.test(.live) { client in
+            let port = try #require(client.port)
+            let sent = 1 << 20
+            let image = String(repeating: "A", count: sent)
+            let uploads: [(contentType: String, start: String)] = [
+                (
+                    "multipart/form-data; boundary=\(Self.boundary)",
+                    "--\(Self.boundary)\r\nContent-Disposition: form-data; name=\"input_reference\"; filename=\"cat.png\"\r\n"
+                        + "Content-Type: image/png\r\n\r\n" + image
+                ),
+                ("application/json", #"{"prompt":"a cat dancing in the rain","input_reference":{"image_url":"data:image/png;base64,"# + image),
+            ]
+            for upload in uploads {
+                let connection = try await RawConnection.open(port: port)
+                try await connection.send(Self.head("/v1/videos", contentType: upload.contentType, length: 4 * sent) + upload.start)
+                // One file, holding all but (at most) the last 64 KiB received.
+                await poll("\(upload.contentType): the upload's bytes in a spool file", { spooledFileSizes(under: spool) }) {
+                    $0.count == 1 && $0[0] >= sent - BodySpool.memoryLimit
+                }
+                await connection.close()
+                await poll("\(upload.contentType): the spool file closed once the client hung up", { spooledFileSizes(under: spool) }) {
+                    $0.isEmpty
+                }
+            }
+            // Unlinked while open: nothing was ever left to find in the directory.
+            let left = (try? FileManager.default.contentsOfDirectory(atPath: spool)) ?? []
+            #expect(left.isEmpty, "\(left)")
+        }
+    }
+
+    @Test func connectionsOverThePerAddressCapAreClosedAndServedOnceSlotsFree() async throws {
+        let cap = 4
+        let values = SlowClientTests.patient.merging(["i2v.maxConnectionsPerAddress": .init(integerLiteral: cap)]) { $1 }
+        try await withLiveApp(values) { port, client in
+            // The test client keeps one connection of its own, from the same address; a request pins it.
+            #expect(try await client.execute(uri: "/health", method: .get).status == .ok)
+            var held: [RawConnection] = []
+            for _ in 0..<(cap - 1) {
+                let connection = try await RawConnection.open(port: port)
+                held.append(connection)
+                try await connection.send("GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                let response = try await outcome(of: connection.response, within: .seconds(30))
+                try #require(response?.hasPrefix("HTTP/1.1 200") == true, "under the cap: \(response ?? "no answer in 30 s")")
+            }
+
+            let refused = try await RawConnection.open(port: port)
+            let received = try await outcome(of: refused.closed, within: .seconds(30))
+            #expect(received == "", "over the cap: \(received ?? "still open after 30 s")")
+            #expect(held.allSatisfy { $0.channel.isActive }, "the connections under the cap should stay open")
+
+            await held[0].close()
+            var answer: String?
+            let deadline = ContinuousClock.now + .seconds(60)
+            for _ in 0..<100 where answer == nil && ContinuousClock.now < deadline {
+                let fresh = try await RawConnection.open(port: port)
+                try? await fresh.send("GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                answer = try? await outcome(of: fresh.response, within: .seconds(30))
+                await fresh.close()
+                if answer == nil { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            #expect(answer?.hasPrefix("HTTP/1.1 200") == true, "once a held connection closed: \(answer ?? "never answered")")
+            for connection in held.dropFirst() { await connection.close() }
+        }
+    }
+}
+
 private func withLiveApp(
     _ values: [String: ConfigValue] = [:],
     _ body: @Sendable (_ port: Int) async throws -> Void
@@ -161,6 +390,54 @@ private func rawFailureReason(in response: String) -> String? {
           detail["status"] as? String == "Failed"
     else { return nil }
     return detail["reason"] as? String
+}
+
+/// The `error` object of a raw response whose body is OpenAI's `{"error":{"message","type","param","code"}}`.
+private func rawOpenAIError(in response: String) -> [String: Any]? {
+    guard let bodyStart = response.range(of: "\r\n\r\n")?.upperBound,
+          let object = try? JSONSerialization.jsonObject(with: Data(response[bodyStart...].utf8)) as? [String: Any],
+          object.keys.sorted() == ["error"],
+          let error = object["error"] as? [String: Any],
+          error.keys.sorted() == ["code", "message", "param", "type"]
+    else { return nil }
+    return error
+}
+
+/// The sizes of the files this process holds open under `directory` (unlinked ones included), from
+/// /proc/self/fd.
+private func spooledFileSizes(under directory: String) -> [Int] {
+    let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+    return descriptors.compactMap { descriptor in
+        let link = "/proc/self/fd/\(descriptor)"
+        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: link), target.hasPrefix(directory) else {
+            return nil
+        }
+        var status = stat()
+        guard stat(link, &status) == 0 else { return nil }
+        return Int(status.st_size)
+    }
+}
+
+/// Polls `probe` until `done` holds for what it returns, and returns the last value; a wait that runs out
+/// records one issue with that value.
+@discardableResult
+private func poll<T>(
+    _ what: String,
+    timeout: Duration = .seconds(60),
+    sourceLocation: SourceLocation = #_sourceLocation,
+    _ probe: () async -> T,
+    until done: (T) -> Bool
+) async -> T {
+    let deadline = ContinuousClock.now + timeout
+    while true {
+        let value = await probe()
+        if done(value) { return value }
+        if ContinuousClock.now > deadline {
+            Issue.record("\(what): not within \(timeout); last seen: \(value)", sourceLocation: sourceLocation)
+            return value
+        }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
 }
 
 /// Waits for `future` at most `limit`; nil when it did not complete in time.

@@ -170,6 +170,33 @@ func withWebhookReceiver<T: Sendable>(
         }
     }
 
+    /// A URL holding CR, LF or another control character is malformed, not something to percent-encode at
+    /// delivery: 422 on the native API, and the same issue as a 400 naming webhook_url on /v1/videos.
+    @Test func controlCharactersInTheURLAreRefusedOnBothAPIs() async throws {
+        let directory = try TemporaryDirectory()
+        let app = try await makeTestApp(dataDir: directory.url, worker: FakeWorker())
+        try await app.test(.live) { client in
+            for hook in [#"https://example.com/h\r\nX-Injected: 1"#, #"https://example.com/h\n"#, #"https://example.com/\th"#, #"https://example.com/h\u0000"#, #"https://example.com/h\u007f"#, #"https://example.com/h\u0085"#] {
+                let native = try await client.post(
+                    "/video/submit",
+                    json: #"{"image_url":"http://127.0.0.1:9/image.png","prompt":"A dancing cat in the style of Van Gogh","webhook_url":"\#(hook)"}"#
+                )
+                #expect(native.status == .unprocessableContent, "\(hook): \(String(buffer: native.body))")
+                let issue = native.validationIssues.first
+                #expect((issue?["loc"] as? [Any])?.last as? String == "webhook_url", "\(hook): \(issue ?? [:])")
+                #expect((issue?["msg"] as? String)?.contains("control character") == true, "\(hook): \(issue ?? [:])")
+
+                let openAI = try await client.post(
+                    "/v1/videos",
+                    json: #"{"prompt":"A dancing cat in the style of Van Gogh","input_reference":{"image_url":"http://127.0.0.1:9/i.png"},"webhook_url":"\#(hook)"}"#
+                )
+                #expect(openAI.status == .badRequest, "\(hook): \(String(buffer: openAI.body))")
+                let error = try openAI.jsonObject()["error"] as? [String: Any]
+                #expect(error?["param"] as? String == "webhook_url" && error?["code"] as? String == "url_parsing", "\(hook): \(error ?? [:])")
+            }
+        }
+    }
+
     /// Refused at submit with 400 and a reason naming webhook_url: a private address while private hosts are
     /// not allowed, and the link-local (cloud metadata) range even when they are.
     @Test func blockedWebhookAddressesAreRefusedAtSubmit() async throws {

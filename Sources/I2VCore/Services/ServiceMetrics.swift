@@ -87,6 +87,13 @@ public struct ServiceMetrics: Sendable {
             .increment()
     }
 
+    /// A submit whose client went away before its body was in: no answer was given, and the server did
+    /// nothing wrong, so it is counted apart from the statuses.
+    package func recordClientClosedSubmit() {
+        CoreMetrics.Counter(label: "i2v_submit_rejections_total", dimensions: [("status", "client_closed")], factory: factory)
+            .increment()
+    }
+
     package func recordWorkerRestart(index: Int, device: String) {
         workerRestarts(index: index, device: device).increment()
     }

@@ -55,6 +55,12 @@ package struct VideoController: Sendable {
             let error = Self.apiError(failure)
             metrics.recordRejection(status: Int(error.status.code))
             throw error
+        } catch RequestBodyError.clientClosed {
+            metrics.recordClientClosedSubmit()
+            throw RequestBodyError.clientClosed
+        } catch let error as RequestBodyError {
+            metrics.recordRejection(status: Int(error.status.code))
+            throw error
         } catch let error as any HTTPResponseError {
             metrics.recordRejection(status: Int(error.status.code))
             throw error

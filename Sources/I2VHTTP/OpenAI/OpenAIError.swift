@@ -86,7 +86,9 @@ package struct OpenAIErrorMiddleware<Context: RequestContext>: RouterMiddleware 
             return try await next(request, context)
         } catch {
             let converted = OpenAIError.converting(error)
-            if converted.status.code >= 500 {
+            if let error = error as? RequestBodyError {
+                context.logger.debug("request body cut short", metadata: ["reason": "\(error.reason)", "path": "\(path)"])
+            } else if converted.status.code >= 500 {
                 context.logger.error(
                     "request failed",
                     metadata: ["status": "\(converted.status.code)", "error": "\(String(reflecting: error))", "path": "\(path)"]
@@ -114,6 +116,8 @@ extension OpenAIError {
             return OpenAIError(error.status, error.reason, code: code, headers: error.headers)
         case let error as RequestValidationError:
             return invalidRequest(error.issues)
+        case let error as RequestBodyError:
+            return OpenAIError(error.status, error.reason, code: error.openAICode)
         case let error as StoreUnavailable:
             return OpenAIError(.serviceUnavailable, "\(error.description); try again shortly", code: "store_unavailable", headers: [.retryAfter: "5"])
         case let error as HTTPError:

@@ -71,7 +71,11 @@ package struct OpenAIVideosController: Sendable {
             return response
         } catch {
             let answer = Self.openAIError(error)
-            metrics.recordRejection(status: Int(answer.status.code))
+            if case RequestBodyError.clientClosed = error {
+                metrics.recordClientClosedSubmit()
+            } else {
+                metrics.recordRejection(status: Int(answer.status.code))
+            }
             // The middleware logs a server-side failure with its cause, and answers it the same way.
             throw answer.status == .internalServerError ? error : answer
         }
@@ -85,7 +89,8 @@ package struct OpenAIVideosController: Sendable {
                 request.body,
                 boundary: boundary,
                 upload: useCases.submit.intake.upload(),
-                fieldLimit: configuration.maxBodyBytes
+                fieldLimit: configuration.maxBodyBytes,
+                spoolingTo: configuration.uploadSpoolDirectory
             )
             return try VideoCreateRequest.validate(form: form, models: try await models())
         }
@@ -99,7 +104,7 @@ package struct OpenAIVideosController: Sendable {
         }
         // Room for a data: URL of the largest image accepted, in base64, beside the other fields.
         let limit = configuration.maxBodyBytes + (configuration.imageMaxBytes + 2) / 3 * 4
-        let body = try await request.jsonBody(limit: limit)
+        let body = try await request.jsonBody(limit: limit, spoolingTo: configuration.uploadSpoolDirectory)
         return try VideoCreateRequest.validate(json: body, models: try await models())
     }
 
@@ -166,9 +171,12 @@ package struct OpenAIVideosController: Sendable {
     @Sendable package func list(request: Request, context: AppRequestContext) async throws -> Response {
         let query = request.uri.queryParameters
         var after: String?
-        if let cursor = query["after"].map(String.init), !cursor.isEmpty {
+        // An empty `after=` is refused like any other value that is not a video id (as an empty `limit=` or
+        // `order=` is): the first page is asked for by leaving `after` out.
+        if let cursor = query["after"].map(String.init) {
             guard let id = VideoID.taskID(cursor) else {
-                throw OpenAIError(.badRequest, "after must be a video id (video_ and 32 hex digits), not \(cursor)", param: "after", code: "invalid_value")
+                let given = cursor.isEmpty ? "empty (leave it out for the first page)" : "not \(cursor)"
+                throw OpenAIError(.badRequest, "after must be a video id (video_ and 32 hex digits), \(given)", param: "after", code: "invalid_value")
             }
             after = id
         }

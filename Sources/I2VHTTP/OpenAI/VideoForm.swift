@@ -53,9 +53,10 @@ package enum VideoFormReader {
         _ body: Body,
         boundary: String,
         upload: ImageUpload,
-        fieldLimit: Int
+        fieldLimit: Int,
+        spoolingTo spoolDirectory: URL
     ) async throws -> VideoForm where Body.Element == ByteBuffer {
-        let collector = Collector(upload: upload, fieldLimit: fieldLimit)
+        let collector = Collector(upload: upload, fieldLimit: fieldLimit, spoolDirectory: spoolDirectory)
         let parser = MultipartParser(boundary: boundary)
         parser.onHeader = { name, value in collector.header(name: name, value: value) }
         parser.onBody = { buffer in collector.body(&buffer) }
@@ -64,24 +65,70 @@ package enum VideoFormReader {
         // (a preamble, say) but which must not stream on for ever either.
         let limit = upload.maxBytes + fieldLimit + 64 * 1024
         var received = 0
+        // The parser takes a body that stops early for one that ends there, losing the part it was in
+        // (the image, most often): only the closing delimiter tells a whole form from a cut one.
+        var closing = DelimiterScanner(delimiter: "\r\n--\(boundary)--")
         for try await chunk in body {
             received += chunk.readableBytes
             guard received <= limit else { throw VideoFormFailure.bodyTooLarge(limit: limit) }
+            closing.scan(chunk)
             do {
                 try parser.execute(chunk)
             } catch {
                 throw VideoFormFailure.malformed("the multipart body is malformed")
             }
             if let failure = collector.failure { throw failure }
+            if let error = collector.spoolError { throw error }
         }
         guard collector.completedParts > 0 else {
             throw VideoFormFailure.malformed("the multipart body has no complete part (is its boundary \"\(boundary)\"?)")
         }
-        return collector.form
+        guard closing.found else {
+            throw VideoFormFailure.malformed("the multipart body is truncated: it ends before its closing boundary --\(boundary)--")
+        }
+        var form = collector.form
+        form.imageBytes = try collector.image?.finish()
+        return form
+    }
+
+    /// Looks for one byte string in a stream as it goes by, each byte looked at once (Knuth–Morris–Pratt),
+    /// so a body of any size costs no more than one pass and no copies.
+    struct DelimiterScanner {
+        private let delimiter: [UInt8]
+        /// For each prefix of the delimiter, the longest proper prefix that is also its suffix.
+        private let fallback: [Int]
+        private var matched = 0
+        private(set) var found = false
+
+        init(delimiter: String) {
+            let bytes = Array(delimiter.utf8)
+            var fallback = Array(repeating: 0, count: bytes.count)
+            var length = 0
+            for index in bytes.indices.dropFirst() {
+                while length > 0, bytes[index] != bytes[length] { length = fallback[length - 1] }
+                if bytes[index] == bytes[length] { length += 1 }
+                fallback[index] = length
+            }
+            self.delimiter = bytes
+            self.fallback = fallback
+        }
+
+        mutating func scan(_ buffer: ByteBuffer) {
+            guard !found, !delimiter.isEmpty else { return }
+            for byte in buffer.readableBytesView {
+                while matched > 0, byte != delimiter[matched] { matched = fallback[matched - 1] }
+                if byte == delimiter[matched] { matched += 1 }
+                if matched == delimiter.count {
+                    found = true
+                    return
+                }
+            }
+        }
     }
 
     /// The parser's callbacks cannot throw: the first failure is kept here and ends the read after the
-    /// chunk in hand, and nothing more is kept once there is one.
+    /// chunk in hand, and nothing more is kept once there is one. The image waits in a `BodySpool` until
+    /// the whole form is in, so a stalled upload does not hold it in memory.
     private final class Collector {
         enum Part {
             case image
@@ -91,16 +138,23 @@ package enum VideoFormReader {
 
         var form = VideoForm()
         var failure: VideoFormFailure?
+        /// The spool's own failure (a full disk, say): the server's, not the form's.
+        var spoolError: (any Error)?
         var completedParts = 0
-        private var upload: ImageUpload
+        /// The complete image part's bytes.
+        private(set) var image: BodySpool?
+        private let maxImageBytes: Int
+        private let spoolDirectory: URL
+        private var imagePart: BodySpool?
         private let fieldLimit: Int
         private var fieldBytes = 0
         private var headers = HTTPHeaders()
         private var part: Part?
 
-        init(upload: ImageUpload, fieldLimit: Int) {
-            self.upload = upload
+        init(upload: ImageUpload, fieldLimit: Int, spoolDirectory: URL) {
+            self.maxImageBytes = upload.maxBytes
             self.fieldLimit = fieldLimit
+            self.spoolDirectory = spoolDirectory
         }
 
         func header(name: String, value: String) {
@@ -113,11 +167,12 @@ package enum VideoFormReader {
             let name = MultipartPart(headers: headers, body: ByteBuffer()).name
             let kind: Part
             switch name {
-            case VideoFormReader.imageField? where form.imageBytes != nil:
+            case VideoFormReader.imageField? where image != nil:
                 failure = failure ?? .malformed("only one input_reference file may be sent")
                 kind = .ignored
             case VideoFormReader.imageField?:
                 kind = .image
+                imagePart = BodySpool(directory: spoolDirectory)
             case let name?:
                 kind = .field(name: name, bytes: [])
             case nil:
@@ -128,13 +183,18 @@ package enum VideoFormReader {
         }
 
         func body(_ buffer: inout ByteBuffer) {
-            guard failure == nil else { return }
+            guard failure == nil, spoolError == nil else { return }
             switch currentPart() {
             case .image:
+                guard let imagePart else { return }
+                guard imagePart.count + buffer.readableBytes <= maxImageBytes else {
+                    failure = .image(ImageUpload.tooLarge(maxBytes: maxImageBytes))
+                    return
+                }
                 do {
-                    try upload.append(contentsOf: buffer.readableBytesView)
+                    try imagePart.append(buffer.readableBytesView)
                 } catch {
-                    failure = .image(error)
+                    spoolError = error
                 }
             case .field(let name, var bytes):
                 fieldBytes += buffer.readableBytes
@@ -161,8 +221,8 @@ package enum VideoFormReader {
             completedParts += 1
             switch currentPart() {
             case .image:
-                form.imageBytes = upload.bytes
-                upload = ImageUpload(maxBytes: upload.maxBytes)
+                image = imagePart
+                imagePart = nil
             case .field(let name, let bytes):
                 guard let text = String(validating: bytes, as: UTF8.self) else {
                     failure = .malformed("the form field \(name) is not UTF-8 text")

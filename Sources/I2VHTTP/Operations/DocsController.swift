@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import I2VOpenAPI
+import Logging
 import NIOCore
 import I2VCore
 import I2VGPUNode
@@ -43,6 +44,13 @@ package struct DocsController: Sendable {
         }
     }
 
+    /// Swagger UI's files under `/docs/`, from `assetsDirectory`.
+    package func assetsMiddleware(logger: Logger) -> DocsAssetsMiddleware {
+        DocsAssetsMiddleware(
+            files: FileMiddleware(assetsDirectory.path, urlBasePath: "/docs", searchForIndexHtml: false, logger: logger)
+        )
+    }
+
     package static let initializer = """
         window.onload = function () {
           window.ui = SwaggerUIBundle({
@@ -73,4 +81,24 @@ package struct DocsController: Sendable {
         </body>
         </html>
         """
+}
+
+/// Hands only `/docs/…` paths that can name a file to Hummingbird's FileMiddleware. That middleware looks
+/// at every request the router answers 404, and answers 400 itself for a path holding `..` or broken
+/// percent-encoding, before it even checks the `/docs` prefix. Such a path names no asset (and, outside
+/// `/docs`, no route): it goes on to the router and ends in the 404 the contract lists.
+package struct DocsAssetsMiddleware: RouterMiddleware {
+    package let files: FileMiddleware<AppRequestContext, LocalFileSystem>
+
+    package func handle(
+        _ request: Request,
+        context: AppRequestContext,
+        next: (Request, AppRequestContext) async throws -> Response
+    ) async throws -> Response {
+        let path = request.uri.path
+        guard path.hasPrefix("/docs/"), let decoded = path.removingPercentEncoding, !decoded.contains("..") else {
+            return try await next(request, context)
+        }
+        return try await files.handle(request, context: context, next: next)
+    }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import HTTPTypes
 import NIOCore
 import I2VCore
 import I2VGPUNode
@@ -40,13 +41,13 @@ package struct OperationsController: Sendable {
         do {
             try await queue.ping()
         } catch {
-            throw APIError(.serviceUnavailable, "task store unreachable: \(error)")
+            throw APIError(.serviceUnavailable, "task store unreachable: \(error)", headers: Self.retryAfterStore)
         }
         guard let pool else { return try await apiNodeReady() }
         let workers = await pool.snapshot()
         // One ready worker is enough to take work; the others are listed so an operator sees what is down.
         guard let first = workers.first(where: { $0.ready != nil }), let ready = first.ready else {
-            throw APIError(.serviceUnavailable, Self.unavailableReason(workers))
+            throw APIError(.serviceUnavailable, Self.unavailableReason(workers), headers: Self.retryAfterWorkers)
         }
         return JSONBody.response(
             status: .ok,
@@ -83,7 +84,8 @@ package struct OperationsController: Sendable {
         guard let first = live.first, let model = first.models.first else {
             throw APIError(
                 .serviceUnavailable,
-                "no live worker node: none has sent a heartbeat to the task store in the last \(Int(nodes.lease.seconds)) s"
+                "no live worker node: none has sent a heartbeat to the task store in the last \(Int(nodes.lease.seconds)) s",
+                headers: Self.retryAfterWorkers
             )
         }
         return JSONBody.response(
@@ -106,6 +108,12 @@ package struct OperationsController: Sendable {
             )
         )
     }
+
+    /// Every 503 says when to look again, so a load balancer or a start-up script polling /ready backs off
+    /// instead of hammering a node that is loading a model. The same waits as the submit's 503s: a store
+    /// outage is usually brief; a worker loading (or a worker node joining) takes longer.
+    package static let retryAfterStore: HTTPFields = [.retryAfter: "5"]
+    package static let retryAfterWorkers: HTTPFields = [.retryAfter: "10"]
 
     package static func unavailableReason(_ workers: [WorkerPool.Snapshot]) -> String {
         if workers.count == 1 { return workers[0].status.problem ?? "inference worker not ready" }

@@ -13,10 +13,12 @@ public struct APIConfiguration: Sendable {
     public var videosDirectory: URL
     /// How long a finished video stays downloadable.
     public var videoTTL: Duration
+    /// Where an upload's bytes past the first 64 KiB wait while it arrives.
+    public var uploadSpoolDirectory: URL
 
     public init(
         maxBodyBytes: Int, imageMaxBytes: Int, publicURL: String, streamKeepAlive: Duration, videosDirectory: URL,
-        videoTTL: Duration
+        videoTTL: Duration, uploadSpoolDirectory: URL
     ) {
         self.maxBodyBytes = maxBodyBytes
         self.imageMaxBytes = imageMaxBytes
@@ -24,5 +26,6 @@ public struct APIConfiguration: Sendable {
         self.streamKeepAlive = streamKeepAlive
         self.videosDirectory = videosDirectory
         self.videoTTL = videoTTL
+        self.uploadSpoolDirectory = uploadSpoolDirectory
     }
 }

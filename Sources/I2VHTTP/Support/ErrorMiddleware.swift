@@ -19,6 +19,10 @@ package struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             throw error
         } catch let error as RequestValidationError {
             throw error
+        } catch let error as RequestBodyError {
+            // The client's doing, answered (if anyone is left to hear it) by `RequestHeadGuard` already.
+            context.logger.debug("request body cut short", metadata: ["reason": "\(error.reason)", "path": "\(request.uri.path)"])
+            throw APIError(error.status, error.reason)
         } catch let error as StoreUnavailable {
             // Nothing was changed: the client can send the same request again once the database is back.
             context.logger.warning("request refused: task store unavailable", metadata: ["reason": "\(error.reason)"])

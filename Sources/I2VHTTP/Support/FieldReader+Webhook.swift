@@ -15,7 +15,17 @@ extension FieldReader {
             }
             return nil
         }
-        let url = self.url("webhook_url")
+        let url: String?
+        if case .string(let text) = urlValue, text.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
+            // URL parsing lets CR, LF and other control characters through (delivery would percent-encode
+            // them): a URL that holds one was pasted or built wrong, and it is refused rather than repaired.
+            issues.append(
+                ValidationIssue("url_parsing", field: "webhook_url", "Input should be a valid URL, without control characters (such as CR or LF)", input: urlValue)
+            )
+            url = nil
+        } else {
+            url = self.url("webhook_url")
+        }
         var events = WebhookEvent.defaults
         if let eventsValue {
             guard let named = webhookEvents(eventsValue) else { return nil }

@@ -20,6 +20,19 @@ extension Request {
         try JSONValue.parseBody(try await cappedBody(limit: limit))
     }
 
+    /// As `jsonBody(limit:)`, for a limit far above the other bodies' (an image in a data: URL): past its
+    /// first KiB the body waits in `BodySpool` while it arrives, not in memory.
+    func jsonBody(limit: Int, spoolingTo directory: URL) async throws -> JSONValue {
+        let spool = BodySpool(directory: directory)
+        for try await chunk in body {
+            guard spool.count + chunk.readableBytes <= limit else {
+                throw APIError(.contentTooLarge, "request body is larger than \(limit) bytes")
+            }
+            try spool.append(chunk.readableBytesView)
+        }
+        return try JSONValue.parseBody(ByteBuffer(bytes: try spool.finish()))
+    }
+
     /// The `requestId` of a `/video/status` or `/video/cancel` body. The common, valid body takes a typed
     /// decode; anything else goes through full validation for its 422 answer.
     package func requestID(limit: Int) async throws -> String {
