@@ -1,12 +1,13 @@
-"""Build the demo checkpoint: a tiny, randomly initialised `WanImageToVideoPipeline`.
+"""Build the demo checkpoints: tiny, randomly initialised Wan pipelines, one per architecture of models.py.
 
-The demo checkpoint has the architecture of Wan2.1 image-to-video (UMT5 text encoder, CLIP vision encoder, Wan VAE,
-Wan transformer, UniPC flow scheduler) at toy sizes. It is built offline from configs, with a fixed seed, so every
-machine builds the same checkpoint; it is saved with `save_pretrained` and loaded by the very same `from_pretrained`
-code path as the real model. Its output is noise by design.
+A demo checkpoint has the architecture of its real model (UMT5 text encoder, Wan VAE, Wan transformer or two, UniPC
+flow scheduler, and a CLIP vision encoder where the model has one) at toy sizes. It is built offline from configs,
+with a fixed seed, so every machine builds the same checkpoint; it is saved with `save_pretrained` and loaded by
+the very same `from_pretrained` code path as the real model. Its output is noise by design.
 
-    python -m i2v_worker.demo --output DIR
-    python -m i2v_worker.demo --lora FILE      # a step-distillation-shaped LoRA for it, for I2V_SPEED=turbo
+    python -m i2v_worker.demo --output DIR [--model wan2.2-ti2v-5b-demo]
+    python -m i2v_worker.demo --lora FILE      # a step-distillation-shaped LoRA for the Wan2.1 demo, for turbo
+    python -m i2v_worker.demo --list           # the demo model ids
 """
 
 from __future__ import annotations
@@ -23,16 +24,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .metadata import MODEL_INFO_FILE, ModelInfo
+from . import models
+from .metadata import MODEL_INFO_FILE
+from .settings import ConfigurationError
 
 logger = logging.getLogger("i2v_worker.demo")
 
-DEMO_MODEL = ModelInfo(id="wan2.1-i2v-demo", native_area=160 * 96, size_multiple=16, fps=16)
+DEFAULT_DEMO = models.DEFAULT_MODEL + models.DEMO_SUFFIX
 DEMO_SEED = 20250101
 
 # Sizes of the toy components.
 TEXT_DIM = 32  # UMT5 d_model, the transformer's text_dim
 IMAGE_DIM = 16  # CLIP vision hidden size, the transformer's image_dim
+IMAGE_SIZE, IMAGE_PATCH = 32, 8
+IMAGE_TOKENS = (IMAGE_SIZE // IMAGE_PATCH) ** 2 + 1  # what CLIP makes of one image: the patches and a class token
 HEADS = 2
 HEAD_DIM = 12
 DIM = HEADS * HEAD_DIM  # the transformer's hidden size
@@ -41,6 +46,8 @@ FREQ_DIM = 32
 OUT_PATCH = 16 * 1 * 2 * 2  # out_channels x patch volume: the head's output
 LORA_RANK = 4
 LORA_SEED = 20250102
+WAN22_LATENTS = 48  # the Wan2.2 VAE's latent channels (TI2V-5B)
+A14B_BOUNDARY = 0.9  # Wan2.2 I2V-A14B's: the high-noise expert for timesteps >= 900 of 1000
 
 
 def _vocabulary() -> list[tuple[str, float]]:
@@ -54,90 +61,123 @@ def _vocabulary() -> list[tuple[str, float]]:
     return pieces
 
 
-def build(output: Path) -> None:
-    """Builds the demo checkpoint into `output`, a directory that must not exist yet."""
-    import torch
-    from diffusers import (
-        AutoencoderKLWan,
-        UniPCMultistepScheduler,
-        WanImageToVideoPipeline,
-        WanTransformer3DModel,
-    )
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        CLIPVisionModel,
-        T5Tokenizer,
-        UMT5Config,
-        UMT5EncoderModel,
+def _text() -> dict[str, Any]:
+    from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
+
+    vocabulary = _vocabulary()
+    return {
+        "tokenizer": T5Tokenizer(vocab=vocabulary, extra_ids=0),
+        "text_encoder": UMT5EncoderModel(
+            UMT5Config(
+                vocab_size=len(vocabulary), d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                relative_attention_num_buckets=8, relative_attention_max_distance=32, dropout_rate=0.0,
+            )
+        ),
+    }  # fmt: skip
+
+
+def _image_encoder() -> dict[str, Any]:
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    return {
+        "image_encoder": CLIPVisionModel(
+            CLIPVisionConfig(
+                hidden_size=IMAGE_DIM, intermediate_size=32, projection_dim=IMAGE_DIM, num_hidden_layers=2,
+                num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=IMAGE_PATCH,
+            )
+        ),
+        "image_processor": CLIPImageProcessor(
+            size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+        ),
+    }  # fmt: skip
+
+
+def _vae(*, wan22: bool) -> Any:
+    from diffusers import AutoencoderKLWan
+
+    if not wan22:
+        return AutoencoderKLWan(
+            base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        )
+    # The Wan2.2 VAE: 48 latent channels, residual down/up blocks, frames cut into 2x2 patches before a 8x
+    # encoder (16x in all), as the real one's config has it, at a toy width.
+    return AutoencoderKLWan(
+        base_dim=4, z_dim=WAN22_LATENTS, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12, patch_size=2,
+        scale_factor_spatial=16, scale_factor_temporal=4, latents_mean=[0.0] * WAN22_LATENTS,
+        latents_std=[1.0] * WAN22_LATENTS,
+    )  # fmt: skip
+
+
+def _transformer(*, channels: int = 16, image: bool = True, image_tokens: int | None = None) -> Any:
+    """`channels` latent channels; an image-conditioned model without expanded timesteps takes the noise, a mask
+    (4) and the condition latents."""
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=HEADS, attention_head_dim=HEAD_DIM,
+        in_channels=channels if channels == WAN22_LATENTS else 2 * channels + 4, out_channels=channels,
+        text_dim=TEXT_DIM, freq_dim=FREQ_DIM, ffn_dim=FFN_DIM, num_layers=2, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", image_dim=IMAGE_DIM if image else None,
+        added_kv_proj_dim=DIM if image else None, rope_max_seq_len=1024, pos_embed_seq_len=image_tokens,
+    )  # fmt: skip
+
+
+def _scheduler(flow_shift: float) -> Any:
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=flow_shift
     )
 
+
+def _pipeline(spec: models.ModelSpec) -> Any:
+    """The demo pipeline of `spec`, its components made in a fixed order from one seed."""
+    import torch
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
     torch.manual_seed(DEMO_SEED)
-    vocabulary = _vocabulary()
-    tokenizer = T5Tokenizer(vocab=vocabulary, extra_ids=0)
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(vocabulary),
-            d_model=TEXT_DIM,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            relative_attention_max_distance=32,
-            dropout_rate=0.0,
+    text = _text()
+    scheduler = _scheduler(spec.flow_shift)
+    if spec.architecture == "wan2.1-i2v":
+        return WanImageToVideoPipeline(
+            **text, **_image_encoder(), vae=_vae(wan22=False), transformer=_transformer(), scheduler=scheduler
         )
-    )
-    image_encoder = CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=IMAGE_DIM,
-            intermediate_size=32,
-            projection_dim=IMAGE_DIM,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        )
-    )
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    vae = AutoencoderKLWan(
-        base_dim=3,
-        z_dim=16,
-        dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-    )
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=HEADS,
-        attention_head_dim=HEAD_DIM,
-        in_channels=36,
-        out_channels=16,
-        text_dim=TEXT_DIM,
-        freq_dim=FREQ_DIM,
-        ffn_dim=FFN_DIM,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        image_dim=IMAGE_DIM,
-        added_kv_proj_dim=HEADS * HEAD_DIM,
-        rope_max_seq_len=1024,
-    )
-    scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
-    )
-    pipe: Any = WanImageToVideoPipeline(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        vae=vae,
-        scheduler=scheduler,
-        image_processor=image_processor,
-        image_encoder=image_encoder,
-        transformer=transformer,
-    )
-    pipe.save_pretrained(output, safe_serialization=True)
+    if spec.architecture == "wan2.1-flf2v":
+        return WanImageToVideoPipeline(
+            **text, **_image_encoder(), vae=_vae(wan22=False), scheduler=scheduler,
+            transformer=_transformer(image_tokens=2 * IMAGE_TOKENS),
+        )  # fmt: skip
+    if spec.architecture == "wan2.2-a14b":
+        return WanImageToVideoPipeline(
+            **text, vae=_vae(wan22=False), scheduler=scheduler, transformer=_transformer(image=False),
+            transformer_2=_transformer(image=False), boundary_ratio=A14B_BOUNDARY,
+        )  # fmt: skip
+    # TI2V-5B's checkpoint is saved as the text-to-video pipeline, as the real one is: the worker loads it into the
+    # image-to-video pipeline by the same cross-class `from_pretrained` the real one needs.
+    return WanPipeline(
+        **text, vae=_vae(wan22=True), scheduler=scheduler, transformer=_transformer(channels=WAN22_LATENTS, image=False),
+        expand_timesteps=True,
+    )  # fmt: skip
+
+
+def build(output: Path, model: str = DEFAULT_DEMO) -> None:
+    """Builds the demo checkpoint of `model` (a `-demo` id) into `output`, a directory that must not exist yet."""
+    from .checkpoint import describe, read_facts
+
+    spec = demo_spec(model)
+    _pipeline(spec).save_pretrained(output, safe_serialization=True)
+    info = describe(spec, read_facts(output))
     # Written last: its presence marks a complete checkpoint.
-    (output / MODEL_INFO_FILE).write_text(json.dumps(DEMO_MODEL.to_dict(), indent=2) + "\n", encoding="utf-8")
+    (output / MODEL_INFO_FILE).write_text(json.dumps(info.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def demo_spec(model: str) -> models.ModelSpec:
+    spec = models.find(model)
+    if spec is None or not spec.is_demo:
+        demos = ", ".join(s.id for s in models.MODELS.values() if s.is_demo)
+        raise ConfigurationError(f"{model} is not a demo model; the demos are {demos}")
+    return spec
 
 
 def lora_layout() -> dict[str, tuple[tuple[int, int] | None, tuple[int, ...] | None]]:
@@ -215,8 +255,10 @@ def is_complete(path: Path) -> bool:
     return (path / MODEL_INFO_FILE).is_file() and (path / "model_index.json").is_file()
 
 
-def ensure(output: Path, force: bool = False) -> bool:
-    """Builds the demo checkpoint at `output` unless a complete one is there. Returns whether it built one."""
+def ensure(output: Path, force: bool = False, model: str = DEFAULT_DEMO) -> bool:
+    """Builds the demo checkpoint of `model` at `output` unless a complete checkpoint is there (whether it is of
+    `model` is for the worker's checks to say). Returns whether it built one."""
+    demo_spec(model)
     output = output.resolve()
     if is_complete(output) and not force:
         logger.info("demo checkpoint already complete at %s", output)
@@ -225,12 +267,14 @@ def ensure(output: Path, force: bool = False) -> bool:
         if force or not any(output.iterdir()):
             shutil.rmtree(output)
         else:
-            raise SystemExit(f"{output} exists and is not a complete demo checkpoint; remove it or pass --force")
+            raise ConfigurationError(
+                f"{output} exists and is not a complete demo checkpoint; remove it or pass --force"
+            )
     output.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
-        build(tmp)
+        build(tmp, model)
         _make_readable(tmp)
         try:
             os.rename(tmp, output)
@@ -249,14 +293,22 @@ def ensure(output: Path, force: bool = False) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m i2v_worker.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, help="checkpoint directory to create")
+    parser.add_argument("--model", default=DEFAULT_DEMO, help=f"the demo model to build (default {DEFAULT_DEMO})")
+    parser.add_argument("--list", action="store_true", help="print the demo model ids")
     parser.add_argument("--force", action="store_true", help="rebuild even when a complete checkpoint is there")
     parser.add_argument("--lora", type=Path, help="also write a demo step-distillation LoRA to this .safetensors file")
     args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(spec.id for spec in models.MODELS.values() if spec.is_demo))
+        return 0
     if args.output is None and args.lora is None:
         parser.error("give --output, --lora or both")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.output is not None:
-        ensure(args.output, force=args.force)
+        try:
+            ensure(args.output, force=args.force, model=args.model)
+        except ConfigurationError as exc:
+            raise SystemExit(str(exc)) from None
         print(args.output.resolve())
     if args.lora is not None:
         build_lora(args.lora)

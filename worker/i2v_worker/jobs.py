@@ -8,11 +8,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .messages import JobPhase, Speed
+from .messages import Expert, JobPhase, Speed
 from .metadata import ModelInfo
 
 StepCallback = Callable[[int, int], None]  # (step, total steps), after every denoising step
 PhaseCallback = Callable[[JobPhase], None]  # the phase a job has entered, once per change
+ExpertCallback = Callable[[Expert], None]  # two experts: the one a job's steps now run on, once per change
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,16 +43,20 @@ class Job:
     width: int
     height: int
     num_frames: int
-    infer_steps: int
-    guidance_scale: float
+    infer_steps: int | None = None  # None: the model's default
+    guidance_scale: float | None = None  # None: the model's default
     seed: int
     output_path: str
+    last_image_path: str | None = None  # the frame the video ends on (models that take one)
+    guidance_scale_2: float | None = None  # two experts: the low-noise one's; None: as guidance_scale
+    model: str | None = None  # the model the job is for; None: whichever the worker serves
 
 
 @dataclass(frozen=True, kw_only=True)
 class GenerationResult:
     """A finished job: the MP4 at `path`, and what was actually run (a preset may replace steps and guidance)."""
 
+    model: str
     path: str
     width: int
     height: int
@@ -62,6 +67,7 @@ class GenerationResult:
     guidance_scale: float
     inference_seconds: float
     encode_seconds: float
+    guidance_scale_2: float | None = None  # two experts: the low-noise one's guidance
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,3 +79,5 @@ class EngineInfo:
     free_bytes: int | None  # free device memory after loading; None on the CPU
     bytes_per_token: int | None
     speed: SpeedPlan
+    cpu_offload: bool = False
+    vae_tiling: bool = False

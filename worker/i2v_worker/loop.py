@@ -19,12 +19,13 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import BinaryIO, Protocol
 
 from .errors import BadInput, Cancelled, OutOfMemory, describe_failure
-from .jobs import EngineInfo, GenerationResult, Job, PhaseCallback, StepCallback
+from .jobs import EngineInfo, ExpertCallback, GenerationResult, Job, PhaseCallback, StepCallback
 from .messages import (
     Cancel,
     Done,
     Error,
     ErrorKind,
+    Expert,
     Fatal,
     FromWorker,
     JobPhase,
@@ -39,6 +40,7 @@ from .messages import (
     dumps,
     parse_line,
 )
+from .models import canonical_id
 from .settings import ConfigurationError
 
 logger = logging.getLogger("i2v_worker")
@@ -53,7 +55,13 @@ class Runner(Protocol):
     def describe(self) -> EngineInfo: ...
 
     def run(
-        self, job: Job, *, on_step: StepCallback, cancelled: threading.Event, on_phase: PhaseCallback
+        self,
+        job: Job,
+        *,
+        on_step: StepCallback,
+        cancelled: threading.Event,
+        on_phase: PhaseCallback,
+        on_expert: ExpertCallback,
     ) -> GenerationResult: ...
 
 
@@ -85,7 +93,12 @@ def ready_message(info: EngineInfo) -> Ready:
         device=info.device,
         dtype=info.dtype,
         slots=info.slots,
-        memory=MemoryInfo(free_bytes=info.free_bytes, bytes_per_token=info.bytes_per_token),
+        memory=MemoryInfo(
+            free_bytes=info.free_bytes,
+            bytes_per_token=info.bytes_per_token,
+            cpu_offload=info.cpu_offload,
+            vae_tiling=info.vae_tiling,
+        ),
         speed=SpeedInfo(
             preset=speed.preset,
             compiled=speed.compile,
@@ -111,6 +124,8 @@ def done_message(task_id: str, result: GenerationResult) -> Done:
         encode_seconds=result.encode_seconds,
         infer_steps=result.infer_steps,
         guidance_scale=result.guidance_scale,
+        model=result.model,
+        guidance_scale_2=result.guidance_scale_2,
     )
 
 
@@ -138,6 +153,9 @@ def job_from(run: Run) -> Job:
         guidance_scale=run.guidance_scale,
         seed=run.seed,
         output_path=run.output_path,
+        last_image_path=run.last_image_path,
+        guidance_scale_2=run.guidance_scale_2,
+        model=run.model,
     )
 
 
@@ -206,7 +224,9 @@ def serve(load: Callable[[], Runner], input_fd: int, output: BinaryIO, *, shutdo
         _release_memory()
         _refuse_until_shutdown(inbox, writer, reason=refusal)
         return 1
-    writer.send(ready_message(runner.describe()))
+    ready = ready_message(runner.describe())
+    served = ready.model.id
+    writer.send(ready)
     logger.info("ready")
 
     jobs: dict[str, threading.Event] = {}  # the cancel flags of running jobs, by task id
@@ -216,17 +236,22 @@ def serve(load: Callable[[], Runner], input_fd: int, output: BinaryIO, *, shutdo
 
     def run_job(run: Run, cancelled: threading.Event) -> None:
         task_id = run.task_id
+        expert: list[Expert | None] = [None]  # set before the first step on it, and on every switch
 
         def on_step(step: int, total: int) -> None:
-            writer.send(Progress(task_id=task_id, step=step, total_steps=total))
+            writer.send(Progress(task_id=task_id, step=step, total_steps=total, expert=expert[0]))
 
         def on_phase(phase: JobPhase) -> None:
             writer.send(Phase(task_id=task_id, phase=phase))
 
+        def on_expert(now: Expert) -> None:
+            expert[0] = now
+
         result: FromWorker
         try:
             job = job_from(run)
-            result = done_message(task_id, runner.run(job, on_step=on_step, cancelled=cancelled, on_phase=on_phase))
+            outcome = runner.run(job, on_step=on_step, cancelled=cancelled, on_phase=on_phase, on_expert=on_expert)
+            result = done_message(task_id, outcome)
         except BaseException as exc:  # noqa: BLE001 (every way a job ends is reported to the server)
             kind, message = classify(exc)
             if kind == "internal":
@@ -239,7 +264,9 @@ def serve(load: Callable[[], Runner], input_fd: int, output: BinaryIO, *, shutdo
 
     def start(run: Run) -> None:
         with jobs_lock:
-            if run.task_id in jobs:
+            if run.model is not None and canonical_id(run.model) != canonical_id(served):
+                refusal = f"this worker serves {served}, not {run.model}"
+            elif run.task_id in jobs:
                 refusal = f"task {run.task_id} is already running"
             elif len(jobs) >= runner.slots:
                 refusal = f"all {runner.slots} slots are busy"

@@ -25,6 +25,11 @@ SPEEDS: tuple[str, ...] = get_args(Speed)
 JobPhase = Literal["encode_prompt", "encode_image", "denoise", "decode", "encode_video"]
 PHASES: tuple[str, ...] = get_args(JobPhase)
 
+# The transformer a two-expert model (Wan2.2 A14B) denoises a step with: `transformer` while the timestep is at or
+# above the boundary, `transformer_2` below it.
+Expert = Literal["high_noise", "low_noise"]
+EXPERTS: tuple[str, ...] = get_args(Expert)
+
 
 class ProtocolError(ValueError):
     """A line that is not a valid message. `task_id` and `message_type` are set when the line named them."""
@@ -42,6 +47,8 @@ class ProtocolError(ValueError):
 class MemoryInfo:
     free_bytes: int | None
     bytes_per_token: int | None
+    cpu_offload: bool = False  # only the running model is on the GPU (the memory plan, or I2V_CPU_OFFLOAD=1)
+    vae_tiling: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,9 +79,11 @@ class Ready:
 @dataclass(frozen=True, kw_only=True)
 class Progress:
     type: ClassVar[str] = "progress"
+    omit_none: ClassVar[frozenset[str]] = frozenset({"expert"})
     task_id: str
     step: int
     total_steps: int
+    expert: Expert | None = None  # two-expert models: the expert that ran this step
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +98,7 @@ class Phase:
 @dataclass(frozen=True, kw_only=True)
 class Done:
     type: ClassVar[str] = "done"
+    omit_none: ClassVar[frozenset[str]] = frozenset({"model", "guidance_scale_2"})
     task_id: str
     path: str
     width: int
@@ -100,6 +110,8 @@ class Done:
     encode_seconds: float
     infer_steps: int | None = None  # the steps run (a preset may replace the job's); None from older workers
     guidance_scale: float | None = None  # the guidance used, likewise
+    model: str | None = None  # the model that made it; None from older workers
+    guidance_scale_2: float | None = None  # two-expert models: the low-noise expert's guidance used
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +131,9 @@ class Fatal:
 @dataclass(frozen=True, kw_only=True)
 class Run:
     type: ClassVar[str] = "run"
+    omit_none: ClassVar[frozenset[str]] = frozenset(
+        {"infer_steps", "guidance_scale", "guidance_scale_2", "last_image_path", "model"}
+    )
     task_id: str
     image_path: str
     prompt: str
@@ -126,10 +141,13 @@ class Run:
     width: int
     height: int
     num_frames: int
-    infer_steps: int
-    guidance_scale: float
+    infer_steps: int | None = None  # None: the model's default
+    guidance_scale: float | None = None  # None: the model's default
     seed: int
     output_path: str
+    last_image_path: str | None = None  # a PNG of width x height the video ends on
+    guidance_scale_2: float | None = None  # two-expert models: the low-noise expert's; None: as guidance_scale
+    model: str | None = None  # the model the job is for; a worker serving another refuses it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,8 +189,8 @@ class _Fields:
             raise self.fail(f"{name!r} must not be empty")
         return value
 
-    def optional_text(self, name: str) -> str | None:
-        return None if self.data.get(name) is None else self.text(name)
+    def optional_text(self, name: str, empty: bool = True) -> str | None:
+        return None if self.data.get(name) is None else self.text(name, empty=empty)
 
     def integer(self, name: str, minimum: int | None = None) -> int:
         value = self.data.get(name)
@@ -225,21 +243,28 @@ def _parse_speed(f: _Fields) -> SpeedInfo:
     )
 
 
+def _parse_memory(f: _Fields) -> MemoryInfo:
+    memory = _Fields(f.mapping("memory"), "ready.memory")
+    return MemoryInfo(
+        free_bytes=memory.optional_integer("free_bytes"),
+        bytes_per_token=memory.optional_integer("bytes_per_token"),
+        cpu_offload=memory.flag("cpu_offload", False),
+        vae_tiling=memory.flag("vae_tiling", False),
+    )
+
+
 def _parse_ready(f: _Fields) -> Ready:
     try:
         model = ModelInfo.from_dict(f.mapping("model"))
     except ValueError as exc:
         raise f.fail(str(exc)) from None
-    memory = _Fields(f.mapping("memory"), "ready.memory")
     return Ready(
         protocol=f.integer("protocol"),
         model=model,
         device=f.text("device", empty=False),
         dtype=f.text("dtype", empty=False),
         slots=f.integer("slots", minimum=1),
-        memory=MemoryInfo(
-            free_bytes=memory.optional_integer("free_bytes"), bytes_per_token=memory.optional_integer("bytes_per_token")
-        ),
+        memory=_parse_memory(f),
         speed=_parse_speed(f),
     )
 
@@ -257,6 +282,8 @@ def _parse_done(f: _Fields) -> Done:
         encode_seconds=f.number("encode_seconds"),
         infer_steps=f.optional_integer("infer_steps", minimum=1),
         guidance_scale=f.optional_number("guidance_scale"),
+        model=f.optional_text("model"),
+        guidance_scale_2=f.optional_number("guidance_scale_2"),
     )
 
 
@@ -276,18 +303,25 @@ def _parse_run(f: _Fields) -> Run:
         width=f.integer("width", minimum=1),
         height=f.integer("height", minimum=1),
         num_frames=f.integer("num_frames", minimum=1),
-        infer_steps=f.integer("infer_steps", minimum=1),
-        guidance_scale=f.number("guidance_scale"),
+        infer_steps=f.optional_integer("infer_steps", minimum=1),
+        guidance_scale=f.optional_number("guidance_scale"),
         seed=f.integer("seed", minimum=0),
         output_path=f.text("output_path", empty=False),
+        last_image_path=f.optional_text("last_image_path", empty=False),
+        guidance_scale_2=f.optional_number("guidance_scale_2"),
+        model=f.optional_text("model", empty=False),
     )
 
 
 def _parse_progress(f: _Fields) -> Progress:
+    expert = f.optional_text("expert")
+    if expert is not None and expert not in EXPERTS:
+        raise f.fail(f"'expert' must be one of {', '.join(EXPERTS)}, got {expert!r}")
     return Progress(
         task_id=f.text("task_id", empty=False),
         step=f.integer("step", minimum=0),
         total_steps=f.integer("total_steps", minimum=0),
+        expert=cast(Expert | None, expert),
     )
 
 
@@ -335,8 +369,21 @@ def parse_line(line: str | bytes) -> Message:
 # --- serialising --------------------------------------------------------------------------------------------------
 
 
+def _plain(value: Any) -> Any:
+    """JSON's shapes: tuples (`ready.model.sizes`) as lists."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
 def to_object(message: Message) -> dict[str, Any]:
-    return {"type": message.type, **asdict(message)}
+    """The message as a JSON object. Optional fields that do not apply (`omit_none`) are left out rather than
+    sent as null, so a message that does not use a newer field reads exactly as it did before that field."""
+    omit: frozenset[str] = getattr(message, "omit_none", frozenset())
+    fields = {key: value for key, value in asdict(message).items() if not (value is None and key in omit)}
+    return {"type": message.type, **_plain(fields)}
 
 
 def dumps(message: Message) -> str:

@@ -14,6 +14,9 @@ its model belongs to, reporting a change, and raises `Cancelled` if that job's c
 at the same time on the same modules on other threads see only their own context, so a cancel stops only its job.
 A hook is a thread-local read and an `Event.is_set()`: nothing next to the work of a block.
 
+With two experts (Wan2.2 A14B) the hooks on `transformer` and `transformer_2` also note which of them the step
+runs on, so the switch is reported as it happens rather than worked out again from the scheduler's timesteps.
+
 The transformer gets no cancel check: there a cancel is taken at the step boundary, by the step callback (the step
 cache keeps per-step state on the shared blocks, which a stop between a step's two guidance passes would leave half
 done, and compiled blocks are best left as the warm-up compiled them). Its root gets the phase hook only.
@@ -29,33 +32,43 @@ from contextlib import contextmanager
 from typing import Any
 
 from .errors import Cancelled
-from .jobs import PhaseCallback
-from .messages import JobPhase
+from .jobs import ExpertCallback, PhaseCallback
+from .messages import Expert, JobPhase
 
 HOOKED = "_i2v_cancel_hooks"  # set on a module once its hooks are in place, so they are never put twice
 
-# The pipeline's models, the phase each belongs to, and whether it checks for a cancel (at its root and in its blocks).
-MODELS: tuple[tuple[str, JobPhase, bool], ...] = (
-    ("text_encoder", "encode_prompt", True),
-    ("image_encoder", "encode_image", True),
-    ("vae.encoder", "encode_image", True),
-    ("vae.quant_conv", "encode_image", True),
-    ("transformer", "denoise", False),
-    ("transformer_2", "denoise", False),
-    ("vae.post_quant_conv", "decode", True),
-    ("vae.decoder", "decode", True),
+# The pipeline's models, the phase each belongs to, whether it checks for a cancel (at its root and in its blocks),
+# and the expert it is where a model has two.
+MODELS: tuple[tuple[str, JobPhase, bool, Expert | None], ...] = (
+    ("text_encoder", "encode_prompt", True, None),
+    ("image_encoder", "encode_image", True, None),
+    ("vae.encoder", "encode_image", True, None),
+    ("vae.quant_conv", "encode_image", True, None),
+    ("transformer", "denoise", False, "high_noise"),
+    ("transformer_2", "denoise", False, "low_noise"),
+    ("vae.post_quant_conv", "decode", True, None),
+    ("vae.decoder", "decode", True, None),
 )
 
 
 class JobContext:
-    """One job's cancel event, its step count and its phase; `on_phase` hears every change of phase."""
+    """One job's cancel event, its step count, its phase and its expert; `on_phase` hears every change of phase,
+    `on_expert` every change of expert (given only where the model has two)."""
 
-    def __init__(self, cancelled: threading.Event, total_steps: int, on_phase: PhaseCallback | None = None) -> None:
+    def __init__(
+        self,
+        cancelled: threading.Event,
+        total_steps: int,
+        on_phase: PhaseCallback | None = None,
+        on_expert: ExpertCallback | None = None,
+    ) -> None:
         self.cancelled = cancelled
         self.total_steps = total_steps
         self.step = 0  # denoising steps done
         self.phase: JobPhase | None = None
+        self.expert: Expert | None = None
         self._on_phase = on_phase
+        self._on_expert = on_expert
 
     def enter(self, phase: JobPhase) -> None:
         """Notes that the job is in `phase`; reports it if that is a change."""
@@ -64,6 +77,14 @@ class JobContext:
         self.phase = phase
         if self._on_phase is not None:
             self._on_phase(phase)
+
+    def use_expert(self, expert: Expert) -> None:
+        """Notes that the job's steps now run on `expert`; reports it if that is a change (and there are two)."""
+        if expert == self.expert:
+            return
+        self.expert = expert
+        if self._on_expert is not None:
+            self._on_expert(expert)
 
     def check(self) -> None:
         """Raises `Cancelled` if the job's cancel event is set."""
@@ -102,11 +123,13 @@ def _check_hook(module: Any, args: Any) -> None:
         raise context.cancel_error()
 
 
-def _phase_hook(phase: JobPhase, check: bool) -> Callable[[Any, Any], None]:
+def _phase_hook(phase: JobPhase, check: bool, expert: Expert | None) -> Callable[[Any, Any], None]:
     def hook(module: Any, args: Any) -> None:
         context = _local.context
         if context is not None:
             context.enter(phase)
+            if expert is not None:
+                context.use_expert(expert)
             if check:
                 context.check()
 
@@ -129,11 +152,11 @@ def install_hooks(pipe: Any) -> int:
     import torch
 
     added = 0
-    for name, phase, check in MODELS:
+    for name, phase, check, expert in MODELS:
         root = _find(pipe, name)
         if not isinstance(root, torch.nn.Module) or getattr(root, HOOKED, False):
             continue
-        root.register_forward_pre_hook(_phase_hook(phase, check))
+        root.register_forward_pre_hook(_phase_hook(phase, check, expert))
         added += 1
         if check:
             for module in root.modules():

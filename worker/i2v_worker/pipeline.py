@@ -1,6 +1,6 @@
 """Loads `WanImageToVideoPipeline` once and runs jobs on it, several at a time, without duplicating weights.
 
-One pipeline per process. Each concurrent job runs on its own *view*: a `WanImageToVideoPipeline` object built from
+One pipeline per process, of one model of models.py (checked against its checkpoint by checkpoint.py). Each concurrent job runs on its own *view*: a `WanImageToVideoPipeline` object built from
 the loaded pipeline's components, sharing every model's weights, but with its own scheduler (schedulers keep
 per-run state), its own shallow copy of the VAE (`AutoencoderKLWan` keeps its causal-conv feature cache on the
 module object; the copy shares the weights), its own tokenizer copy (a tokenizers-backed tokenizer must not be
@@ -28,10 +28,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .checkpoint import describe, resolve
 from .encode import encode_mp4, to_uint8
-from .errors import BadInput, Cancelled, JobError, OutOfMemory
-from .jobs import EngineInfo, GenerationResult, Job, PhaseCallback, SpeedPlan, StepCallback
-from .metadata import AREA_720P, ModelInfo, read_model_info
+from .errors import BadInput, Cancelled, JobError, OutOfMemory, describe_failure
+from .jobs import EngineInfo, ExpertCallback, GenerationResult, Job, PhaseCallback, SpeedPlan, StepCallback
+from .metadata import ModelInfo
+from .models import GIB, ModelSpec
 from .phases import JobContext, install_hooks
 from .settings import ConfigurationError, Settings
 from .speed import DistilledFlowScheduler, apply, fp8_quantization, plan
@@ -56,19 +58,19 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def load_image(path: str, width: int, height: int) -> Image.Image:
-    """The job's input image as RGB; it must be exactly width x height."""
+def load_image(path: str, width: int, height: int, what: str = "image") -> Image.Image:
+    """A job's input image (`what`: the first or the last) as RGB; it must be exactly width x height."""
     try:
         with Image.open(path) as image:
             if image.size != (width, height):
-                raise BadInput(f"image is {image.size[0]}x{image.size[1]}, expected {width}x{height}")
+                raise BadInput(f"{what} is {image.size[0]}x{image.size[1]}, expected {width}x{height}")
             return image.convert("RGB")
     except FileNotFoundError:
-        raise BadInput(f"image not found: {path}") from None
+        raise BadInput(f"{what} not found: {path}") from None
     except BadInput:
         raise
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadInput(f"image cannot be read: {exc}") from None
+        raise BadInput(f"{what} cannot be read: {exc}") from None
 
 
 def _resolve_device(requested: str | None) -> torch.device:
@@ -88,18 +90,48 @@ def _resolve_device(requested: str | None) -> torch.device:
     return device
 
 
+def plan_offload(spec: ModelSpec, settings: Settings, device: torch.device) -> bool:
+    """Whether the model runs with model CPU offload: as I2V_CPU_OFFLOAD says, or (auto) where its memory plan
+    says the card is too small to keep every model on it."""
+    if device.type != "cuda":
+        if settings.cpu_offload == "on":
+            logger.warning("I2V_CPU_OFFLOAD=1 ignored: the device is the CPU")
+        return False
+    if settings.cpu_offload != "auto":
+        return settings.cpu_offload == "on"
+    if spec.memory is None:
+        return False
+    total_gib = torch.cuda.get_device_properties(device).total_memory / GIB
+    offload = spec.memory.needs_offload(total_gib)
+    logger.info(
+        "memory plan for %s on %.0f GiB: %s (estimated peak %.0f GiB resident, %.0f GiB offloaded)",
+        spec.id, total_gib, "model CPU offload" if offload else "every model on the GPU",
+        spec.memory.resident_gib, spec.memory.offload_gib,
+    )  # fmt: skip
+    return offload
+
+
 class Engine:
     """The loaded pipeline and its per-job views."""
 
     def __init__(
-        self, *, pipe: Any, info: ModelInfo, device: torch.device, settings: Settings, speed: SpeedPlan
+        self,
+        *,
+        pipe: Any,
+        spec: ModelSpec,
+        info: ModelInfo,
+        device: torch.device,
+        settings: Settings,
+        speed: SpeedPlan,
+        offload: bool = False,
     ) -> None:
         self.pipe = pipe
+        self.spec = spec
         self.info = info
         self.device = device
         self.settings = settings
         self.speed = speed
-        self.offload = settings.cpu_offload and device.type == "cuda"
+        self.offload = offload
         self._scheduler_class = type(pipe.scheduler)
         self._scheduler_config = pipe.scheduler.config
         self._views: queue.Queue[Any] = queue.Queue()
@@ -117,6 +149,10 @@ class Engine:
     def slots(self) -> int:
         return self.settings.slots
 
+    @property
+    def experts(self) -> int:
+        return self.info.experts
+
     @classmethod
     def load(cls, settings: Settings) -> Engine:
         from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
@@ -126,34 +162,44 @@ class Engine:
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
         device = _resolve_device(settings.device)
-        speed = plan(settings, device)  # refuses what the device cannot do before the slow part
-        info = read_model_info(settings.model_path)
+        plan(settings, device)  # refuses what the device cannot do before a checkpoint is built or downloaded
+        resolved = resolve(settings)  # refuses an unknown model, a corrupt or a mismatched checkpoint
+        spec = resolved.spec
+        speed = plan(settings, device, spec)
+        info = describe(spec, resolved.facts)
+        offload = plan_offload(spec, settings, device)
         if device.type == "cpu":
             torch.set_num_threads(settings.torch_threads)
             dtype: Any = torch.float32
         else:
-            # The transformer (and the UMT5 text encoder) in bf16; the image encoder and the VAE stay in fp32.
+            # The transformers (and the UMT5 text encoder) in bf16; the image encoder and the VAE stay in fp32.
             dtype = {"default": torch.bfloat16, "image_encoder": torch.float32, "vae": torch.float32}
         options: dict[str, Any] = {"dtype": dtype}
         if speed.fp8:
             options["quantization_config"] = fp8_quantization()
         started = time.monotonic()
-        logger.info("loading %s on %s (speed %s)", settings.model_path, device, speed.preset)
-        pipe = WanImageToVideoPipeline.from_pretrained(settings.model_path, **options)
-        flow_shift = 5.0 if info.native_area >= AREA_720P else 3.0
+        logger.info("loading %s from %s on %s (speed %s)", spec.id, resolved.path, device, speed.preset)
+        try:
+            pipe = WanImageToVideoPipeline.from_pretrained(str(resolved.path), **options)
+        except Exception as exc:  # whatever the loaders raise on these files, the files are the cause
+            if is_out_of_memory(exc):
+                raise
+            raise ConfigurationError(
+                f"checkpoint {resolved.path} cannot be loaded as {spec.id}: {describe_failure(exc)}"
+            ) from None
         pipe.scheduler = UniPCMultistepScheduler.from_config(
-            pipe.scheduler.config, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift
+            pipe.scheduler.config, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=spec.flow_shift
         )
-        if settings.cpu_offload and device.type == "cuda":
+        if offload:
             pipe.enable_model_cpu_offload(device=device)
         else:
-            if settings.cpu_offload:
-                logger.warning("I2V_CPU_OFFLOAD=1 ignored: the device is the CPU")
             pipe.to(device)
         if settings.vae_tiling:
             pipe.vae.enable_tiling()
         apply(pipe, speed)
-        engine = cls(pipe=pipe, info=info, device=device, settings=settings, speed=speed)
+        engine = cls(
+            pipe=pipe, spec=spec, info=info, device=device, settings=settings, speed=speed, offload=offload
+        )  # fmt: skip
         logger.info("loaded %s in %.1f s; warming up", info.id, time.monotonic() - started)
         engine.warm_up()
         return engine
@@ -180,42 +226,61 @@ class Engine:
         free: int | None = None
         if self.device.type == "cuda":
             free = int(torch.cuda.mem_get_info(self.device)[0])
+        bytes_per_token = self.settings.bytes_per_token
+        if bytes_per_token is None and self.device.type == "cuda":
+            bytes_per_token = self.spec.bytes_per_token(offload=self.offload)
         return EngineInfo(
             model=self.info,
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
             slots=self.settings.slots,
             free_bytes=free,
-            bytes_per_token=self.settings.bytes_per_token,
+            bytes_per_token=bytes_per_token,
             speed=self.speed,
+            cpu_offload=self.offload,
+            vae_tiling=self.settings.vae_tiling,
         )
 
     def warm_sizes(self) -> list[tuple[int, int]]:
-        """Frame sizes the warm-up runs. Compiled blocks: the API's two fixed sizes and the native one, so the
+        """Frame sizes the warm-up runs. Compiled blocks: the API's two fixed sizes and the model's own, so the
         compile (one graph with dynamic shapes) and its checks are done before the first job. Eager: one tiny size."""
         side = self.info.size_multiple * 2
         if not self.speed.compile:
             return [(side, side)]
-        native = read_native_size(self.info)
-        return list(dict.fromkeys([*FIXED_SIZES, native]))
+        return list(dict.fromkeys([*FIXED_SIZES, *self.spec.sizes]))
 
     def warm_up(self) -> None:
         started = time.monotonic()
         for width, height in self.warm_sizes():
             image = Image.new("RGB", (width, height), (127, 127, 127))
             compiled = self.speed.compile
+            # Two steps: with two experts, the first runs on the high-noise one and the second on the low-noise one.
             self.generate(
                 image=image, prompt="warm-up", negative_prompt="", width=width, height=height,
                 num_frames=WARM_UP_FRAMES, infer_steps=2, guidance_scale=3.0, seed=0,
                 on_step=lambda step, total: None, cancelled=threading.Event(), decode=not compiled,
+                last_image=image if self.spec.last_image == "required" else None,
             )  # fmt: skip
         logger.info("warm-up done in %.2f s", time.monotonic() - started)
 
-    def job_steps(self, infer_steps: int) -> int:
-        return self.speed.infer_steps if self.speed.infer_steps is not None else infer_steps
+    def job_steps(self, infer_steps: int | None) -> int:
+        if self.speed.infer_steps is not None:
+            return self.speed.infer_steps
+        return infer_steps if infer_steps is not None else self.spec.infer_steps
 
-    def job_guidance(self, guidance_scale: float) -> float:
-        return self.speed.guidance_scale if self.speed.guidance_scale is not None else guidance_scale
+    def job_guidance(self, guidance_scale: float | None) -> float:
+        if self.speed.guidance_scale is not None:
+            return self.speed.guidance_scale
+        return guidance_scale if guidance_scale is not None else self.spec.guidance_scale
+
+    def job_guidance_2(self, guidance_scale: float | None, guidance_scale_2: float | None) -> float | None:
+        """The low-noise expert's guidance: the job's, else the job's `guidance_scale` (one knob for both experts, as
+        diffusers has it), else the model's. None for a model with one transformer."""
+        if self.experts < 2:
+            return None
+        if guidance_scale_2 is not None:
+            return guidance_scale_2
+        return guidance_scale if guidance_scale is not None else self.spec.guidance_scale_2
 
     def generate(
         self,
@@ -226,28 +291,35 @@ class Engine:
         width: int,
         height: int,
         num_frames: int,
-        infer_steps: int,
-        guidance_scale: float,
+        infer_steps: int | None,
+        guidance_scale: float | None,
         seed: int,
         on_step: StepCallback,
         cancelled: threading.Event,
         on_phase: PhaseCallback | None = None,
         decode: bool = True,
+        last_image: Image.Image | None = None,
+        guidance_scale_2: float | None = None,
+        on_expert: ExpertCallback | None = None,
     ) -> np.ndarray:
         """Runs the pipeline on a free view: uint8 frames, shape (frame_count(num_frames), height, width, 3).
 
-        The preset's steps and guidance replace `infer_steps` and `guidance_scale` where it has its own.
-        `on_step(step, steps)` is called after every denoising step, `on_phase(phase)` as the run enters each phase
-        (`encode_prompt`, `encode_image`, `denoise`, `decode`). When `cancelled` is set the run stops by raising
+        The preset's steps and guidance replace `infer_steps` and `guidance_scale` where it has its own; None takes
+        the model's defaults. `last_image` is the frame the video ends on (models that take one). `on_step(step,
+        steps)` is called after every denoising step, `on_phase(phase)` as the run enters each phase
+        (`encode_prompt`, `encode_image`, `denoise`, `decode`), and with two experts `on_expert(expert)` as the
+        steps move to an expert, before that step's `on_step`. When `cancelled` is set the run stops by raising
         `Cancelled`: at the next step boundary while denoising (from the step callback), inside the text and image
         encoders and the VAE otherwise (from the hooks of phases.py). `decode=False` (the warm-up) stops after
         denoising and returns an empty array.
         """
-        job = JobContext(cancelled, self.job_steps(infer_steps), on_phase)
+        job = JobContext(cancelled, self.job_steps(infer_steps), on_phase, on_expert if self.experts > 1 else None)
         with job.active():
             return self._generate(
                 job, image=image, prompt=prompt, negative_prompt=negative_prompt, width=width, height=height,
-                num_frames=num_frames, guidance_scale=guidance_scale, seed=seed, on_step=on_step, decode=decode,
+                num_frames=num_frames, guidance_scale=self.job_guidance(guidance_scale),
+                guidance_scale_2=self.job_guidance_2(guidance_scale, guidance_scale_2), seed=seed, on_step=on_step,
+                decode=decode, last_image=last_image,
             )  # fmt: skip
 
     def _generate(
@@ -261,13 +333,14 @@ class Engine:
         height: int,
         num_frames: int,
         guidance_scale: float,
+        guidance_scale_2: float | None,
         seed: int,
         on_step: StepCallback,
         decode: bool,
+        last_image: Image.Image | None,
     ) -> np.ndarray:
-        """`generate` within `job`, which is the calling thread's active context."""
+        """`generate` within `job`, which is the calling thread's active context; guidance as resolved."""
         steps = job.total_steps
-        guidance = self.job_guidance(guidance_scale)
         cancelled = job.cancelled
         if self.device.type == "cpu":
             torch.set_num_threads(self.settings.torch_threads)
@@ -281,6 +354,12 @@ class Engine:
             on_step(index + 1, steps)
             return {}
 
+        # diffusers refuses a second guidance for a one-transformer pipeline, and a last image is one more input.
+        extra: dict[str, Any] = {}
+        if guidance_scale_2 is not None:
+            extra["guidance_scale_2"] = guidance_scale_2
+        if last_image is not None:
+            extra["last_image"] = last_image
         view = self._take_view(cancelled, steps)
         try:
             generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -296,11 +375,12 @@ class Engine:
                 width=width,
                 num_frames=frame_count(num_frames),
                 num_inference_steps=steps,
-                guidance_scale=guidance,
+                guidance_scale=guidance_scale,
                 generator=generator,
                 output_type="np" if decode else "latent",
                 callback_on_step_end=on_step_end,
                 callback_on_step_end_tensor_inputs=[],
+                **extra,
             )
         except BaseException:
             # What the pipeline does at the end of a run that completes: offload hooks back in place, the step
@@ -332,12 +412,16 @@ class Engine:
         on_step: StepCallback,
         cancelled: threading.Event,
         on_phase: PhaseCallback | None = None,
+        on_expert: ExpertCallback | None = None,
     ) -> GenerationResult:
         """One whole job: checks, generation, MP4, with its phases reported to `on_phase` as it enters them (the
-        last is `encode_video`). Raises `JobError` for the failures a user is told about; after any failure the
-        memory the job held is freed, so the worker goes on serving."""
+        last is `encode_video`) and, with two experts, the expert its steps move to reported to `on_expert`.
+        Raises `JobError` for the failures a user is told about; after any failure the memory the job held is
+        freed, so the worker goes on serving."""
         try:
-            context = JobContext(cancelled, self.job_steps(job.infer_steps), on_phase)
+            context = JobContext(
+                cancelled, self.job_steps(job.infer_steps), on_phase, on_expert if self.experts > 1 else None
+            )
             with context.active():
                 return self._run(job, context, on_step=on_step)
         except Exception as exc:
@@ -355,17 +439,23 @@ class Engine:
     def _run(self, job: Job, context: JobContext, *, on_step: StepCallback) -> GenerationResult:
         steps = context.total_steps
         guidance = self.job_guidance(job.guidance_scale)
+        guidance_2 = self.job_guidance_2(job.guidance_scale, job.guidance_scale_2)
         logger.info(
-            "task=%s start %dx%d, %d frames, %d steps, guidance %.2f, seed %d",
-            job.task_id, job.width, job.height, frame_count(job.num_frames), steps, guidance, job.seed,
+            "task=%s start %dx%d, %d frames, %d steps, guidance %.2f%s, seed %d%s",
+            job.task_id, job.width, job.height, frame_count(job.num_frames), steps, guidance,
+            "" if guidance_2 is None else f"/{guidance_2:.2f}", job.seed,
+            ", last image" if job.last_image_path else "",
         )  # fmt: skip
         self._check(job)
         image = load_image(job.image_path, job.width, job.height)
+        last_image = None
+        if job.last_image_path is not None:
+            last_image = load_image(job.last_image_path, job.width, job.height, what="last image")
         started = time.monotonic()
         frames = self._generate(
             context, image=image, prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width,
-            height=job.height, num_frames=job.num_frames, guidance_scale=guidance, seed=job.seed, on_step=on_step,
-            decode=True,
+            height=job.height, num_frames=job.num_frames, guidance_scale=guidance, guidance_scale_2=guidance_2,
+            seed=job.seed, on_step=on_step, decode=True, last_image=last_image,
         )  # fmt: skip
         inference_seconds = time.monotonic() - started
         started = time.monotonic()
@@ -378,6 +468,7 @@ class Engine:
             job.task_id, job.output_path, inference_seconds, encode_seconds,
         )  # fmt: skip
         return GenerationResult(
+            model=self.info.id,
             path=job.output_path,
             width=job.width,
             height=job.height,
@@ -386,25 +477,30 @@ class Engine:
             seed=job.seed,
             infer_steps=steps,
             guidance_scale=guidance,
+            guidance_scale_2=guidance_2,
             inference_seconds=round(inference_seconds, 3),
             encode_seconds=round(encode_seconds, 3),
         )
 
     def _check(self, job: Job) -> None:
+        """Refuses, before any work, a job this model cannot make; each message names the field."""
+        spec = self.spec
         m = self.info.size_multiple
         if job.width % m or job.height % m:
             raise BadInput(f"width and height must be multiples of {m}, got {job.width}x{job.height}")
+        made = frame_count(job.num_frames)
+        if made > spec.max_frames:
+            raise BadInput(
+                f"num_frames {job.num_frames} makes {made} frames; {spec.id} makes at most {spec.max_frames}"
+            )
+        if job.last_image_path is not None and spec.last_image == "none":
+            raise BadInput(f"last_image_path: {spec.id} cannot end on a given frame, it takes a first frame only")
+        if job.last_image_path is None and spec.last_image == "required":
+            raise BadInput(f"last_image_path is required: {spec.id} makes a video from a first and a last frame")
+        if job.guidance_scale_2 is not None and self.experts < 2:
+            raise BadInput(f"guidance_scale_2 is for models with two experts; {spec.id} has one transformer")
         out_dir = Path(job.output_path).parent
         if not out_dir.is_dir():
             raise BadInput(f"output directory does not exist: {out_dir}")
         if not os.access(out_dir, os.W_OK):
             raise BadInput(f"output directory is not writable: {out_dir}")
-
-
-def read_native_size(info: ModelInfo) -> tuple[int, int]:
-    """The landscape 16:9-ish frame of the model's native area, as `auto` makes it for a 16:9 picture."""
-    aspect = 9 / 16
-    m = info.size_multiple
-    height = max(m, round((info.native_area * aspect) ** 0.5) // m * m)
-    width = max(m, round((info.native_area / aspect) ** 0.5) // m * m)
-    return width, height

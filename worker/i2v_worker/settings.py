@@ -62,10 +62,12 @@ def _threshold(env: Mapping[str, str], name: str) -> float:
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    model_path: str
+    model_path: str | None = None  # None: the model's demo (built) or hub checkpoint
+    model: str | None = None  # a model id of models.py; None: the one the checkpoint names
+    demo_dir: str | None = None  # where demos are built when model_path is None
     device: str | None = None  # None: cuda if available, else cpu
     slots: int = 1
-    cpu_offload: bool = False
+    cpu_offload: Switch = "auto"  # auto: the model's memory plan for the device
     vae_tiling: bool = False
     torch_threads: int = 1  # per job, on the CPU
     bytes_per_token: int | None = None  # measured peak activation bytes per latent token, if the operator knows it
@@ -77,18 +79,21 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        model_path = env.get("I2V_MODEL_PATH", "").strip()
-        if not model_path:
-            raise ConfigurationError("I2V_MODEL_PATH is not set")
+        model_path = env.get("I2V_MODEL_PATH", "").strip() or None
+        model = env.get("I2V_MODEL", "").strip() or None
+        if model_path is None and model is None:
+            raise ConfigurationError("I2V_MODEL_PATH is not set: set it, or I2V_MODEL to a model id")
         speed = env.get("I2V_SPEED", "").strip().lower() or "quality"
         if speed not in SPEEDS:
             raise ConfigurationError(f"I2V_SPEED must be one of {', '.join(SPEEDS)}, got {speed!r}")
         bytes_per_token = env.get("I2V_BYTES_PER_TOKEN", "").strip()
         return cls(
             model_path=model_path,
+            model=model,
+            demo_dir=env.get("I2V_DEMO_DIR", "").strip() or None,
             device=env.get("I2V_DEVICE", "").strip() or None,
             slots=_positive_int(env, "I2V_WORKER_SLOTS", 1),
-            cpu_offload=_flag(env, "I2V_CPU_OFFLOAD"),
+            cpu_offload=_switch(env, "I2V_CPU_OFFLOAD"),
             vae_tiling=_flag(env, "I2V_VAE_TILING"),
             torch_threads=_positive_int(env, "I2V_TORCH_THREADS", 1),
             bytes_per_token=_positive_int(env, "I2V_BYTES_PER_TOKEN", 1) if bytes_per_token else None,

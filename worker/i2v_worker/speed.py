@@ -24,6 +24,7 @@ from diffusers.schedulers.scheduling_flow_match_euler_discrete import (
 )
 
 from .jobs import SpeedPlan
+from .models import ModelSpec
 from .settings import ConfigurationError, Settings
 
 logger = logging.getLogger("i2v_worker")
@@ -37,6 +38,7 @@ TURBO_STEPS = len(TURBO_SIGMAS)
 TURBO_GUIDANCE = 1.0  # the distillation folded guidance in: one transformer call per step
 LORA_ADAPTER = "turbo"
 FP8_CAPABILITY = (8, 9)
+TURBO_ARCHITECTURES = ("wan2.1-i2v",)  # the distillation LoRA and its schedule are Wan2.1 I2V's
 
 
 class DistilledFlowScheduler(FlowMatchEulerDiscreteScheduler):
@@ -94,9 +96,14 @@ def check_lora_file(path: str) -> None:
         raise ConfigurationError(f"I2V_LORA_PATH={path}: no LoRA weights in it ({len(keys)} tensors, none named lora)")
 
 
-def plan(settings: Settings, device: torch.device) -> SpeedPlan:
-    """The preset's plan for `device`; raises ConfigurationError for what it cannot do."""
+def plan(settings: Settings, device: torch.device, model: ModelSpec | None = None) -> SpeedPlan:
+    """The preset's plan for `device` (and `model`, where known); raises ConfigurationError for what it cannot do."""
     preset = settings.speed
+    if preset == "turbo" and model is not None and model.architecture not in TURBO_ARCHITECTURES:
+        raise ConfigurationError(
+            f"I2V_SPEED=turbo is not available for {model.id}: its step-distillation LoRA and 4-step schedule are"
+            " made for Wan2.1 I2V (480P/720P) only"
+        )
     if settings.fp8 == "on" and preset != "fast":
         raise ConfigurationError(f"I2V_FP8=1 belongs to I2V_SPEED=fast, not {preset}")
     fp8 = False
@@ -181,16 +188,23 @@ def compile_blocks(transformer: Any, *, cache: bool) -> None:
     transformer.compile_repeated_blocks(fullgraph=not cache, dynamic=True)
 
 
+def transformers(pipe: Any) -> list[Any]:
+    """The pipeline's transformers: one, or the A14B's two experts."""
+    return [model for model in (pipe.transformer, getattr(pipe, "transformer_2", None)) if model is not None]
+
+
 def apply(pipe: Any, speed: SpeedPlan) -> None:
     """Does to the loaded pipeline what `speed` says, in the order that works: LoRA fused into the weights first,
-    then the cache hooks, then compilation of the hooked blocks."""
+    then the cache hooks, then compilation of the hooked blocks (of each expert, where there are two)."""
     if speed.lora_path is not None:
         adapted = fuse_lora(pipe, speed.lora_path)
         pipe.scheduler = turbo_scheduler()
         logger.info("fused LoRA %s into %d layers", speed.lora_path, adapted)
-    if speed.cache_threshold is not None:
-        hooked = enable_step_cache(pipe.transformer, speed.cache_threshold)
-        logger.info("step cache on %d blocks, threshold %g", hooked, speed.cache_threshold)
+    for transformer in transformers(pipe):
+        if speed.cache_threshold is not None:
+            hooked = enable_step_cache(transformer, speed.cache_threshold)
+            logger.info("step cache on %d blocks, threshold %g", hooked, speed.cache_threshold)
+        if speed.compile:
+            compile_blocks(transformer, cache=speed.cache_threshold is not None)
     if speed.compile:
-        compile_blocks(pipe.transformer, cache=speed.cache_threshold is not None)
         logger.info("transformer blocks compiled (dynamic shapes); warm-up compiles them")

@@ -113,8 +113,14 @@ def test_worker_process_end_to_end(worker: Any, image_file: Callable[..., Path],
     ready = w.next(timeout=120)
     assert ready == {
         "type": "ready", "protocol": 1,
-        "model": {"id": "wan2.1-i2v-demo", "native_area": 15360, "size_multiple": 16, "fps": 16},
-        "device": "cpu", "dtype": "float32", "slots": 2, "memory": {"free_bytes": None, "bytes_per_token": None},
+        "model": {
+            "id": "wan2.1-i2v-14b-480p-demo", "native_area": 15360, "size_multiple": 16, "fps": 16,
+            "sizes": ["160x96", "96x160"], "max_frames": 81, "last_image": "none", "experts": 1,
+            "boundary_ratio": None, "default_infer_steps": 40, "default_guidance_scale": 5.0,
+            "default_guidance_scale_2": None, "memory_gib": None,
+        },
+        "device": "cpu", "dtype": "float32", "slots": 2,
+        "memory": {"free_bytes": None, "bytes_per_token": None, "cpu_offload": False, "vae_tiling": False},
         "speed": {"preset": "quality", "compiled": False, "cache_threshold": None, "fp8": False, "lora": None,
                   "infer_steps": None, "guidance_scale": None},
     }  # fmt: skip
@@ -133,7 +139,7 @@ def test_worker_process_end_to_end(worker: Any, image_file: Callable[..., Path],
     done = seen[-1]
     assert done["task_id"] == a and done["path"] == str(tmp_path / "a.mp4")
     assert (done["width"], done["height"], done["num_frames"], done["fps"], done["seed"]) == (WIDTH, HEIGHT, 17, 16, 42)
-    assert (done["infer_steps"], done["guidance_scale"]) == (3, 3.0)
+    assert (done["infer_steps"], done["guidance_scale"], done["model"]) == (3, 3.0, "wan2.1-i2v-14b-480p-demo")
     assert (tmp_path / "a.mp4").read_bytes()[4:8] == b"ftyp"
 
     # A long job cancelled after its first step.

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from conftest import Session
 
 from i2v_worker.errors import BadInput, Cancelled, OutOfMemory
-from i2v_worker.jobs import EngineInfo, GenerationResult, Job, PhaseCallback, SpeedPlan, StepCallback
-from i2v_worker.loop import LineWriter, classify, serve
+from i2v_worker.jobs import EngineInfo, ExpertCallback, GenerationResult, Job, PhaseCallback, SpeedPlan, StepCallback
+from i2v_worker.loop import LineWriter, classify
 from i2v_worker.messages import Progress, parse_line
 from i2v_worker.metadata import ModelInfo
 from i2v_worker.settings import ConfigurationError
@@ -29,15 +29,18 @@ class FakeRunner:
     """Each job reports its phases and `steps` progress lines, one per `step_seconds`, and honours cancel between
     steps."""
 
-    def __init__(self, slots: int = 2, steps: int = 3, step_seconds: float = 0.01) -> None:
+    def __init__(
+        self, slots: int = 2, steps: int = 3, step_seconds: float = 0.01, switch_at: int | None = None
+    ) -> None:
         self.slots = slots
         self.steps = steps
         self.step_seconds = step_seconds
+        self.switch_at = switch_at  # two experts: the first step on the low-noise one
         self.started: list[str] = []
 
     def describe(self) -> EngineInfo:
         return EngineInfo(
-            model=ModelInfo(id="fake", native_area=256, size_multiple=16, fps=16),
+            model=ModelInfo(id="fake", native_area=256, size_multiple=16, fps=16, experts=2 if self.switch_at else 1),
             device="cpu",
             dtype="float32",
             slots=self.slots,
@@ -47,7 +50,13 @@ class FakeRunner:
         )
 
     def run(
-        self, job: Job, *, on_step: StepCallback, cancelled: threading.Event, on_phase: PhaseCallback
+        self,
+        job: Job,
+        *,
+        on_step: StepCallback,
+        cancelled: threading.Event,
+        on_phase: PhaseCallback,
+        on_expert: ExpertCallback,
     ) -> GenerationResult:
         self.started.append(job.task_id)
         if job.prompt == "raise":
@@ -61,11 +70,13 @@ class FakeRunner:
             time.sleep(self.step_seconds)
             if cancelled.is_set():
                 raise Cancelled(step, self.steps)
+            if self.switch_at is not None:
+                on_expert("high_noise" if step < self.switch_at else "low_noise")
             on_step(step, self.steps)
         on_phase("decode")
         on_phase("encode_video")
         return GenerationResult(
-            path=job.output_path, width=job.width, height=job.height, num_frames=job.num_frames, fps=16,
+            model="fake", path=job.output_path, width=job.width, height=job.height, num_frames=job.num_frames, fps=16,
             seed=job.seed, infer_steps=self.steps, guidance_scale=job.guidance_scale, inference_seconds=0.1,
             encode_seconds=0.0,
         )  # fmt: skip
@@ -78,46 +89,6 @@ def run_line(task_id: str, **overrides: object) -> str:
     }  # fmt: skip
     message.update(overrides)
     return json.dumps(message)
-
-
-class Session:
-    """serve() on a pipe in a thread; lines are written to it and its output is read back as messages."""
-
-    def __init__(self, load: Callable[[], object]) -> None:
-        self.read_fd, self.write_fd = os.pipe()
-        self.output = io.BytesIO()
-        self.status: int | None = None
-        self.thread = threading.Thread(target=self._serve, args=(load,), daemon=True)
-        self.thread.start()
-
-    def _serve(self, load: Callable[[], object]) -> None:
-        self.status = serve(load, self.read_fd, self.output, shutdown_grace_seconds=5)  # type: ignore[arg-type]
-
-    def send(self, *lines: str) -> None:
-        os.write(self.write_fd, "".join(line + "\n" for line in lines).encode("utf-8"))
-
-    def close(self) -> None:
-        if self.write_fd >= 0:
-            os.close(self.write_fd)
-            self.write_fd = -1
-
-    def messages(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.output.getvalue().decode("utf-8").splitlines()]
-
-    def wait_for(self, predicate: Callable[[list[dict[str, object]]], bool], timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate(self.messages()):
-            assert time.monotonic() < deadline, f"timed out; got {self.messages()}"
-            time.sleep(0.01)
-
-    def finish(self, timeout: float = 10) -> int:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive()
-        # End of input lets serve()'s reader thread finish; the read end is left to it (closing it under a blocked
-        # read could hand its number to a later pipe).
-        self.close()
-        assert self.status is not None
-        return self.status
 
 
 @pytest.fixture()
@@ -146,7 +117,44 @@ def test_serve_runs_a_job_and_shuts_down(session: Callable[..., Session]) -> Non
         "preset": "quality", "compiled": False, "cache_threshold": None, "fp8": False, "lora": None,
         "infer_steps": None, "guidance_scale": None,
     }  # fmt: skip
-    assert (done["infer_steps"], done["guidance_scale"]) == (3, 3.0)
+    assert (done["infer_steps"], done["guidance_scale"], done["model"]) == (3, 3.0, "fake")
+    assert "guidance_scale_2" not in done and all("expert" not in m for m in s.messages())  # one expert
+
+
+def test_progress_names_the_expert_of_each_step(session: Callable[..., Session]) -> None:
+    s = session(FakeRunner(steps=4, switch_at=3))
+    s.send(run_line("a"))
+    s.wait_for(lambda ms: any(m["type"] == "done" for m in ms))
+    s.close()
+    assert s.finish() == 0
+    progress = [(m["step"], m["expert"]) for m in s.messages() if m["type"] == "progress"]
+    assert progress == [(1, "high_noise"), (2, "high_noise"), (3, "low_noise"), (4, "low_noise")]
+
+
+def test_a_job_for_another_model_is_refused(session: Callable[..., Session]) -> None:
+    runner = FakeRunner()
+    s = session(runner)
+    s.send(run_line("other", model="wan2.2-ti2v-5b"), run_line("mine", model="FAKE"))
+    s.wait_for(lambda ms: any(m["type"] == "done" for m in ms))
+    s.close()
+    assert s.finish() == 0
+    error = next(m for m in s.messages() if m["type"] == "error")
+    assert error == {
+        "type": "error", "task_id": "other", "kind": "internal",
+        "message": "refused: this worker serves fake, not wan2.2-ti2v-5b",
+    }  # fmt: skip
+    assert runner.started == ["mine"]
+
+
+def test_the_new_job_fields_reach_the_runner() -> None:
+    from i2v_worker.loop import job_from
+    from i2v_worker.messages import Run
+
+    line = run_line("a", last_image_path="/last.png", guidance_scale_2=2.5, model="m")
+    job = job_from(parse_line(line))  # type: ignore[arg-type]
+    assert (job.last_image_path, job.guidance_scale_2, job.model) == ("/last.png", 2.5, "m")
+    bare = parse_line(run_line("b", infer_steps=None, guidance_scale=None))
+    assert isinstance(bare, Run) and (bare.infer_steps, bare.guidance_scale) == (None, None)  # the model's defaults
 
 
 def test_serve_survives_bad_lines(session: Callable[..., Session]) -> None:

@@ -13,6 +13,7 @@ from i2v_worker.messages import (
     Error,
     Fatal,
     Phase,
+    Progress,
     ProtocolError,
     Ready,
     Run,
@@ -145,6 +146,69 @@ def test_messages_of_a_worker_without_speed_presets_still_parse() -> None:
         '"inference_seconds":1.0,"encode_seconds":0.1}'
     )
     assert isinstance(done, Done) and (done.infer_steps, done.guidance_scale) == (None, None)
+    assert done.model is None and done.guidance_scale_2 is None
+
+
+def test_a_ready_of_a_worker_before_the_model_table_still_parses() -> None:
+    ready = parse_line(
+        '{"type":"ready","protocol":1,"model":{"id":"m","native_area":256,"size_multiple":16,"fps":16},'
+        '"device":"cpu","dtype":"float32","slots":1,"memory":{"free_bytes":null,"bytes_per_token":null}}'
+    )
+    assert isinstance(ready, Ready)
+    model = ready.model
+    assert (model.sizes, model.max_frames, model.last_image, model.experts, model.default_infer_steps) == (
+        (), None, "none", 1, None,
+    )  # fmt: skip
+    assert (ready.memory.cpu_offload, ready.memory.vae_tiling) == (False, False)
+
+
+def test_fields_that_do_not_apply_are_left_out() -> None:
+    """A one-expert model's progress and a job without the newer options read exactly as before they existed."""
+    assert (
+        dumps(Progress(task_id="t", step=1, total_steps=2))
+        == '{"type":"progress","task_id":"t","step":1,"total_steps":2}'
+    )
+    expert = Progress(task_id="t", step=1, total_steps=2, expert="high_noise")
+    assert parse_line(dumps(expert)) == expert
+    run = Run(task_id="t", image_path="/i.png", prompt="p", width=16, height=16, num_frames=5, seed=0, output_path="/o")
+    assert set(json.loads(dumps(run))) == {
+        "type", "task_id", "image_path", "prompt", "negative_prompt", "width", "height", "num_frames", "seed",
+        "output_path",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ('{"type":"progress","task_id":"t","step":1,"total_steps":2,"expert":"middle_noise"}', "expert"),
+        (
+            '{"type":"run","task_id":"t","image_path":"/i.png","prompt":"p","width":16,"height":16,"num_frames":5,'
+            '"seed":0,"output_path":"/o.mp4","last_image_path":""}',
+            "last_image_path",
+        ),
+        (
+            '{"type":"run","task_id":"t","image_path":"/i.png","prompt":"p","width":16,"height":16,"num_frames":5,'
+            '"seed":0,"output_path":"/o.mp4","guidance_scale_2":"high"}',
+            "guidance_scale_2",
+        ),
+        (
+            '{"type":"ready","protocol":1,"model":{"id":"m","native_area":256,"size_multiple":16,"fps":16,'
+            '"last_image":"sometimes"},"device":"cpu","dtype":"float32","slots":1,'
+            '"memory":{"free_bytes":null,"bytes_per_token":null}}',
+            "last_image",
+        ),
+        (
+            '{"type":"ready","protocol":1,"model":{"id":"m","native_area":256,"size_multiple":16,"fps":16,'
+            '"memory_gib":{"resident_gib":"lots"}},"device":"cpu","dtype":"float32","slots":1,'
+            '"memory":{"free_bytes":null,"bytes_per_token":null}}',
+            "memory_gib",
+        ),
+    ],
+    ids=["expert", "empty-last-image", "guidance-2", "model-last-image", "model-memory"],
+)
+def test_bad_new_fields_are_protocol_errors(line: str, field: str) -> None:
+    with pytest.raises(ProtocolError, match=field):
+        parse_line(line)
 
 
 @pytest.mark.parametrize(

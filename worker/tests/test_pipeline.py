@@ -20,7 +20,6 @@ from PIL import Image
 from i2v_worker import demo
 from i2v_worker.errors import OOM_MESSAGE, BadInput, Cancelled, JobError, OutOfMemory
 from i2v_worker.jobs import GenerationResult
-from i2v_worker.metadata import ModelInfo
 from i2v_worker.pipeline import Engine, frame_count
 from i2v_worker.settings import ConfigurationError, Settings
 
@@ -58,7 +57,11 @@ def test_demo_checkpoint_is_small_complete_and_idempotent(demo_checkpoint: Path)
     size = sum(f.stat().st_size for f in demo_checkpoint.rglob("*") if f.is_file())
     assert size < 1_000_000
     info = json.loads((demo_checkpoint / "i2v_model.json").read_text())
-    assert info == {"id": "wan2.1-i2v-demo", "native_area": 15360, "size_multiple": 16, "fps": 16}
+    assert info == {
+        "id": "wan2.1-i2v-14b-480p-demo", "native_area": 15360, "size_multiple": 16, "fps": 16,
+        "sizes": ["160x96", "96x160"], "max_frames": 81, "last_image": "none", "experts": 1, "boundary_ratio": None,
+        "default_infer_steps": 40, "default_guidance_scale": 5.0, "default_guidance_scale_2": None, "memory_gib": None,
+    }  # fmt: skip
     index = json.loads((demo_checkpoint / "model_index.json").read_text())
     assert index["_class_name"] == "WanImageToVideoPipeline"
     before = (demo_checkpoint / "model_index.json").stat().st_mtime_ns
@@ -69,14 +72,17 @@ def test_demo_checkpoint_is_small_complete_and_idempotent(demo_checkpoint: Path)
 
 def test_demo_refuses_to_overwrite_a_foreign_directory(tmp_path: Path) -> None:
     (tmp_path / "somebody.txt").write_text("mine")
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigurationError, match="not a complete demo checkpoint"):
         demo.ensure(tmp_path)
     assert (tmp_path / "somebody.txt").exists()
 
 
 def test_engine_loads_the_demo(engine: Engine) -> None:
     info = engine.describe()
-    assert info.model == ModelInfo(id="wan2.1-i2v-demo", native_area=15360, size_multiple=16, fps=16)
+    assert (info.model.id, info.model.native_area, info.model.size_multiple, info.model.fps) == (
+        "wan2.1-i2v-14b-480p-demo", 15360, 16, 16,
+    )  # fmt: skip
+    assert (info.cpu_offload, info.vae_tiling) == (False, False)
     assert (info.device, info.dtype, info.slots) == ("cpu", "float32", 2)
     assert info.free_bytes is None and info.bytes_per_token is None
     assert (info.speed.preset, info.speed.compile, info.speed.cache_threshold) == ("quality", False, None)
@@ -324,8 +330,11 @@ def test_settings_from_env() -> None:
     settings = Settings.from_env(
         {"I2V_MODEL_PATH": "/m", "I2V_WORKER_SLOTS": "3", "I2V_CPU_OFFLOAD": "1", "I2V_VAE_TILING": "0"}
     )
-    assert settings == Settings(model_path="/m", device=None, slots=3, cpu_offload=True, vae_tiling=False)
-    with pytest.raises(ConfigurationError, match="I2V_MODEL_PATH"):
+    assert settings == Settings(model_path="/m", device=None, slots=3, cpu_offload="on", vae_tiling=False)
+    assert Settings.from_env({"I2V_MODEL": " wan2.2-ti2v-5b-demo ", "I2V_DEMO_DIR": "/d"}) == Settings(
+        model="wan2.2-ti2v-5b-demo", demo_dir="/d"
+    )
+    with pytest.raises(ConfigurationError, match="I2V_MODEL_PATH is not set: set it, or I2V_MODEL"):
         Settings.from_env({})
     with pytest.raises(ConfigurationError, match="I2V_WORKER_SLOTS"):
         Settings.from_env({"I2V_MODEL_PATH": "/m", "I2V_WORKER_SLOTS": "0"})
@@ -334,7 +343,7 @@ def test_settings_from_env() -> None:
 
 
 def test_vae_tiling_and_cpu_offload_flags_load_on_cpu(demo_checkpoint: Path) -> None:
-    tiled = Engine.load(Settings(model_path=str(demo_checkpoint), device="cpu", vae_tiling=True, cpu_offload=True))
+    tiled = Engine.load(Settings(model_path=str(demo_checkpoint), device="cpu", vae_tiling=True, cpu_offload="on"))
     assert tiled.pipe.vae.use_tiling
     assert not tiled.offload  # model CPU offload needs CUDA: ignored on the CPU
     assert generate(tiled, steps=1, num_frames=1).shape == (1, HEIGHT, WIDTH, 3)

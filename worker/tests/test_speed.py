@@ -20,6 +20,7 @@ from PIL import Image
 
 from i2v_worker import demo
 from i2v_worker.jobs import GenerationResult
+from i2v_worker.models import MODELS
 from i2v_worker.pipeline import Engine
 from i2v_worker.settings import ConfigurationError, Settings
 from i2v_worker.speed import TURBO_STEPS, fp8_support, plan
@@ -138,6 +139,9 @@ def test_impossible_presets_are_refused(tmp_path: Path) -> None:
         plan(Settings(model_path="/m", speed="quality", fp8="on"), cpu)
     with pytest.raises(ConfigurationError, match="I2V_SPEED=turbo needs I2V_LORA_PATH"):
         plan(Settings(model_path="/m", speed="turbo"), cpu)
+    for model in ("wan2.2-i2v-a14b", "wan2.2-ti2v-5b-demo", "wan2.1-flf2v-14b-720p"):
+        with pytest.raises(ConfigurationError, match=f"turbo is not available for {model}: .* Wan2.1 I2V"):
+            plan(Settings(model_path="/m", speed="turbo", lora_path="/l.safetensors"), cpu, MODELS[model])
     with pytest.raises(ConfigurationError, match="no such file"):
         plan(Settings(model_path="/m", speed="turbo", lora_path=str(tmp_path / "none.safetensors")), cpu)
     junk = tmp_path / "junk.safetensors"
