@@ -130,13 +130,15 @@ public func buildNode(
         pool = node.pool
         catalog = .fixed(node.catalog)
         workerServices = node.supervisors
+        var dispatcher = configuration.dispatcher
+        dispatcher.models = node.catalog.models.map(\.id)
         dispatchServices = [
             Dispatcher(
                 store: store,
                 media: media,
                 pool: node.pool,
                 signal: signal,
-                configuration: configuration.dispatcher,
+                configuration: dispatcher,
                 metrics: metrics,
                 logger: logger
             ),

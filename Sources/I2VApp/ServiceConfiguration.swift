@@ -66,13 +66,17 @@ public struct ServiceConfiguration: Sendable {
     public var shutdownGrace: Duration
     public var cancelGrace: Duration
     public var modelPath: String?
+    /// The model the workers serve (`I2V_MODEL`), an id of the worker's model table; nil: the checkpoint's own,
+    /// or the default demo model when there is no checkpoint path either.
+    public var model: String?
     /// One inference worker per entry: `I2V_DEVICES`, or the single `I2V_DEVICE`.
     public var devices: DeviceSelection
     public var pythonExecutable: String
     /// The worker's source folder, put first on the worker's PYTHONPATH so the server always runs the worker
     /// of its own checkout, whatever the (shared, cached) venv has installed.
     public var workerDirectory: URL
-    public var cpuOffload: Bool
+    /// `auto` (the model's memory plan for the card), `1` or `0`; nil leaves it to the worker (auto).
+    public var cpuOffload: String?
     public var vaeTiling: Bool
     /// How every worker runs the model (`I2V_SPEED` and its knobs).
     public var speed: SpeedSettings
@@ -131,13 +135,14 @@ public struct ServiceConfiguration: Sendable {
         self.shutdownGrace = .seconds(max(0, config.seconds(forKey: "shutdownGraceSeconds", default: 30)))
         self.cancelGrace = .seconds(max(0.1, config.seconds(forKey: "cancelGraceSeconds", default: 30)))
         self.modelPath = config.string(forKey: "modelPath").flatMap { $0.isEmpty ? nil : $0 }
+        self.model = config.string(forKey: "model").flatMap { $0.isEmpty ? nil : $0.lowercased() }
         self.devices = DeviceSelection(devices: config.string(forKey: "devices"), device: config.string(forKey: "device"))
         self.pythonExecutable = config.string(forKey: "python", default: ".venv/bin/python")
         self.workerDirectory = URL(
             fileURLWithPath: config.string(forKey: "workerDir", default: "worker"),
             isDirectory: true
         ).standardizedFileURL
-        self.cpuOffload = config.bool(forKey: "cpuOffload", default: false)
+        self.cpuOffload = config.string(forKey: "cpuOffload").flatMap(Self.offloadSetting)
         self.vaeTiling = config.bool(forKey: "vaeTiling", default: false)
         self.speed = SpeedSettings(
             preset: config.string(forKey: "speed"),
@@ -162,9 +167,31 @@ public struct ServiceConfiguration: Sendable {
         guard let url = databaseURL?.lowercased() else { return false }
         return url.hasPrefix("postgres://") || url.hasPrefix("postgresql://")
     }
-    /// Where the demo checkpoint is built when `I2V_MODEL_PATH` is not set.
-    public var demoModelDirectory: URL {
-        dataDirectory.appending(path: "models/wan2.1-i2v-demo", directoryHint: .isDirectory)
+    /// The demo model served when there is no checkpoint path and `I2V_MODEL` is unset.
+    public static let defaultDemoModel = "wan2.1-i2v-14b-480p-demo"
+
+    /// The demo checkpoint to build and serve: `I2V_MODEL` when it names a demo (`…-demo`), the default demo
+    /// when neither a model nor a path is set; nil when a checkpoint path or a real model is configured.
+    public var demoModel: String? {
+        guard modelPath == nil else { return nil }
+        guard let model else { return Self.defaultDemoModel }
+        return model.hasSuffix("-demo") ? model : nil
+    }
+
+    /// Where a demo checkpoint is built when `I2V_MODEL_PATH` is not set: one folder per demo model.
+    public func demoModelDirectory(_ model: String) -> URL {
+        dataDirectory.appending(path: "models/\(model)", directoryHint: .isDirectory)
+    }
+
+    /// `I2V_CPU_OFFLOAD` as the worker spells it: booleans in any of the usual forms, or `auto`.
+    static func offloadSetting(_ value: String) -> String? {
+        switch value.lowercased() {
+        case "": nil
+        case "1", "true", "yes", "on": "1"
+        case "0", "false", "no", "off": "0"
+        // `auto` and anything else go as given: the worker refuses a value it cannot use, with a reason.
+        default: value.lowercased()
+        }
     }
 }
 

@@ -52,25 +52,30 @@ func buildWorkerNode(
         metrics: metrics
     )
     logger.info("inference workers", metadata: ["devices": "\(devices.joined(separator: ","))", "slots_each": "\(slots)", "total": "\(capacity)"])
-    return (pool, supervisors, overrides.catalog ?? ModelCatalog.load(checkpoint: checkpoint))
+    let catalog = overrides.catalog
+        ?? checkpoint.map { ModelCatalog.load(checkpoint: $0) }
+        ?? ModelCatalog.load(checkpoint: configuration.model ?? ServiceConfiguration.defaultDemoModel)
+    return (pool, supervisors, catalog)
 }
 
-/// The checkpoint the worker loads: `I2V_MODEL_PATH`, or the demo checkpoint in the data dir, built on
-/// first start (a few seconds) so `serve` works on a machine that has never seen the model.
+/// The checkpoint the worker loads: `I2V_MODEL_PATH`, or a demo model's checkpoint in the data dir, built on
+/// first start (a few seconds) so `serve` works on a machine that has never seen the model; nil for a real
+/// model named without a path, whose checkpoint the worker takes from the Hugging Face hub (or its cache).
 ///
 /// Nodes sharing a data dir may all start at once: each builds into a folder of its own and renames it into
 /// place, so none ever reads a half-written checkpoint, and the first rename wins.
-func resolveCheckpoint(configuration: ServiceConfiguration, logger: Logger) async throws -> String {
+func resolveCheckpoint(configuration: ServiceConfiguration, logger: Logger) async throws -> String? {
     if let path = configuration.modelPath { return path }
-    let demo = configuration.demoModelDirectory
+    guard let model = configuration.demoModel else { return nil }
+    let demo = configuration.demoModelDirectory(model)
     if FileManager.default.fileExists(atPath: demo.appending(path: "i2v_model.json").path) { return demo.path }
-    logger.info("building the demo checkpoint", metadata: ["path": "\(demo.path)"])
+    logger.info("building the demo checkpoint", metadata: ["model": "\(model)", "path": "\(demo.path)"])
     let staging = demo.deletingLastPathComponent().appending(path: ".\(demo.lastPathComponent).\(RandomIdentifier.hex128())")
     defer { try? FileManager.default.removeItem(at: staging) }
     let python = absolutePython(configuration.pythonExecutable)
     let result = try await Subprocess.run(
         python.contains("/") ? .path(.init(python)) : .name(python),
-        arguments: ["-m", "i2v_worker.demo", "--output", staging.path],
+        arguments: ["-m", "i2v_worker.demo", "--model", model, "--output", staging.path],
         environment: .inherit.updating(["PYTHONPATH": workerPythonPath(configuration)]),
         output: .discarded,
         error: .string(limit: 64 * 1024)
@@ -96,15 +101,16 @@ func workerPythonPath(_ configuration: ServiceConfiguration) -> String {
     return configuration.workerDirectory.path + inherited
 }
 
-func workerLaunch(configuration: ServiceConfiguration, checkpoint: String, device: String, slots: Int) -> WorkerLaunch {
+func workerLaunch(configuration: ServiceConfiguration, checkpoint: String?, device: String, slots: Int) -> WorkerLaunch {
     var environment = [
         "PYTHONPATH": workerPythonPath(configuration),
-        "I2V_MODEL_PATH": checkpoint,
         "I2V_WORKER_SLOTS": String(slots),
-        "I2V_CPU_OFFLOAD": configuration.cpuOffload ? "1" : "0",
         "I2V_VAE_TILING": configuration.vaeTiling ? "1" : "0",
         "PYTHONUNBUFFERED": "1",
     ]
+    environment["I2V_MODEL_PATH"] = checkpoint
+    environment["I2V_MODEL"] = configuration.model ?? configuration.demoModel
+    environment["I2V_CPU_OFFLOAD"] = configuration.cpuOffload
     environment.merge(DeviceSelection.workerEnvironment(device: device)) { _, pinned in pinned }
     environment.merge(configuration.speed.environment) { _, speed in speed }
     return WorkerLaunch(

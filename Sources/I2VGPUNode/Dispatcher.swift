@@ -24,6 +24,8 @@ public actor Dispatcher: Service {
         /// How often the queue is read without a wake-up; wake-ups (in-process, or the store's
         /// notifications across nodes) make it a fallback, so a lost one only delays.
         public var pollInterval: Duration
+        /// The models this node's workers serve: it claims only their tasks (nil: any task).
+        public var models: [String]?
 
         public init(
             node: String,
@@ -31,7 +33,8 @@ public actor Dispatcher: Service {
             maxAttempts: Int,
             cancelGrace: Duration,
             shutdownGrace: Duration,
-            pollInterval: Duration = .seconds(1)
+            pollInterval: Duration = .seconds(1),
+            models: [String]? = nil
         ) {
             self.node = node
             self.lease = lease
@@ -39,6 +42,7 @@ public actor Dispatcher: Service {
             self.cancelGrace = cancelGrace
             self.shutdownGrace = shutdownGrace
             self.pollInterval = pollInterval
+            self.models = models
         }
 
         /// Renewed three times a lease, so one late or failed heartbeat never lets a lease run out.
@@ -153,7 +157,7 @@ public actor Dispatcher: Service {
             let claimed: TaskRecord?
             let started = ContinuousClock.now
             do {
-                claimed = try await store.claimNext(node: configuration.node, lease: configuration.lease)
+                claimed = try await store.claimNext(node: configuration.node, lease: configuration.lease, models: configuration.models)
                 metrics.claimLatency.record(duration: ContinuousClock.now - started)
                 storeProblem(nil)
             } catch {

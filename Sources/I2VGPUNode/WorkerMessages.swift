@@ -6,34 +6,120 @@ public enum WorkerProtocol {
     public static let version = 1
 }
 
+/// What a worker serves: the model and everything a job for it is checked against.
 public struct WorkerModelInfo: Codable, Sendable, Equatable {
     public var id: String
     public var nativeArea: Int
     public var sizeMultiple: Int
     public var fps: Int
+    /// The `"WxH"` sizes the model was trained at, its native one first; empty from a worker older than the
+    /// model table.
+    public var sizes: [String]
+    /// The most frames it makes; nil when the worker does not say.
+    public var maxFrames: Int?
+    public var lastImage: LastImageSupport
+    /// 2 for a model with a high-noise and a low-noise expert (Wan2.2 A14B).
+    public var experts: Int
+    public var boundaryRatio: Double?
+    public var defaultInferSteps: Int?
+    public var defaultGuidanceScale: Double?
+    public var defaultGuidanceScale2: Double?
+    public var memoryGiB: ModelMemoryEstimate?
+
+    /// Whether a job may, must or must not give a last frame.
+    public enum LastImageSupport: String, Codable, Sendable {
+        case none, optional, required
+    }
+
+    /// A real model's estimated GPU peak in GiB, with every component on the GPU and with model CPU offload.
+    public struct ModelMemoryEstimate: Codable, Sendable, Equatable {
+        public var residentGiB: Double
+        public var offloadGiB: Double
+
+        package enum CodingKeys: String, CodingKey {
+            case residentGiB = "resident_gib"
+            case offloadGiB = "offload_gib"
+        }
+    }
 
     package enum CodingKeys: String, CodingKey {
         case id
         case nativeArea = "native_area"
         case sizeMultiple = "size_multiple"
-        case fps
+        case fps, sizes
+        case maxFrames = "max_frames"
+        case lastImage = "last_image"
+        case experts
+        case boundaryRatio = "boundary_ratio"
+        case defaultInferSteps = "default_infer_steps"
+        case defaultGuidanceScale = "default_guidance_scale"
+        case defaultGuidanceScale2 = "default_guidance_scale_2"
+        case memoryGiB = "memory_gib"
     }
 
-    package init(id: String, nativeArea: Int, sizeMultiple: Int, fps: Int) {
+    package init(
+        id: String, nativeArea: Int, sizeMultiple: Int, fps: Int, sizes: [String] = [], maxFrames: Int? = nil,
+        lastImage: LastImageSupport = .none, experts: Int = 1
+    ) {
         self.id = id
         self.nativeArea = nativeArea
         self.sizeMultiple = sizeMultiple
         self.fps = fps
+        self.sizes = sizes
+        self.maxFrames = maxFrames
+        self.lastImage = lastImage
+        self.experts = experts
+    }
+
+    /// A worker from before the model table sends only the first four fields.
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        id = try container.decode(String.self, forKey: .id)
+        nativeArea = try container.decode(Int.self, forKey: .nativeArea)
+        sizeMultiple = try container.decode(Int.self, forKey: .sizeMultiple)
+        fps = try container.decode(Int.self, forKey: .fps)
+        sizes = try container.decodeIfPresent([String].self, forKey: .sizes) ?? []
+        maxFrames = try container.decodeIfPresent(Int.self, forKey: .maxFrames)
+        lastImage = try container.decodeIfPresent(LastImageSupport.self, forKey: .lastImage) ?? .none
+        experts = try container.decodeIfPresent(Int.self, forKey: .experts) ?? 1
+        boundaryRatio = try container.decodeIfPresent(Double.self, forKey: .boundaryRatio)
+        defaultInferSteps = try container.decodeIfPresent(Int.self, forKey: .defaultInferSteps)
+        defaultGuidanceScale = try container.decodeIfPresent(Double.self, forKey: .defaultGuidanceScale)
+        defaultGuidanceScale2 = try container.decodeIfPresent(Double.self, forKey: .defaultGuidanceScale2)
+        memoryGiB = try container.decodeIfPresent(ModelMemoryEstimate.self, forKey: .memoryGiB)
+    }
+
+    /// Unknown values are written as `null`, as the protocol spells them.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(id, forKey: .id)
+        try container.encode(nativeArea, forKey: .nativeArea)
+        try container.encode(sizeMultiple, forKey: .sizeMultiple)
+        try container.encode(fps, forKey: .fps)
+        try container.encode(sizes, forKey: .sizes)
+        try container.encode(maxFrames, forKey: .maxFrames)
+        try container.encode(lastImage, forKey: .lastImage)
+        try container.encode(experts, forKey: .experts)
+        try container.encode(boundaryRatio, forKey: .boundaryRatio)
+        try container.encode(defaultInferSteps, forKey: .defaultInferSteps)
+        try container.encode(defaultGuidanceScale, forKey: .defaultGuidanceScale)
+        try container.encode(defaultGuidanceScale2, forKey: .defaultGuidanceScale2)
+        try container.encode(memoryGiB, forKey: .memoryGiB)
     }
 }
 
 public struct WorkerMemory: Codable, Sendable, Equatable {
     public var freeBytes: Int?
     public var bytesPerToken: Int?
+    /// What the worker turned on to fit (absent from workers older than the model table).
+    public var cpuOffload: Bool?
+    public var vaeTiling: Bool?
 
     package enum CodingKeys: String, CodingKey {
         case freeBytes = "free_bytes"
         case bytesPerToken = "bytes_per_token"
+        case cpuOffload = "cpu_offload"
+        case vaeTiling = "vae_tiling"
     }
 
     /// Unknown values are written as `null`, as the protocol spells them, rather than left out.
@@ -41,6 +127,8 @@ public struct WorkerMemory: Codable, Sendable, Equatable {
         var container = encoder.container(keyedBy: CodingKeys.self)
         try container.encode(freeBytes, forKey: .freeBytes)
         try container.encode(bytesPerToken, forKey: .bytesPerToken)
+        try container.encodeIfPresent(cpuOffload, forKey: .cpuOffload)
+        try container.encodeIfPresent(vaeTiling, forKey: .vaeTiling)
     }
 
     package init(freeBytes: Int? = nil, bytesPerToken: Int? = nil) {
@@ -147,6 +235,9 @@ public struct WorkerDone: Codable, Sendable, Equatable {
     /// replaces them (turbo). Absent from workers older than speed presets.
     public var inferSteps: Int?
     public var guidanceScale: Double?
+    /// The model that made it, and the low-noise expert's guidance where the model has two experts.
+    public var model: String?
+    public var guidanceScale2: Double?
 
     package enum CodingKeys: String, CodingKey {
         case taskID = "task_id"
@@ -157,6 +248,8 @@ public struct WorkerDone: Codable, Sendable, Equatable {
         case encodeSeconds = "encode_seconds"
         case inferSteps = "infer_steps"
         case guidanceScale = "guidance_scale"
+        case model
+        case guidanceScale2 = "guidance_scale_2"
     }
 
     package init(taskID: String, path: String, width: Int, height: Int, numFrames: Int, fps: Int, seed: Int, inferenceSeconds: Double, encodeSeconds: Double? = nil, inferSteps: Int? = nil, guidanceScale: Double? = nil) {
@@ -177,7 +270,8 @@ public struct WorkerDone: Codable, Sendable, Equatable {
 /// Messages the worker writes on its stdout.
 public enum WorkerEvent: Sendable, Equatable {
     case ready(WorkerReady)
-    case progress(taskID: String, step: Int, totalSteps: Int)
+    /// `expert` names which of a two-expert model's transformers ran the step.
+    case progress(taskID: String, step: Int, totalSteps: Int, expert: String? = nil)
     /// The job entered a phase (`JobPhase`); kept as the worker's word, so a phase this server does not
     /// know yet still counts as one.
     case phase(taskID: String, phase: String)
@@ -195,6 +289,7 @@ extension WorkerEvent: Codable {
         case kind
         case message
         case phase
+        case expert
     }
 
     public init(from decoder: any Decoder) throws {
@@ -207,7 +302,8 @@ extension WorkerEvent: Codable {
             self = .progress(
                 taskID: try container.decode(String.self, forKey: .taskID),
                 step: try container.decode(Int.self, forKey: .step),
-                totalSteps: try container.decode(Int.self, forKey: .totalSteps)
+                totalSteps: try container.decode(Int.self, forKey: .totalSteps),
+                expert: try container.decodeIfPresent(String.self, forKey: .expert)
             )
         case "phase":
             self = .phase(
@@ -239,11 +335,12 @@ extension WorkerEvent: Codable {
         case .ready(let ready):
             try container.encode("ready", forKey: .type)
             try ready.encode(to: encoder)
-        case .progress(let taskID, let step, let totalSteps):
+        case .progress(let taskID, let step, let totalSteps, let expert):
             try container.encode("progress", forKey: .type)
             try container.encode(taskID, forKey: .taskID)
             try container.encode(step, forKey: .step)
             try container.encode(totalSteps, forKey: .totalSteps)
+            try container.encodeIfPresent(expert, forKey: .expert)
         case .phase(let taskID, let phase):
             try container.encode("phase", forKey: .type)
             try container.encode(taskID, forKey: .taskID)
@@ -263,7 +360,7 @@ extension WorkerEvent: Codable {
     }
 }
 
-/// A job as the worker receives it in a `run` message.
+/// A job as the worker receives it in a `run` message. Steps and guidance left out take the model's defaults.
 public struct WorkerJob: Codable, Sendable, Equatable {
     public var taskID: String
     public var imagePath: String
@@ -272,10 +369,16 @@ public struct WorkerJob: Codable, Sendable, Equatable {
     public var width: Int
     public var height: Int
     public var numFrames: Int
-    public var inferSteps: Int
-    public var guidanceScale: Double
+    public var inferSteps: Int?
+    public var guidanceScale: Double?
     public var seed: Int
     public var outputPath: String
+    /// The frame the video ends on, for a model that takes one.
+    public var lastImagePath: String?
+    /// The low-noise expert's guidance, for a model with two experts.
+    public var guidanceScale2: Double?
+    /// The model the task was queued for: a worker serving another one refuses the job.
+    public var model: String?
 
     package enum CodingKeys: String, CodingKey {
         case taskID = "task_id"
@@ -288,9 +391,16 @@ public struct WorkerJob: Codable, Sendable, Equatable {
         case guidanceScale = "guidance_scale"
         case seed
         case outputPath = "output_path"
+        case lastImagePath = "last_image_path"
+        case guidanceScale2 = "guidance_scale_2"
+        case model
     }
 
-    package init(taskID: String, imagePath: String, prompt: String, negativePrompt: String, width: Int, height: Int, numFrames: Int, inferSteps: Int, guidanceScale: Double, seed: Int, outputPath: String) {
+    package init(
+        taskID: String, imagePath: String, prompt: String, negativePrompt: String, width: Int, height: Int, numFrames: Int,
+        inferSteps: Int?, guidanceScale: Double?, seed: Int, outputPath: String, lastImagePath: String? = nil,
+        guidanceScale2: Double? = nil, model: String? = nil
+    ) {
         self.taskID = taskID
         self.imagePath = imagePath
         self.prompt = prompt
@@ -302,6 +412,9 @@ public struct WorkerJob: Codable, Sendable, Equatable {
         self.guidanceScale = guidanceScale
         self.seed = seed
         self.outputPath = outputPath
+        self.lastImagePath = lastImagePath
+        self.guidanceScale2 = guidanceScale2
+        self.model = model
     }
 }
 

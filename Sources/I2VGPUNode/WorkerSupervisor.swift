@@ -246,7 +246,7 @@ public actor WorkerSupervisor: InferenceWorker, Service {
                 metadata: ["model": "\(info.model.id)", "torch_device": "\(info.device)", "dtype": "\(info.dtype)", "slots": "\(info.slots)"]
             )
             signal.wake()
-        case .progress(let taskID, let step, let totalSteps):
+        case .progress(let taskID, let step, let totalSteps, _):
             jobs[taskID]?.yield(.progress(step: step, totalSteps: totalSteps))
         case .phase(let taskID, let phase):
             jobs[taskID]?.yield(.phase(phase))

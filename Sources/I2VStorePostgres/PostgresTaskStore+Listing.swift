@@ -22,7 +22,8 @@ extension PostgresTaskStore: TaskListing {
             """
             SELECT t.*,
                 CASE WHEN t.status = 'InQueue' THEN
-                    (SELECT count(*) FROM tasks AS ahead WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq)
+                    (SELECT count(*) FROM tasks AS ahead
+                        WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq AND lower(ahead.model) = lower(t.model))
                 END AS queue_position
             FROM tasks AS t
             WHERE t.owner_key_hash = \(ownerKeyHash) AND t.seq \(unescaped: comparison) \(bound)
@@ -56,9 +57,13 @@ extension PostgresTaskStore: TaskListing {
         }
     }
 
-    public func queueSeqs() async throws -> [Int64] {
-        try await withDeadline {
-            let rows = try await client.query("SELECT seq FROM tasks WHERE status = 'InQueue' ORDER BY seq", logger: logger)
+    public func queueSeqs(model: String?) async throws -> [Int64] {
+        let wanted = model?.lowercased()
+        return try await withDeadline {
+            let rows = try await client.query(
+                "SELECT seq FROM tasks WHERE status = 'InQueue' AND (\(wanted)::text IS NULL OR lower(model) = \(wanted)) ORDER BY seq",
+                logger: logger
+            )
             var seqs: [Int64] = []
             for try await seq in rows.decode(Int64.self) { seqs.append(seq) }
             return seqs

@@ -276,7 +276,8 @@ public struct PostgresTaskStore: TaskStore {
             Int.self,
             client.query(
                 """
-                SELECT (SELECT count(*) FROM tasks AS ahead WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq)
+                SELECT (SELECT count(*) FROM tasks AS ahead
+                        WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq AND lower(ahead.model) = lower(t.model))
                 FROM tasks AS t WHERE t.id = \(id) AND t.status = 'InQueue'
                 """,
                 logger: logger
@@ -308,8 +309,10 @@ public struct PostgresTaskStore: TaskStore {
     /// `TaskStateMachine.claim` as one statement: the claim is the queue's hot path, and a transaction that
     /// reads the row first would take three more round trips. The store contract suite checks that it
     /// leaves the row as the state machine's plan does.
-    public func claimNext(node: String, lease: Duration) async throws -> TaskRecord? {
+    public func claimNext(node: String, lease: Duration, models: [String]?) async throws -> TaskRecord? {
         let now = Date()
+        let anyModel = models == nil
+        let wanted = (models ?? []).map { $0.lowercased() }
         return try await withDeadline {
         try await Self.records(
             client.query(
@@ -319,7 +322,8 @@ public struct PostgresTaskStore: TaskStore {
                     reason = NULL, lease_node = \(node),
                     lease_expires_at = \(now.addingTimeInterval(lease.seconds).timeIntervalSince1970)
                 WHERE status = 'InQueue' AND seq = (
-                    SELECT seq FROM tasks WHERE status = 'InQueue' ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED
+                    SELECT seq FROM tasks WHERE status = 'InQueue' AND (\(anyModel) OR lower(model) = ANY(\(wanted)))
+                    ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED
                 )
                 RETURNING *
                 """,

@@ -24,7 +24,8 @@ extension SQLiteTaskStore: TaskListing {
                 sql: """
                     SELECT t.*,
                         CASE WHEN t.status = 'InQueue' THEN
-                            (SELECT COUNT(*) FROM tasks AS ahead WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq)
+                            (SELECT COUNT(*) FROM tasks AS ahead
+                                WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq AND lower(ahead.model) = lower(t.model))
                         END AS queue_position
                     FROM tasks AS t
                     WHERE t.owner_key_hash = ? AND t.seq \(comparison) ?
@@ -49,9 +50,12 @@ extension SQLiteTaskStore: TaskListing {
         }
     }
 
-    public func queueSeqs() async throws -> [Int64] {
+    public func queueSeqs(model: String?) async throws -> [Int64] {
         try await database.read { db in
-            try Int64.fetchAll(db.cachedStatement(sql: "SELECT seq FROM tasks WHERE status = 'InQueue' ORDER BY seq"))
+            try Int64.fetchAll(
+                db.cachedStatement(sql: "SELECT seq FROM tasks WHERE status = 'InQueue' AND (? IS NULL OR lower(model) = ?) ORDER BY seq"),
+                arguments: [model?.lowercased(), model?.lowercased()]
+            )
         }
     }
 

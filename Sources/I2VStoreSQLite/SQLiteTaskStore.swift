@@ -182,7 +182,8 @@ public struct SQLiteTaskStore: TaskStore {
             try Int.fetchOne(
                 db.cachedStatement(
                     sql: """
-                        SELECT (SELECT COUNT(*) FROM tasks AS ahead WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq)
+                        SELECT (SELECT COUNT(*) FROM tasks AS ahead
+                                WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq AND lower(ahead.model) = lower(t.model))
                         FROM tasks AS t WHERE t.id = ? AND t.status = 'InQueue'
                         """
                 ),
@@ -205,12 +206,14 @@ public struct SQLiteTaskStore: TaskStore {
         }
     }
 
-    public func claimNext(node: String, lease: Duration) async throws -> TaskRecord? {
+    public func claimNext(node: String, lease: Duration, models: [String]?) async throws -> TaskRecord? {
         try await database.write { db in
+            let filter = models.map { "AND lower(model) IN (\(databaseQuestionMarks(count: $0.count)))" } ?? ""
             guard
                 let row = try Row.fetchOne(
                     db,
-                    sql: "SELECT id, infer_steps, \(Self.stateColumns) FROM tasks WHERE status = 'InQueue' ORDER BY seq LIMIT 1"
+                    sql: "SELECT id, infer_steps, \(Self.stateColumns) FROM tasks WHERE status = 'InQueue' \(filter) ORDER BY seq LIMIT 1",
+                    arguments: StatementArguments((models ?? []).map { $0.lowercased() })
                 )
             else { return nil }
             let id: String = row["id"]

@@ -42,9 +42,9 @@ import Testing
             let counts = Mutex(0)
             let positions = QueuePositions(
                 maxAge: .seconds(3_600),
-                readOrder: {
+                readOrder: { model in
                     reads.withLock { $0 += 1 }
-                    return try await listing.queueSeqs()
+                    return try await listing.queueSeqs(model: model)
                 },
                 countPosition: { id in
                     counts.withLock { $0 += 1 }
@@ -53,7 +53,7 @@ import Testing
             )
             func place(_ id: String) async throws -> Int? {
                 let polled = try #require(try await listing.polledTask(id: id))
-                return try await positions.position(of: id, seq: try #require(polled.queueSeq))
+                return try await positions.position(of: id, seq: try #require(polled.queueSeq), model: polled.task.parameters.model)
             }
 
             // Forty polls at once: one read of the order between them, and every task in its place.
@@ -77,7 +77,7 @@ import Testing
             #expect(try await place("t1") == 1)
 
             // A task in neither order (it left the queue meanwhile) is counted exactly: no longer queued.
-            #expect(try await positions.position(of: "gone", seq: 1_000_000) == nil)
+            #expect(try await positions.position(of: "gone", seq: 1_000_000, model: "m") == nil)
             #expect(reads.withLock { $0 } == 3)
             #expect(counts.withLock { $0 } == 1)
         }

@@ -15,12 +15,12 @@ import Testing
 /// one, a failure under `I2V_TEST_STRICT=1`), and the cases of the queue port against the in-memory queue
 /// too.
 @Suite struct TaskStoreTests {
-    static func record(_ id: String, owner: String = "owner") -> TaskRecord {
+    static func record(_ id: String, owner: String = "owner", model: String = "m") -> TaskRecord {
         TaskRecord(
             id: id,
             ownerKeyHash: owner,
             parameters: TaskParameters(
-                model: "m", prompt: "a prompt of enough length", negativePrompt: "", width: 160, height: 96,
+                model: model, prompt: "a prompt of enough length", negativePrompt: "", width: 160, height: 96,
                 numFrames: 81, guidanceScale: 3, inferSteps: 30, seed: 7
             ),
             inputKey: "\(id).png",
@@ -32,6 +32,27 @@ import Testing
     static let lease = Duration.seconds(30)
 
     static let result = TaskResult(videoName: "v", width: 16, height: 16, numFrames: 5, fps: 16, inferenceSeconds: 1, encodeSeconds: 0)
+
+    /// Each model is a queue of its own: a node claims the oldest task of the models it serves (ids without
+    /// case), and a task's position counts only its own model's tasks ahead of it.
+    @Test(arguments: QueueKind.allCases)
+    func claimsAndPositionsArePerModel(_ kind: QueueKind) async throws {
+        try await withQueue(kind) { store in
+            for (id, model) in [("a1", "wan-a"), ("a2", "wan-a"), ("b1", "wan-b"), ("a3", "wan-a"), ("b2", "Wan-B")] {
+                try await store.enqueue(Self.record(id, model: model), maxQueued: 10)
+            }
+            #expect(try await store.queuePosition(id: "a3") == 3)
+            #expect(try await store.queuePosition(id: "b1") == 1)
+            #expect(try await store.queuePosition(id: "b2") == 2)
+            #expect(try await store.claimNext(node: "gpu-b", lease: Self.lease, models: ["WAN-B"])?.id == "b1")
+            #expect(try await store.claimNext(node: "gpu-b", lease: Self.lease, models: ["wan-b"])?.id == "b2")
+            #expect(try await store.claimNext(node: "gpu-b", lease: Self.lease, models: ["wan-b"]) == nil)
+            #expect(try await store.claimNext(node: "gpu-c", lease: Self.lease, models: ["wan-c", "wan-a"])?.id == "a1")
+            #expect(try await store.claimNext(node: "gpu-c", lease: Self.lease, models: [])  == nil)
+            // Without a filter, the oldest of any model.
+            #expect(try await store.claimNext(node: "gpu-any", lease: Self.lease)?.id == "a2")
+        }
+    }
 
     @Test(arguments: QueueKind.allCases)
     func fifoClaimsPositionsAndTheQueueCap(_ kind: QueueKind) async throws {

@@ -193,6 +193,23 @@ import Testing
         #expect(DeviceSelection.parseGPUList("") == [])
     }
 
+    /// `+` joins devices into a group that is one worker; `,` still separates workers, so older values keep
+    /// their meaning.
+    @Test func plusJoinsDevicesIntoAGroupThatIsOneWorker() async throws {
+        let selection = DeviceSelection(devices: "cuda:0+cuda:1+cuda:2+cuda:3, cuda:4 + cuda:5,cpu", device: nil)
+        #expect(selection == .list(["cuda:0+cuda:1+cuda:2+cuda:3", "cuda:4+cuda:5", "cpu"]))
+        let logger = Logger(label: "test")
+        #expect(try await selection.resolve(logger: logger).count == 3)
+        #expect(try await DeviceSelection(devices: "cpu+cpu", device: nil).resolve(logger: logger) == ["cpu+cpu"])
+        for bad in ["cuda:0+cuda:0", "cpu+cuda:1", "cuda:0+", "cuda+cuda", "cpu+gpu"] {
+            await #expect(throws: ConfigurationProblem.self, "\(bad)") { try await DeviceSelection.list([bad]).resolve(logger: logger) }
+        }
+        // A group's worker sees only its GPUs, which CUDA numbers from 0.
+        #expect(DeviceSelection.workerEnvironment(device: "cuda:4+cuda:5") == ["CUDA_VISIBLE_DEVICES": "4,5", "I2V_DEVICE": "cuda:0+cuda:1"])
+        #expect(DeviceSelection.workerEnvironment(device: "cpu+cpu") == ["I2V_DEVICE": "cpu+cpu"])
+        #expect(DeviceSelection.workerEnvironment(device: "cuda:2") == ["CUDA_VISIBLE_DEVICES": "2", "I2V_DEVICE": "cuda"])
+    }
+
     @Test func eachWorkerIsPinnedToItsDeviceWithItsShareOfSlots() {
         let directory = URL(fileURLWithPath: "/tmp")
         let configuration = testConfiguration(dataDir: directory, ["i2v.devices": "cuda:0,cuda:1", "i2v.maxConcurrent": 3])

@@ -96,13 +96,17 @@ class ModelSpec:
     architecture: Architecture
     checkpoint: str | None  # the Diffusers checkpoint on the hub; None: a demo, built locally
     sizes: tuple[tuple[int, int], ...]  # (width, height) it was trained at; the first is what `auto` aims at
-    max_frames: int
+    max_frames: int  # the most frames a job may ask for (4k+1)
     fps: int
     flow_shift: float  # the sampler's shift its authors use
     infer_steps: int
     guidance_scale: float
     guidance_scale_2: float | None = None  # the low-noise expert's guidance (two experts only)
     memory: MemoryPlan | None = None  # None: a demo, small on any device
+    # The clip length the model was trained at and the memory plan is figured for. The 14B models were trained at
+    # 81 frames but make longer clips too, and the service has always taken up to 121 (`num_frames` 120), so
+    # `max_frames` stays there and only the plan is at 81.
+    planned_frames: int = 81
 
     @property
     def native_area(self) -> int:
@@ -127,13 +131,13 @@ class ModelSpec:
 
     def bytes_per_token(self, *, offload: bool) -> int | None:
         """The memory plan's estimate of what a job needs per latent token on top of what stays on the GPU after
-        loading (with offload: nothing, so the running model's weights count too), at the first size and most
+        loading (with offload: nothing, so the running model's weights count too), at the first size and planned
         frames. None for a demo."""
         if self.memory is None:
             return None
         width, height = self.sizes[0]
         extra = self.memory.offload_gib if offload else self.memory.resident_gib - self.memory.weights_gib
-        return int(extra * GIB / tokens(width, height, self.max_frames))
+        return int(extra * GIB / tokens(width, height, self.planned_frames))
 
 
 def tokens(width: int, height: int, frames: int) -> int:
@@ -153,32 +157,32 @@ _720P = ((1280, 720), (720, 1280))
 REAL_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         id="wan2.1-i2v-14b-480p", architecture="wan2.1-i2v", checkpoint="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
-        sizes=_480P, max_frames=81, fps=16, flow_shift=3.0, infer_steps=40, guidance_scale=5.0,
+        sizes=_480P, max_frames=121, fps=16, flow_shift=3.0, infer_steps=40, guidance_scale=5.0,
         memory=MemoryPlan(weights_gib=44.1, resident_gib=52.1, offload_gib=38.6, card_gib=80,
                           stays="everything (transformer, UMT5, CLIP, VAE)"),
     ),
     ModelSpec(
         id="wan2.1-i2v-14b-720p", architecture="wan2.1-i2v", checkpoint="Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
-        sizes=_720P, max_frames=81, fps=16, flow_shift=5.0, infer_steps=40, guidance_scale=5.0,
+        sizes=_720P, max_frames=121, fps=16, flow_shift=5.0, infer_steps=40, guidance_scale=5.0,
         memory=MemoryPlan(weights_gib=44.1, resident_gib=58.1, offload_gib=44.6, card_gib=80,
                           stays="everything (transformer, UMT5, CLIP, VAE)"),
     ),
     ModelSpec(
         id="wan2.1-flf2v-14b-720p", architecture="wan2.1-flf2v", checkpoint="Wan-AI/Wan2.1-FLF2V-14B-720P-diffusers",
-        sizes=_720P, max_frames=81, fps=16, flow_shift=16.0, infer_steps=50, guidance_scale=5.0,
+        sizes=_720P, max_frames=121, fps=16, flow_shift=16.0, infer_steps=50, guidance_scale=5.0,
         memory=MemoryPlan(weights_gib=44.1, resident_gib=58.1, offload_gib=44.6, card_gib=80,
                           stays="everything (transformer, UMT5, CLIP, VAE)"),
     ),
     ModelSpec(
         id="wan2.2-i2v-a14b", architecture="wan2.2-a14b", checkpoint="Wan-AI/Wan2.2-I2V-A14B-Diffusers",
-        sizes=_720P + _480P, max_frames=81, fps=16, flow_shift=5.0, infer_steps=40, guidance_scale=3.5,
+        sizes=_720P + _480P, max_frames=121, fps=16, flow_shift=5.0, infer_steps=40, guidance_scale=3.5,
         guidance_scale_2=3.5,
         memory=MemoryPlan(weights_gib=64.3, resident_gib=78.3, offload_gib=40.6, card_gib=80,
                           stays="the running expert and the VAE; UMT5 only while encoding, the idle expert on the CPU"),
     ),
     ModelSpec(
         id="wan2.2-ti2v-5b", architecture="wan2.2-ti2v", checkpoint="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
-        sizes=((1280, 704), (704, 1280)), max_frames=121, fps=24, flow_shift=5.0, infer_steps=50,
+        sizes=((1280, 704), (704, 1280)), max_frames=121, planned_frames=121, fps=24, flow_shift=5.0, infer_steps=50,
         guidance_scale=5.0,
         memory=MemoryPlan(weights_gib=22.5, resident_gib=30.5, offload_gib=14.0, card_gib=24,
                           stays="the running model: UMT5 while encoding, then the transformer, then the VAE"),

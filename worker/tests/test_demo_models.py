@@ -159,7 +159,7 @@ def test_flf2v_conditions_on_both_frames(engines: Callable[[str], Engine]) -> No
         ("wan2.2-i2v-a14b-demo", {"last_image_path": "MISSING"}, "last image not found: "),
         ("wan2.1-i2v-14b-720p-demo", {"guidance_scale_2": 2.0},
          "guidance_scale_2 is for models with two experts; wan2.1-i2v-14b-720p-demo has one transformer"),
-        ("wan2.2-i2v-a14b-demo", {"num_frames": 85}, "num_frames 85 makes 85 frames; wan2.2-i2v-a14b-demo makes at most 81"),
+        ("wan2.2-i2v-a14b-demo", {"num_frames": 125}, "num_frames 125 makes 125 frames; wan2.2-i2v-a14b-demo makes at most 121"),
         ("wan2.2-ti2v-5b-demo", {"width": 208}, "width and height must be multiples of 32, got 208x128"),
     ],
     ids=["480p-last", "ti2v-last", "flf2v-without", "last-size", "last-missing", "guidance-2", "frames", "multiple"],

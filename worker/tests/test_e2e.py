@@ -115,7 +115,7 @@ def test_worker_process_end_to_end(worker: Any, image_file: Callable[..., Path],
         "type": "ready", "protocol": 1,
         "model": {
             "id": "wan2.1-i2v-14b-480p-demo", "native_area": 15360, "size_multiple": 16, "fps": 16,
-            "sizes": ["160x96", "96x160"], "max_frames": 81, "last_image": "none", "experts": 1,
+            "sizes": ["160x96", "96x160"], "max_frames": 121, "last_image": "none", "experts": 1,
             "boundary_ratio": None, "default_infer_steps": 40, "default_guidance_scale": 5.0,
             "default_guidance_scale_2": None, "memory_gib": None,
         },

@@ -45,10 +45,10 @@ def test_the_published_facts_of_each_model() -> None:
         for spec in REAL_MODELS
     }
     assert rows == {
-        "wan2.1-i2v-14b-480p": ((832, 480), 81, 16, "none", 1, 3.0),
-        "wan2.1-i2v-14b-720p": ((1280, 720), 81, 16, "none", 1, 5.0),
-        "wan2.1-flf2v-14b-720p": ((1280, 720), 81, 16, "required", 1, 16.0),
-        "wan2.2-i2v-a14b": ((1280, 720), 81, 16, "optional", 2, 5.0),
+        "wan2.1-i2v-14b-480p": ((832, 480), 121, 16, "none", 1, 3.0),
+        "wan2.1-i2v-14b-720p": ((1280, 720), 121, 16, "none", 1, 5.0),
+        "wan2.1-flf2v-14b-720p": ((1280, 720), 121, 16, "required", 1, 16.0),
+        "wan2.2-i2v-a14b": ((1280, 720), 121, 16, "optional", 2, 5.0),
         "wan2.2-ti2v-5b": ((1280, 704), 121, 24, "none", 1, 5.0),
     }
 

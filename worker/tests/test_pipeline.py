@@ -59,7 +59,7 @@ def test_demo_checkpoint_is_small_complete_and_idempotent(demo_checkpoint: Path)
     info = json.loads((demo_checkpoint / "i2v_model.json").read_text())
     assert info == {
         "id": "wan2.1-i2v-14b-480p-demo", "native_area": 15360, "size_multiple": 16, "fps": 16,
-        "sizes": ["160x96", "96x160"], "max_frames": 81, "last_image": "none", "experts": 1, "boundary_ratio": None,
+        "sizes": ["160x96", "96x160"], "max_frames": 121, "last_image": "none", "experts": 1, "boundary_ratio": None,
         "default_infer_steps": 40, "default_guidance_scale": 5.0, "default_guidance_scale_2": None, "memory_gib": None,
     }  # fmt: skip
     index = json.loads((demo_checkpoint / "model_index.json").read_text())

@@ -37,6 +37,20 @@ public struct ModelCatalog: Sendable {
 
     public var defaultModel: ServedModel { models[0] }
 
+    /// The model table the workers serve from (`I2V_MODEL`), each with its `-demo` twin. A submit may name
+    /// one that no worker serves right now: that is a 503 until a worker node for it is up, not an unknown
+    /// model.
+    public static let tableIDs: [String] = {
+        let real = ["wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p", "wan2.1-flf2v-14b-720p", "wan2.2-i2v-a14b", "wan2.2-ti2v-5b"]
+        return real + real.map { $0 + "-demo" }
+    }()
+
+    /// What a submit may name: what is served, then the rest of the table.
+    public var askableIDs: [String] {
+        let served = models.map(\.id)
+        return served + Self.tableIDs.filter { id in !served.contains { $0.lowercased() == id } }
+    }
+
     public func model(id: String) -> ServedModel? {
         models.first { $0.id.lowercased() == id.lowercased() }
     }
@@ -46,8 +60,10 @@ public struct ModelCatalog: Sendable {
         if let data = try? Data(contentsOf: metadata), let model = try? JSONDecoder().decode(ServedModel.self, from: data) {
             return ModelCatalog(models: [model])
         }
-        var name = checkpoint.split(separator: "/").last.map(String.init) ?? checkpoint
-        if name.hasSuffix("-Diffusers") { name = String(name.dropLast("-Diffusers".count)) }
+        // The worker's model ids are lower case (`Wan2.2-TI2V-5B-Diffusers` is `wan2.2-ti2v-5b`): one name for
+        // one model, whichever side says it.
+        var name = (checkpoint.split(separator: "/").last.map(String.init) ?? checkpoint).lowercased()
+        if name.hasSuffix("-diffusers") { name = String(name.dropLast("-diffusers".count)) }
         let area = name.uppercased().contains("720P") ? 921_600 : 399_360
         return ModelCatalog(models: [ServedModel(id: name, nativeArea: area)])
     }

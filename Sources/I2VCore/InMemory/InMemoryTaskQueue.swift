@@ -36,7 +36,8 @@ package actor InMemoryTaskQueue: TaskQueue {
 
     package func queuePosition(id: String) async throws -> Int? {
         guard let entry = entries[id], entry.state.status == .inQueue else { return nil }
-        return entries.values.count { $0.state.status == .inQueue && $0.seq <= entry.seq }
+        let model = entry.record.parameters.model.lowercased()
+        return entries.values.count { $0.state.status == .inQueue && $0.seq <= entry.seq && $0.record.parameters.model.lowercased() == model }
     }
 
     package func counts() async throws -> QueueCounts {
@@ -46,8 +47,9 @@ package actor InMemoryTaskQueue: TaskQueue {
         )
     }
 
-    package func claimNext(node: String, lease: Duration) async throws -> TaskRecord? {
-        let queued = entries.filter { $0.value.state.status == .inQueue }
+    package func claimNext(node: String, lease: Duration, models: [String]?) async throws -> TaskRecord? {
+        let wanted = models.map { Set($0.map { $0.lowercased() }) }
+        let queued = entries.filter { $0.value.state.status == .inQueue && wanted?.contains($0.value.record.parameters.model.lowercased()) != false }
         guard let (id, entry) = queued.min(by: { $0.value.seq < $1.value.seq }) else { return nil }
         let now = Date()
         let plan = TaskStateMachine.claim(

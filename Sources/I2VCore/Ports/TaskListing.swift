@@ -53,8 +53,8 @@ public protocol TaskListing: Sendable {
     func listTasks(ownerKeyHash: String, after: String?, limit: Int, order: TaskListOrder) async throws -> TaskListingResult
     /// One task, with its `seq` while it is queued: what a status poll reads (one primary-key lookup).
     func polledTask(id: String) async throws -> PolledTask?
-    /// The `seq` of every queued task, in claim order.
-    func queueSeqs() async throws -> [Int64]
+    /// The `seq` of every queued task of `model` (all models when nil; compared without case), in claim order.
+    func queueSeqs(model: String?) async throws -> [Int64]
     /// Deletes one of the owner's tasks: a queued or ended one at once, a running one as `stopping`.
     func deleteTask(id: String, ownerKeyHash: String) async throws -> TaskDeletionOutcome
 }
@@ -63,4 +63,9 @@ package enum TaskListingOwner {
     /// The owner of a deleted task that is still stopping: API key hashes are 64 hex digits, so no key
     /// ever matches it.
     package static let none = ""
+}
+
+extension TaskListing {
+    /// The `seq` of every queued task, in claim order.
+    public func queueSeqs() async throws -> [Int64] { try await queueSeqs(model: nil) }
 }

@@ -35,8 +35,10 @@ public protocol TaskQueue: Sendable {
     /// 1 = next to run; nil when the task is not queued.
     func queuePosition(id: String) async throws -> Int?
     func counts() async throws -> QueueCounts
-    /// Moves the oldest queued task to InProgress (FIFO) under `node`'s lease and counts the attempt.
-    func claimNext(node: String, lease: Duration) async throws -> TaskRecord?
+    /// Moves the oldest queued task of one of `models` (any model when nil; ids compared without case) to
+    /// InProgress under `node`'s lease and counts the attempt. Each model's tasks are FIFO on their own, so a
+    /// long queue for one model never holds up a node serving another.
+    func claimNext(node: String, lease: Duration, models: [String]?) async throws -> TaskRecord?
     /// The node's heartbeat: extends its leases on these tasks and returns the ones it still holds.
     func renewLeases(node: String, ids: [String], lease: Duration) async throws -> Set<String>
     func recordProgress(id: String, node: String, step: Int, total: Int) async throws
@@ -55,6 +57,13 @@ public protocol TaskQueue: Sendable {
     /// Any node, now and then: running tasks whose lease ran out before `now` are requeued or failed.
     func requeueExpiredLeases(maxAttempts: Int, now: Date) async throws -> [String: RequeueOutcome]
     func ping() async throws
+}
+
+extension TaskQueue {
+    /// The oldest queued task of any model.
+    public func claimNext(node: String, lease: Duration) async throws -> TaskRecord? {
+        try await claimNext(node: node, lease: lease, models: nil)
+    }
 }
 
 /// What the result sweeper needs: old videos and old tasks, and the files live tasks still use.

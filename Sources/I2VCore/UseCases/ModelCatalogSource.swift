@@ -19,6 +19,13 @@ package final class ModelCatalogSource: Sendable {
 
     private init(source: Source) { self.source = source }
 
+    /// Whether the models come from a fleet's registry, where a model no node serves now may be served by a
+    /// node that starts later; a node with its own workers serves only what they load.
+    package var isFleet: Bool {
+        if case .registry = source { return true }
+        return false
+    }
+
     /// The models of the live worker nodes (the first live node's default first). While none is live, the
     /// models of the nodes last heard from, so a submit made while the workers restart still queues; nil
     /// when no worker node has ever registered.

@@ -30,7 +30,7 @@ package struct ReadTask: Sendable {
         guard let polled = try await store.polledTask(id: id), polled.task.ownerKeyHash == owner else { return nil }
         let task = polled.task
         var view = TaskView(task: task)
-        if let seq = polled.queueSeq { view.queuePosition = try await positions.position(of: task.id, seq: seq) }
+        if let seq = polled.queueSeq { view.queuePosition = try await positions.position(of: task.id, seq: seq, model: task.parameters.model) }
         if !task.status.isTerminal, let estimate { view.etaSeconds = await estimate(view) }
         return view
     }

@@ -13,6 +13,8 @@ package enum SubmitFailure: Error, Sendable, Equatable {
     case tooBigForDevice(width: Int, height: Int, frames: Int, neededBytes: Int, freeBytes: Int)
     /// An API node with no worker node registered in the store knows no model to validate against.
     case noWorkerNode
+    /// A model of the table that no live worker serves (another model's nodes may be up).
+    case noWorkerForModel(String)
     /// The `Idempotency-Key` was used within the day for a different request.
     case idempotencyKeyReused
     /// The `Idempotency-Key` header is empty, too long or not printable ASCII.
@@ -21,6 +23,10 @@ package enum SubmitFailure: Error, Sendable, Equatable {
     case unusableWebhook(OutboundRefusal)
 
     package static let noWorkerNodeReason = "no worker node has registered with the task queue yet: start an `i2v-server worker` on the same database"
+
+    package static func noWorkerForModelReason(_ model: String) -> String {
+        "no live worker serves model \(model): start a worker node with I2V_MODEL=\(model) on the same queue, or ask for a model that is served (GET /models)"
+    }
 }
 
 /// Takes a validated submit to a queued task: rate limit, queue cap, image intake, the device-memory
@@ -66,6 +72,12 @@ package struct SubmitTask: Sendable {
     package func servedModels() async throws -> ModelCatalog {
         guard let catalog = try await models.current() else { throw SubmitFailure.noWorkerNode }
         return catalog
+    }
+
+    /// The model ids a submit may name: what is served, and on an API node the rest of the model table too
+    /// (a worker node for it may be started: 503 until then, not an unknown model).
+    package func askableModelIDs(_ catalog: ModelCatalog) -> [String] {
+        models.isFleet ? catalog.askableIDs : catalog.models.map(\.id)
     }
 
     /// Queues the task. With an idempotency key, the same key and request within a day give back the first
@@ -115,7 +127,10 @@ package struct SubmitTask: Sendable {
         // Checked before the download so a full queue costs nothing; checked again atomically on insert.
         let queued = try await queue.counts().queued
         guard queued < limits.maxQueued else { throw SubmitFailure.queueFull(queued: queued) }
-        guard let model = try await servedModels().model(id: submission.model) else { throw SubmitFailure.modelNotServed(submission.model) }
+        guard let model = try await servedModels().model(id: submission.model) else {
+            let known = models.isFleet && ModelCatalog.tableIDs.contains(submission.model.lowercased())
+            throw known ? SubmitFailure.noWorkerForModel(submission.model.lowercased()) : SubmitFailure.modelNotServed(submission.model)
+        }
 
         var logger = logger
         logger[metadataKey: "requestId"] = "\(id)"

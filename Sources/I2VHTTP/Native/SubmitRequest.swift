@@ -119,7 +119,7 @@ package struct FieldReader {
         guard let raw = string(name, minLength: nil, maxLength: nil, default: defaultValue) else { return nil }
         if let match = choices.first(where: { $0.lowercased() == raw.lowercased() }) { return match }
         let listed = choices.map { "'\($0)'" }.joined(separator: ", ")
-        issues.append(ValidationIssue("enum", field: name, "Input should be one of the served models: \(listed)", input: .string(raw)))
+        issues.append(ValidationIssue("enum", field: name, "Input should be one of the models: \(listed)", input: .string(raw)))
         return nil
     }
 

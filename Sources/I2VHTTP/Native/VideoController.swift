@@ -43,7 +43,7 @@ package struct VideoController: Sendable {
             try await submitTask.admit(owner: owner)
             let body = try await request.jsonBody(limit: configuration.maxBodyBytes)
             let catalog = try await submitTask.servedModels()
-            let submission = try SubmitRequest.validate(body, modelIDs: catalog.models.map(\.id), defaultModel: catalog.defaultModel.id)
+            let submission = try SubmitRequest.validate(body, modelIDs: submitTask.askableModelIDs(catalog), defaultModel: catalog.defaultModel.id)
             let submitted = try await submitTask(
                 submission, owner: owner, idempotencyKey: request.headers[.idempotencyKey], logger: context.logger
             )
@@ -92,6 +92,8 @@ package struct VideoController: Sendable {
             return APIError(.badRequest, "the Idempotency-Key header must be 1 to 255 printable ASCII characters")
         case .noWorkerNode:
             return APIError(.serviceUnavailable, SubmitFailure.noWorkerNodeReason, headers: [.retryAfter: "10"])
+        case .noWorkerForModel(let model):
+            return APIError(.serviceUnavailable, SubmitFailure.noWorkerForModelReason(model), headers: [.retryAfter: "10"])
         case .unusableWebhook(let refusal):
             return APIError(.badRequest, refusal.reason)
         }

@@ -41,7 +41,7 @@ package struct OpenAIVideosController: Sendable {
     private func models() async throws -> VideoCreateRequest.Models {
         let catalog = try await useCases.submit.servedModels()
         return VideoCreateRequest.Models(
-            ids: catalog.models.map(\.id),
+            ids: useCases.submit.askableModelIDs(catalog),
             defaultModel: catalog.defaultModel.id,
             fps: Dictionary(catalog.models.map { ($0.id, $0.fps) }, uniquingKeysWith: { first, _ in first })
         )
@@ -129,7 +129,7 @@ package struct OpenAIVideosController: Sendable {
                 return OpenAIError(.conflict, reason, code: "idempotency_key_reused")
             case .invalidIdempotencyKey:
                 return OpenAIError(.badRequest, reason, code: "invalid_idempotency_key")
-            case .noWorkerNode:
+            case .noWorkerNode, .noWorkerForModel:
                 return OpenAIError(.serviceUnavailable, reason, code: "no_worker_node", headers: [.retryAfter: "10"])
             case .unusableWebhook:
                 return OpenAIError(.badRequest, reason, param: "webhook_url", code: "invalid_webhook_url")

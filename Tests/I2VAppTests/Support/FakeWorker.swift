@@ -92,14 +92,16 @@ actor FakeWorker: InferenceWorker {
     private func perform(_ job: WorkerJob, run: Int, step: Duration, continuation: AsyncStream<JobUpdate>.Continuation) async {
         let clock = ContinuousClock()
         let began = clock.now
-        for index in 1...job.inferSteps {
+        // The dispatcher always sends the task's steps; a model's own default is the real worker's business.
+        let steps = job.inferSteps ?? 30
+        for index in 1...steps {
             try? await Task.sleep(for: step)
             guard isCurrent(job.taskID, run: run) else { return }
             if cancelled.contains(job.taskID) && !ignoresCancel {
                 finish(job.taskID, .failed(kind: .cancelled, message: "cancelled at step \(index)"))
                 return
             }
-            continuation.yield(.progress(step: index, totalSteps: job.inferSteps))
+            continuation.yield(.progress(step: index, totalSteps: steps))
         }
         if holdsAfterLastStep {
             held[run] = job.taskID

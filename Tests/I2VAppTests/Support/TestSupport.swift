@@ -188,11 +188,13 @@ extension TestResponse {
 }
 
 /// Builds the app with a fake worker and the given settings.
-func makeTestApp(dataDir: URL, worker: FakeWorker, role: NodeRole = .serve, _ values: [String: ConfigValue] = [:]) async throws -> some ApplicationProtocol {
+func makeTestApp(
+    dataDir: URL, worker: FakeWorker, role: NodeRole = .serve, model: String = "test-model", _ values: [String: ConfigValue] = [:]
+) async throws -> some ApplicationProtocol {
     try await buildApplication(
         configuration: testConfiguration(dataDir: dataDir, values),
         role: role,
-        overrides: AppOverrides(worker: worker, catalog: ModelCatalog(models: [ServedModel(id: "test-model", nativeArea: 15_360)]))
+        overrides: AppOverrides(worker: worker, catalog: ModelCatalog(models: [ServedModel(id: model, nativeArea: 15_360)]))
     )
 }
 
