@@ -128,10 +128,18 @@ public func buildNode(
     if role.runsWorkers {
         let node = try await buildWorkerNode(configuration: configuration, signal: signal, metrics: metrics, overrides: overrides, logger: logger)
         pool = node.pool
-        catalog = .fixed(node.catalog)
+        let workerPool = node.pool
+        let served = ModelCatalogSource.workers(
+            { await workerPool.snapshot().compactMap { $0.ready.map { ServedModel($0.model) } } },
+            configured: node.catalog
+        )
+        catalog = served
         workerServices = node.supervisors
         var dispatcher = configuration.dispatcher
-        dispatcher.models = node.catalog.models.map(\.id)
+        // What the ready workers serve, and what the configuration named: a task queued under the configured
+        // name before the first worker was ready (a checkpoint whose own name differs) is still this node's.
+        let configuredIDs = node.catalog.models.map(\.id)
+        dispatcher.models = { ((try? await served.current()?.models.map(\.id)) ?? []) + configuredIDs }
         dispatchServices = [
             Dispatcher(
                 store: store,
@@ -143,7 +151,7 @@ public func buildNode(
                 logger: logger
             ),
             NodeHeartbeat(
-                store: store, pool: node.pool, catalog: node.catalog, node: configuration.nodeID, interval: configuration.lease / 3,
+                store: store, pool: node.pool, catalog: served, node: configuration.nodeID, interval: configuration.lease / 3,
                 logger: logger
             ),
         ]

@@ -24,8 +24,8 @@ public actor Dispatcher: Service {
         /// How often the queue is read without a wake-up; wake-ups (in-process, or the store's
         /// notifications across nodes) make it a fallback, so a lost one only delays.
         public var pollInterval: Duration
-        /// The models this node's workers serve: it claims only their tasks (nil: any task).
-        public var models: [String]?
+        /// The models this node's workers serve now: it claims only their tasks (nil: any task).
+        public var models: @Sendable () async -> [String]?
 
         public init(
             node: String,
@@ -34,7 +34,7 @@ public actor Dispatcher: Service {
             cancelGrace: Duration,
             shutdownGrace: Duration,
             pollInterval: Duration = .seconds(1),
-            models: [String]? = nil
+            models: @escaping @Sendable () async -> [String]? = { nil }
         ) {
             self.node = node
             self.lease = lease
@@ -157,7 +157,7 @@ public actor Dispatcher: Service {
             let claimed: TaskRecord?
             let started = ContinuousClock.now
             do {
-                claimed = try await store.claimNext(node: configuration.node, lease: configuration.lease, models: configuration.models)
+                claimed = try await store.claimNext(node: configuration.node, lease: configuration.lease, models: await configuration.models())
                 metrics.claimLatency.record(duration: ContinuousClock.now - started)
                 storeProblem(nil)
             } catch {
@@ -276,7 +276,8 @@ public actor Dispatcher: Service {
             inferSteps: p.inferSteps,
             guidanceScale: p.guidanceScale,
             seed: p.seed,
-            outputPath: outputPath
+            outputPath: outputPath,
+            lastImagePath: task.lastInputKey.map { media.inputURL(key: $0).path }
         )
         logger.info("task started", metadata: ["attempt": "\(task.attempts)", "size": "\(p.width)x\(p.height)", "frames": "\(p.numFrames)", "steps": "\(p.inferSteps)"])
 

@@ -11,7 +11,7 @@ import I2VCore
 package struct NodeHeartbeat: Service {
     package let store: any NodeRegistry
     package let pool: WorkerPool
-    package let catalog: ModelCatalog
+    package let catalog: ModelCatalogSource
     package let node: String
     package let interval: Duration
     package let logger: Logger
@@ -40,9 +40,10 @@ package struct NodeHeartbeat: Service {
         guard workers.contains(where: { $0.ready != nil }) else { return false }
         let memory = await pool.largestFreeMemory()
         do {
+            guard let models = try await catalog.current()?.models else { return false }
             try await store.recordHeartbeat(WorkerNode(
                 id: node,
-                models: catalog.models,
+                models: models,
                 slots: pool.capacity,
                 running: workers.reduce(0) { $0 + $1.running },
                 freeMemoryBytes: memory?.freeBytes,
@@ -58,7 +59,7 @@ package struct NodeHeartbeat: Service {
         }
     }
 
-    package init(store: any NodeRegistry, pool: WorkerPool, catalog: ModelCatalog, node: String, interval: Duration, logger: Logger) {
+    package init(store: any NodeRegistry, pool: WorkerPool, catalog: ModelCatalogSource, node: String, interval: Duration, logger: Logger) {
         self.store = store
         self.pool = pool
         self.catalog = catalog

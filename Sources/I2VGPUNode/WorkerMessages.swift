@@ -26,10 +26,7 @@ public struct WorkerModelInfo: Codable, Sendable, Equatable {
     public var defaultGuidanceScale2: Double?
     public var memoryGiB: ModelMemoryEstimate?
 
-    /// Whether a job may, must or must not give a last frame.
-    public enum LastImageSupport: String, Codable, Sendable {
-        case none, optional, required
-    }
+    public typealias LastImageSupport = I2VCore.LastImageSupport
 
     /// A real model's estimated GPU peak in GiB, with every component on the GPU and with model CPU offload.
     public struct ModelMemoryEstimate: Codable, Sendable, Equatable {
@@ -264,6 +261,16 @@ public struct WorkerDone: Codable, Sendable, Equatable {
         self.encodeSeconds = encodeSeconds
         self.inferSteps = inferSteps
         self.guidanceScale = guidanceScale
+    }
+}
+
+extension ServedModel {
+    /// What a ready worker says it serves, as the rest of the service checks jobs against it.
+    package init(_ info: WorkerModelInfo) {
+        self.init(
+            id: info.id, nativeArea: info.nativeArea, sizeMultiple: info.sizeMultiple, fps: info.fps, sizes: info.sizes,
+            maxFrames: info.maxFrames, lastImage: info.lastImage
+        )
     }
 }
 

@@ -87,20 +87,21 @@ public actor WorkerPool {
         }
         guard let chosen else { return nil }
         running[chosen.index] += 1
-        metrics.recordWorkerRunning(index: chosen.index, device: chosen.device, count: running[chosen.index])
         return chosen
     }
 
-    /// Records which task a reserved slot is running.
+    /// Records which task a reserved slot is running. The gauge counts tasks, not reservations: a slot
+    /// reserved for a claim that finds the queue empty never ran anything.
     package func assign(_ taskID: String, to member: Member) {
         tasks[member.index].append(taskID)
+        metrics.recordWorkerRunning(index: member.index, device: member.device, count: tasks[member.index].count)
     }
 
     /// Gives back a reserved slot, and forgets its task if one was assigned.
     package func release(_ member: Member, taskID: String? = nil) {
         if let taskID { tasks[member.index].removeAll { $0 == taskID } }
         running[member.index] = max(0, running[member.index] - 1)
-        metrics.recordWorkerRunning(index: member.index, device: member.device, count: running[member.index])
+        metrics.recordWorkerRunning(index: member.index, device: member.device, count: tasks[member.index].count)
     }
 
     package func runningCounts() -> [Int] { running }

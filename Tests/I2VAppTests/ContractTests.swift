@@ -22,7 +22,7 @@ import Testing
         let directory = try TemporaryDirectory()
         let parts = try await buildNode(
             configuration: testConfiguration(dataDir: directory.url),
-            overrides: AppOverrides(worker: FakeWorker(), catalog: ModelCatalog(models: [ServedModel(id: "m", nativeArea: 15_360)]))
+            overrides: AppOverrides(worker: FakeWorker(model: ServedModel(id: "m", nativeArea: 15_360)), catalog: ModelCatalog(models: [ServedModel(id: "m", nativeArea: 15_360)]))
         )
         let router = parts.router
         var routes = Set(router.routes.map { route in

@@ -72,6 +72,19 @@ def _log_tail(log: Path) -> str:
 
 @pytest.fixture(scope="session")
 def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    yield from _serve(request, tmp_path_factory, {})
+
+
+@pytest.fixture(scope="session")
+def a14b_service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """A second server for the Wan2.2 A14B demo, the model that takes a last frame; started only by the tests
+    that ask for it."""
+    yield from _serve(request, tmp_path_factory, {"I2V_MODEL": "wan2.2-i2v-a14b-demo"})
+
+
+def _serve(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, extra: dict[str, str]
+) -> Iterator[Service]:
     binary = Path(os.environ.get("I2V_SERVER_BIN", REPO / ".build/debug/i2v-server"))
     python = Path(os.environ.get("I2V_TEST_PYTHON", REPO / ".venv/bin/python"))
     assert binary.is_file(), f"no server binary at {binary}: run `swift build` first"
@@ -96,6 +109,7 @@ def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         "I2V_WEBHOOK_SECRET": WEBHOOK_SECRET,
         # Short, so a stream whose client left is noticed (and counted closed) within seconds.
         "I2V_STREAM_KEEPALIVE_SECONDS": "2",
+        **extra,
     }
     environment.pop("I2V_DATABASE_URL", None)
     with open(log, "wb") as output:

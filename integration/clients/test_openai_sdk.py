@@ -197,3 +197,50 @@ def test_errors_are_the_sdks_own_classes(client: OpenAI, service: Service) -> No
         client.videos.download_content(unknown)
     with pytest.raises(openai.NotFoundError):
         client.videos.delete(unknown)
+
+
+@pytest.fixture(scope="session")
+def a14b_client(a14b_service: Service) -> OpenAI:
+    return OpenAI(base_url=a14b_service.base_url + "/v1", api_key=a14b_service.api_key, max_retries=0)
+
+
+def test_a_last_frame_through_extra_body_and_as_a_second_file(a14b_client: OpenAI, image_server: str) -> None:
+    model = "wan2.2-i2v-a14b-demo"
+    # JSON: the extension field rides in extra_body.
+    video = a14b_client.videos.create(
+        prompt=PROMPT,
+        model=model,  # type: ignore[arg-type]  # the SDK lists OpenAI's own models
+        extra_body={
+            "input_reference": {"image_url": image_server},
+            "last_image": {"image_url": image_server},
+            "num_frames": 24,
+            **FAST,
+        },
+    )
+    assert wait_until(a14b_client, video.id, {"completed", "failed"}).status == "completed"
+    # Multipart: the last frame as a second file part beside input_reference, through the SDK's own post.
+    uploaded = a14b_client.post(
+        "/videos",
+        cast_to=Video,
+        body={"prompt": PROMPT, "model": model, "num_frames": "24", "num_inference_steps": "20"},
+        files=[
+            ("input_reference", ("first.png", png_bytes(), "image/png")),
+            ("last_image", ("last.png", png_bytes(256, 144), "image/png")),
+        ],
+        options={"headers": {"Content-Type": "multipart/form-data"}},
+    )
+    assert wait_until(a14b_client, uploaded.id, {"completed", "failed"}).status == "completed"
+
+
+def test_a_last_frame_for_a_model_without_one_is_the_sdks_bad_request(client: OpenAI, image_server: str) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.videos.create(
+            prompt=PROMPT,
+            extra_body={
+                "input_reference": {"image_url": image_server},
+                "last_image": {"image_url": image_server},
+                **FAST,
+            },
+        )
+    assert refused.value.param == "last_image"
+    assert "first frame only" in refused.value.message

@@ -1,27 +1,66 @@
 import Foundation
 
-/// A model the service serves, with the limits resolution planning needs.
+/// Whether a model's jobs may, must or must not give the frame the video ends on.
+public enum LastImageSupport: String, Codable, Sendable {
+    case none, optional, required
+}
+
+/// A model the service serves, with what a job for it is checked against: the limits resolution planning
+/// needs, the sizes it was trained at, its longest clip and whether it takes a last frame.
 public struct ServedModel: Codable, Sendable, Equatable {
     public var id: String
     public var nativeArea: Int
     public var sizeMultiple: Int
     public var fps: Int
+    /// `"WxH"`, the native one first; empty where the worker did not say (an older worker or registry row).
+    public var sizes: [String]
+    /// The most frames a job may ask for; nil where not said.
+    public var maxFrames: Int?
+    public var lastImage: LastImageSupport
 
     package enum CodingKeys: String, CodingKey {
         case id
         case nativeArea = "native_area"
         case sizeMultiple = "size_multiple"
-        case fps
+        case fps, sizes
+        case maxFrames = "max_frames"
+        case lastImage = "last_image"
     }
 
     /// Wan2.1's frame rate.
     public static let defaultFPS = 16
 
-    public init(id: String, nativeArea: Int, sizeMultiple: Int = 16, fps: Int = defaultFPS) {
+    public init(
+        id: String, nativeArea: Int, sizeMultiple: Int = 16, fps: Int = defaultFPS, sizes: [String] = [], maxFrames: Int? = nil,
+        lastImage: LastImageSupport = .none
+    ) {
         self.id = id
         self.nativeArea = nativeArea
         self.sizeMultiple = sizeMultiple
         self.fps = fps
+        self.sizes = sizes
+        self.maxFrames = maxFrames
+        self.lastImage = lastImage
+    }
+
+    /// Rows and files from before the model table carry only the first four fields.
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        id = try container.decode(String.self, forKey: .id)
+        nativeArea = try container.decode(Int.self, forKey: .nativeArea)
+        sizeMultiple = try container.decodeIfPresent(Int.self, forKey: .sizeMultiple) ?? 16
+        fps = try container.decodeIfPresent(Int.self, forKey: .fps) ?? Self.defaultFPS
+        sizes = try container.decodeIfPresent([String].self, forKey: .sizes) ?? []
+        maxFrames = try container.decodeIfPresent(Int.self, forKey: .maxFrames)
+        lastImage = try container.decodeIfPresent(LastImageSupport.self, forKey: .lastImage) ?? .none
+    }
+
+    /// The `(width, height)` of each of `sizes`.
+    public var frameSizes: [(width: Int, height: Int)] {
+        sizes.compactMap { size in
+            let sides = size.split(separator: "x").compactMap { Int($0) }
+            return sides.count == 2 ? (sides[0], sides[1]) : nil
+        }
     }
 }
 

@@ -8,16 +8,22 @@ extension Submission {
     package var fingerprint: String {
         var hasher = SHA256()
         for child in Mirror(reflecting: self).children {
+            // A last frame, when absent, adds nothing: requests without one keep the fingerprints they had.
+            var value = child.value
+            if child.label == "lastImage" {
+                guard let image = lastImage else { continue }
+                value = image
+            }
             hasher.update(data: Data((child.label ?? "").utf8))
             hasher.update(data: [0])
-            switch child.value {
+            switch value {
             case let image as Image:
                 switch image {
                 case .url(let url): hasher.update(data: Data(("url:" + url).utf8))
                 case .bytes(let bytes): hasher.update(data: Data(("bytes:" + Hex.encode(SHA256.hash(data: bytes))).utf8))
                 }
             default:
-                hasher.update(data: Data(String(reflecting: child.value).utf8))
+                hasher.update(data: Data(String(reflecting: value).utf8))
             }
             hasher.update(data: [0])
         }

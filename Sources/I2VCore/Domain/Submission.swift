@@ -24,6 +24,8 @@ package struct Submission: Sendable, Equatable {
     package var negativePrompt: String
     /// Where to deliver the task's events; nil: no webhook.
     package var webhook: WebhookSubscription? = nil
+    /// The frame the video ends on, for a model that takes one; prepared to the first frame's size.
+    package var lastImage: Image? = nil
 
     /// The frame count Wan makes for a request: `num_frames // 4 * 4 + 1`.
     package var effectiveFrames: Int { numFrames / 4 * 4 + 1 }

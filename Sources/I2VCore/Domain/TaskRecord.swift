@@ -100,6 +100,8 @@ public struct TaskRecord: Sendable, Equatable {
     /// The prepared input image's name in the media store: a key, not a path, because nodes sharing the
     /// storage root may mount it in different places.
     public var inputKey: String
+    /// The prepared frame the video ends on, for a model that takes one; nil: first frame only.
+    public var lastInputKey: String?
     public var intake: IntakeTimings
     public var reason: String?
     public var attempts: Int
@@ -130,6 +132,7 @@ public struct TaskRecord: Sendable, Equatable {
         self.status = .inQueue
         self.parameters = parameters
         self.inputKey = inputKey
+        self.lastInputKey = nil
         self.intake = intake
         self.reason = nil
         self.attempts = 0

@@ -22,6 +22,8 @@ package struct TaskStatusDocument: Encodable {
     package struct Timings: Encodable { var inference: Double }
 
     package struct Results: Encodable {
+        /// The model that made it.
+        package var model: String
         package var videos: [Video]
         package var timings: Timings
         package var seed: Int
@@ -33,14 +35,15 @@ package struct TaskStatusDocument: Encodable {
         package var inferSteps: Int
         package var guidanceScale: Double
         package enum CodingKeys: String, CodingKey {
-            case videos, timings, seed, width, height
+            case model, videos, timings, seed, width, height
             case numFrames = "num_frames"
             case fps
             case inferSteps = "infer_steps"
             case guidanceScale = "guidance_scale"
         }
 
-        package init(videos: [Video], timings: Timings, seed: Int, width: Int, height: Int, numFrames: Int, fps: Int, inferSteps: Int, guidanceScale: Double) {
+        package init(model: String, videos: [Video], timings: Timings, seed: Int, width: Int, height: Int, numFrames: Int, fps: Int, inferSteps: Int, guidanceScale: Double) {
+            self.model = model
             self.videos = videos
             self.timings = timings
             self.seed = seed
@@ -86,6 +89,7 @@ package struct TaskStatusDocument: Encodable {
             if let result = task.result {
                 let videos = task.videoExpired ? [] : [Video(url: "\(publicURL)/videos/\(result.videoName).mp4")]
                 results = .init(
+                    model: task.parameters.model,
                     videos: videos,
                     timings: .init(inference: (result.inferenceSeconds * 1000).rounded() / 1000),
                     seed: task.parameters.seed,

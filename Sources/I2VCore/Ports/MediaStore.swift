@@ -21,6 +21,12 @@ public struct MediaStore: Sendable {
     /// The key a task's prepared input is stored under.
     public static func inputKey(taskID: String) -> String { "\(taskID).png" }
 
+    /// The key of a task's last frame, which belongs to its input: it is written beside it and removed
+    /// with it, so every path that removes an input removes both.
+    public static func lastInputKey(inputKey: String) -> String {
+        (inputKey.hasSuffix(".png") ? String(inputKey.dropLast(4)) : inputKey) + "-last.png"
+    }
+
     /// Where the input stored under `key` lives on this node.
     public func inputURL(key: String) -> URL {
         inputsDirectory.appending(path: key)
@@ -39,13 +45,23 @@ public struct MediaStore: Sendable {
         return key
     }
 
+    /// Writes a task's last frame beside its input and returns its key.
+    public func writeLastInput(_ bytes: [UInt8], taskID: String) throws -> String {
+        let key = Self.lastInputKey(inputKey: Self.inputKey(taskID: taskID))
+        try FileManager.default.createDirectory(at: inputsDirectory, withIntermediateDirectories: true)
+        try Data(bytes).write(to: inputURL(key: key), options: .atomic)
+        return key
+    }
+
     /// Deletes a file if it is there. Several nodes may sweep the same root, so "already gone" is success.
     public func remove(_ url: URL) {
         try? FileManager.default.removeItem(at: url)
     }
 
+    /// Removes an input and its last frame, if it has one.
     public func removeInput(key: String) {
         remove(inputURL(key: key))
+        remove(inputURL(key: Self.lastInputKey(inputKey: key)))
     }
 
     public func removeVideo(name: String) {

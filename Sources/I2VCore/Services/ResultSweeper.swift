@@ -61,7 +61,9 @@ public struct ResultSweeper: Service {
     }
 
     private func removeOrphans(now: Date) async throws {
-        let referenced = try await store.referencedFileNames()
+        // A task's last frame is referenced through its input.
+        let inputs = try await store.referencedFileNames()
+        let referenced = inputs.union(inputs.map { MediaStore.lastInputKey(inputKey: $0) })
         for file in media.unreferencedFiles(referenced: referenced, modifiedBefore: now.addingTimeInterval(-configuration.orphanGrace.seconds)) {
             media.remove(file)
             logger.info("removed orphan file", metadata: ["file": "\(file.path)"])

@@ -6,12 +6,19 @@ import Synchronization
 package final class ModelCatalogSource: Sendable {
     private enum Source: Sendable {
         case fixed(ModelCatalog)
+        case workers(@Sendable () async -> [ServedModel], configured: ModelCatalog)
         case registry(LiveNodes)
     }
 
     private let source: Source
 
     package static func fixed(_ catalog: ModelCatalog) -> ModelCatalogSource { .init(source: .fixed(catalog)) }
+
+    /// A node with workers: what its ready workers say they serve (each reads its model from its checkpoint),
+    /// and until one is ready, what the configuration names.
+    package static func workers(_ ready: @escaping @Sendable () async -> [ServedModel], configured: ModelCatalog) -> ModelCatalogSource {
+        .init(source: .workers(ready, configured: configured))
+    }
 
     package static func registry(_ nodes: LiveNodes) -> ModelCatalogSource {
         .init(source: .registry(nodes))
@@ -33,6 +40,10 @@ package final class ModelCatalogSource: Sendable {
         switch source {
         case .fixed(let catalog):
             return catalog
+        case .workers(let ready, let configured):
+            var models: [ServedModel] = []
+            for model in await ready() where !models.contains(where: { $0.id == model.id }) { models.append(model) }
+            return models.isEmpty ? configured : ModelCatalog(models: models)
         case .registry(let nodes):
             let registered = try await nodes.registered()
             let live = try await nodes.live()

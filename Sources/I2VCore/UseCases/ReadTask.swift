@@ -27,10 +27,19 @@ package struct ReadTask: Sendable {
     }
 
     package func callAsFunction(id: String, owner: String?) async throws -> TaskView? {
-        guard let polled = try await store.polledTask(id: id), polled.task.ownerKeyHash == owner else { return nil }
+        guard var polled = try await store.polledTask(id: id), polled.task.ownerKeyHash == owner else { return nil }
+        var position: Int?
+        if let seq = polled.queueSeq {
+            position = try await positions.position(of: id, seq: seq, model: polled.task.parameters.model)
+            if position == nil {
+                // Claimed or cancelled between the two reads: read it again, so a queued task always has a
+                // place and a status never lags its position.
+                guard let again = try await store.polledTask(id: id) else { return nil }
+                polled = again
+            }
+        }
         let task = polled.task
-        var view = TaskView(task: task)
-        if let seq = polled.queueSeq { view.queuePosition = try await positions.position(of: task.id, seq: seq, model: task.parameters.model) }
+        var view = TaskView(task: task, queuePosition: position)
         if !task.status.isTerminal, let estimate { view.etaSeconds = await estimate(view) }
         return view
     }

@@ -9,6 +9,8 @@ package enum SubmitFailure: Error, Sendable, Equatable {
     case queueFull(queued: Int)
     case modelNotServed(String)
     case unusableImage(ImageIntakeError)
+    /// The last frame (`last_image_url`, or the OpenAI-style API's second image) could not be used.
+    case unusableLastImage(ImageIntakeError)
     /// The device cannot hold the job at all (known before it is queued).
     case tooBigForDevice(width: Int, height: Int, frames: Int, neededBytes: Int, freeBytes: Int)
     /// An API node with no worker node registered in the store knows no model to validate against.
@@ -156,8 +158,32 @@ package struct SubmitTask: Sendable {
         )
         let frames = submission.effectiveFrames
         try await refuseWhenTooBigForDevice(width: prepared.width, height: prepared.height, frames: frames)
+        // The last frame is cover-cropped to the first one's size: the model conditions on both in one latent.
+        var lastFrame: PreparedImage?
+        if let last = submission.lastImage {
+            let size = ImageSizeRequest.fixed(width: prepared.width, height: prepared.height)
+            do {
+                switch last {
+                case .url(let url): lastFrame = try await intake.prepare(url: url, size: size, planner: planner, logger: logger)
+                case .bytes(let bytes): lastFrame = try await intake.prepare(imageBytes: bytes, size: size, planner: planner, logger: logger)
+                }
+            } catch {
+                metrics.recordImageFailure(cause: error.cause.label)
+                logger.info("last frame refused", metadata: ["cause": "\(error.cause.label)", "reason": "\(error.reason)"])
+                throw SubmitFailure.unusableLastImage(error)
+            }
+        }
 
         let inputKey = try media.writeInput(prepared.png, taskID: id)
+        var lastInputKey: String?
+        if let lastFrame {
+            do {
+                lastInputKey = try media.writeLastInput(lastFrame.png, taskID: id)
+            } catch {
+                media.removeInput(key: inputKey)
+                throw error
+            }
+        }
         var seedGenerator = SystemRandomNumberGenerator()
         var task = TaskRecord(
             id: id,
@@ -181,6 +207,7 @@ package struct SubmitTask: Sendable {
             )
         )
         task.webhook = submission.webhook
+        task.lastInputKey = lastInputKey
         do {
             try await queue.enqueue(task, maxQueued: limits.maxQueued)
         } catch let error as QueueFullError {

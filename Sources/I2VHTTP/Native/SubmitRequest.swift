@@ -13,7 +13,11 @@ package enum SubmitRequest {
         "832x480": .fixed(width: 832, height: 480),
     ]
 
-    package static func validate(_ body: JSONValue, modelIDs: [String], defaultModel: String) throws(RequestValidationError) -> Submission {
+    /// `served` holds what is known of the models (their sizes, longest clip, last-frame support): a field
+    /// the chosen model cannot use is refused here, naming the model and what it takes.
+    package static func validate(
+        _ body: JSONValue, modelIDs: [String], defaultModel: String, served: [ServedModel] = []
+    ) throws(RequestValidationError) -> Submission {
         guard case .object(let fields) = body else {
             throw RequestValidationError(issues: [
                 ValidationIssue("model_attributes_type", field: nil, "Input should be a valid dictionary or object to extract fields from", input: body)
@@ -23,12 +27,37 @@ package enum SubmitRequest {
         let imageURL = reader.url("image_url")
         let prompt = reader.string("prompt", minLength: 10, maxLength: 500, default: nil)
         let model = reader.choice("model", among: modelIDs, default: defaultModel)
+        let facts = model.flatMap { id in served.first { $0.id.lowercased() == id.lowercased() } }
+        let sizes = Self.sizes(for: facts)
         let size = reader.string("image_size", minLength: nil, maxLength: nil, default: "auto").flatMap { value -> ImageSizeRequest? in
-            if let size = imageSizes[value] { return size }
-            reader.issues.append(ValidationIssue("literal_error", field: "image_size", "Input should be 'auto', '480x832' or '832x480'", input: .string(value)))
+            if let size = sizes.first(where: { $0.name == value })?.size { return size }
+            let names = sizes.map { "'\($0.name)'" }
+            let listed = names.dropLast().joined(separator: ", ") + " or " + names[names.count - 1]
+            let forModel = facts.map { " for \($0.id)" } ?? ""
+            reader.issues.append(ValidationIssue("literal_error", field: "image_size", "Input should be \(listed)\(forModel)", input: .string(value)))
             return nil
         }
-        let numFrames = reader.integer("num_frames", in: 24...120, default: 81)
+        var numFrames = reader.integer("num_frames", in: 24...120, default: 81)
+        if let frames = numFrames, let facts, let most = facts.maxFrames, frames / 4 * 4 + 1 > most {
+            // The largest num_frames whose 4k+1 frames the model still makes.
+            let largest = (most - 1) / 4 * 4 + 3
+            reader.issues.append(ValidationIssue(
+                "less_than_equal", field: "num_frames", "Input should be less than or equal to \(largest) for \(facts.id), which makes at most \(most) frames",
+                input: .integer(frames)
+            ))
+            numFrames = nil
+        }
+        let lastImageURL = reader.optionalURL("last_image_url")
+        if let facts {
+            if lastImageURL != nil, facts.lastImage == .none {
+                reader.issues.append(ValidationIssue(
+                    "value_error", field: "last_image_url", "\(facts.id) makes a video from a first frame only; it cannot end on a given image",
+                    input: fields["last_image_url"]
+                ))
+            } else if lastImageURL == nil, facts.lastImage == .required, fields["last_image_url"] == nil {
+                reader.issues.append(ValidationIssue("missing", field: "last_image_url", "Field required: \(facts.id) makes a video from a first and a last frame", input: nil))
+            }
+        }
         let guidance = reader.number("guidance_scale", in: 1.0...20.0, default: 3.0)
         let steps = reader.integer("infer_steps", in: 20...100, default: 30)
         let seed = reader.optionalInteger("seed", in: 0...2_147_483_647)
@@ -37,7 +66,7 @@ package enum SubmitRequest {
         guard reader.issues.isEmpty, let imageURL, let prompt, let model, let size, let numFrames, let guidance, let steps, let negative else {
             throw RequestValidationError(issues: reader.issues)
         }
-        return Submission(
+        var submission = Submission(
             image: .url(imageURL),
             prompt: prompt,
             model: model,
@@ -49,6 +78,18 @@ package enum SubmitRequest {
             negativePrompt: negative,
             webhook: webhook
         )
+        submission.lastImage = lastImageURL.map { .url($0) }
+        return submission
+    }
+
+    /// The `image_size` values a model takes: `auto`, the two the service has always taken, and the sizes
+    /// the model was trained at.
+    static func sizes(for model: ServedModel?) -> [(name: String, size: ImageSizeRequest)] {
+        var sizes: [(name: String, size: ImageSizeRequest)] = [("auto", .auto), ("480x832", .fixed(width: 480, height: 832)), ("832x480", .fixed(width: 832, height: 480))]
+        for frame in model?.frameSizes ?? [] where !sizes.contains(where: { $0.name == "\(frame.width)x\(frame.height)" }) {
+            sizes.append(("\(frame.width)x\(frame.height)", .fixed(width: frame.width, height: frame.height)))
+        }
+        return sizes
     }
 
     /// The `requestId` body of `/video/status` and `/video/cancel`: a string of exactly 32 characters.
@@ -96,6 +137,12 @@ package struct FieldReader {
             return nil
         }
         return string
+    }
+
+    /// An optional URL: absent or `null` is nil without an issue.
+    package mutating func optionalURL(_ name: String) -> String? {
+        guard let value = fields[name], value != .null else { return nil }
+        return url(name)
     }
 
     package mutating func url(_ name: String) -> String? {

@@ -43,7 +43,9 @@ package struct VideoController: Sendable {
             try await submitTask.admit(owner: owner)
             let body = try await request.jsonBody(limit: configuration.maxBodyBytes)
             let catalog = try await submitTask.servedModels()
-            let submission = try SubmitRequest.validate(body, modelIDs: submitTask.askableModelIDs(catalog), defaultModel: catalog.defaultModel.id)
+            let submission = try SubmitRequest.validate(
+                body, modelIDs: submitTask.askableModelIDs(catalog), defaultModel: catalog.defaultModel.id, served: catalog.models
+            )
             let submitted = try await submitTask(
                 submission, owner: owner, idempotencyKey: request.headers[.idempotencyKey], logger: context.logger
             )
@@ -77,6 +79,8 @@ package struct VideoController: Sendable {
             return APIError(.internalServerError, "model \(model) is not served")
         case .unusableImage(let error):
             return APIError(.badRequest, error.reason)
+        case .unusableLastImage(let error):
+            return APIError(.badRequest, "last_image_url: \(error.reason)")
         case .tooBigForDevice(let width, let height, let frames, let needed, let free):
             let gib = { (bytes: Int) in String(format: "%.1f GiB", Double(bytes) / 1_073_741_824) }
             return APIError(

@@ -43,7 +43,8 @@ package struct OpenAIVideosController: Sendable {
         return VideoCreateRequest.Models(
             ids: useCases.submit.askableModelIDs(catalog),
             defaultModel: catalog.defaultModel.id,
-            fps: Dictionary(catalog.models.map { ($0.id, $0.fps) }, uniquingKeysWith: { first, _ in first })
+            fps: Dictionary(catalog.models.map { ($0.id, $0.fps) }, uniquingKeysWith: { first, _ in first }),
+            served: catalog.models
         )
     }
 
@@ -102,8 +103,9 @@ package struct OpenAIVideosController: Sendable {
                 code: "unsupported_media_type"
             )
         }
-        // Room for a data: URL of the largest image accepted, in base64, beside the other fields.
-        let limit = configuration.maxBodyBytes + (configuration.imageMaxBytes + 2) / 3 * 4
+        // Room for data: URLs of the largest images accepted (a first and a last frame), in base64, beside
+        // the other fields.
+        let limit = configuration.maxBodyBytes + 2 * ((configuration.imageMaxBytes + 2) / 3 * 4)
         let body = try await request.jsonBody(limit: limit, spoolingTo: configuration.uploadSpoolDirectory)
         return try VideoCreateRequest.validate(json: body, models: try await models())
     }
@@ -122,6 +124,8 @@ package struct OpenAIVideosController: Sendable {
                 return OpenAIError(.badRequest, reason, param: "model", code: "model_not_found")
             case .unusableImage(let image):
                 return imageError(image)
+            case .unusableLastImage(let image):
+                return imageError(image, param: "last_image")
             case .tooBigForDevice:
                 // Not retried by the SDKs (as a 5xx would be): the same job cannot fit the next time either.
                 return OpenAIError(.badRequest, reason, param: "size", code: "insufficient_gpu_memory")
@@ -150,8 +154,8 @@ package struct OpenAIVideosController: Sendable {
         }
     }
 
-    private static func imageError(_ error: ImageIntakeError) -> OpenAIError {
-        OpenAIError(.badRequest, error.reason, param: "input_reference", code: "invalid_image_\(snakeCase(error.cause.label))")
+    private static func imageError(_ error: ImageIntakeError, param: String = "input_reference") -> OpenAIError {
+        OpenAIError(.badRequest, error.reason, param: param, code: "invalid_image_\(snakeCase(error.cause.label))")
     }
 
     private static func snakeCase(_ camel: String) -> String {

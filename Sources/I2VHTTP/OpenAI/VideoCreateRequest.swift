@@ -27,11 +27,14 @@ package enum VideoCreateRequest {
         package var defaultModel: String
         /// Frames per second of each served model, for `seconds`.
         package var fps: [String: Int]
+        /// What is known of the served models: their sizes and whether they take a last frame.
+        package var served: [ServedModel]
 
-        package init(ids: [String], defaultModel: String, fps: [String: Int]) {
+        package init(ids: [String], defaultModel: String, fps: [String: Int], served: [ServedModel] = []) {
             self.ids = ids
             self.defaultModel = defaultModel
             self.fps = fps
+            self.served = served
         }
     }
 
@@ -61,7 +64,25 @@ package enum VideoCreateRequest {
         case nil:
             break
         }
-        return try validate(fields: fields, image: image, models: models)
+        // The last frame, this API's extension: `last_image` as `{"image_url": …}` or the URL itself.
+        var lastImage: ImageField?
+        switch fields.removeValue(forKey: "last_image") {
+        case .object(let reference)?:
+            lastImage = reference["image_url"].map { .url($0) }
+            if lastImage == nil {
+                throw OpenAIError(.badRequest, "last_image must be {\"image_url\": \"https://…\"}", param: "last_image", code: "invalid_type")
+            }
+        case .string(let url)?:
+            lastImage = .url(.string(url))
+        case .null?, nil:
+            break
+        case let other?:
+            throw OpenAIError(
+                .badRequest, "last_image must be an object such as {\"image_url\": \"https://…\"}, not \(other.kind)", param: "last_image",
+                code: "invalid_type"
+            )
+        }
+        return try validate(fields: fields, image: image, lastImage: lastImage, models: models)
     }
 
     /// The multipart form: text fields, and the image as a file part or as `input_reference[image_url]`.
@@ -78,7 +99,13 @@ package enum VideoCreateRequest {
         } else if fields["input_reference[file_id]"] != nil {
             image = .fileID
         }
-        return try validate(fields: fields, image: image, models: models)
+        var lastImage: ImageField?
+        if let bytes = form.lastImageBytes {
+            lastImage = .upload(bytes)
+        } else if let url = fields.removeValue(forKey: "last_image[image_url]") {
+            lastImage = .url(url)
+        }
+        return try validate(fields: fields, image: image, lastImage: lastImage, models: models)
     }
 
     /// A form field as the JSON number it spells, or the text itself (reported as the wrong type).
@@ -90,7 +117,9 @@ package enum VideoCreateRequest {
         return .string(text)
     }
 
-    private static func validate(fields: [String: JSONValue], image: ImageField?, models: Models) throws(OpenAIError) -> Submission {
+    private static func validate(
+        fields: [String: JSONValue], image: ImageField?, lastImage: ImageField?, models: Models
+    ) throws(OpenAIError) -> Submission {
         let source: Submission.Image
         switch image {
         case .upload(let bytes):
@@ -116,10 +145,34 @@ package enum VideoCreateRequest {
         var reader = FieldReader(fields: fields)
         let prompt = reader.string("prompt", minLength: 10, maxLength: 500, default: nil)
         let model = reader.choice("model", among: models.ids, default: models.defaultModel)
+        let facts = model.flatMap { id in models.served.first { $0.id.lowercased() == id.lowercased() } }
+        let allowed = SubmitRequest.sizes(for: facts)
         let size = reader.string("size", minLength: nil, maxLength: nil, default: "auto").flatMap { value -> ImageSizeRequest? in
-            if let size = sizes[value] { return size }
-            reader.issues.append(ValidationIssue("literal_error", field: "size", "Input should be '832x480', '480x832' or 'auto'", input: .string(value)))
+            if let size = allowed.first(where: { $0.name == value })?.size { return size }
+            let names = allowed.map { "'\($0.name)'" }
+            let listed = names.dropLast().joined(separator: ", ") + " or " + names[names.count - 1]
+            reader.issues.append(ValidationIssue("literal_error", field: "size", "Input should be \(listed)\(facts.map { " for \($0.id)" } ?? "")", input: .string(value)))
             return nil
+        }
+        var last: Submission.Image?
+        switch lastImage {
+        case .upload(let bytes)?: last = .bytes(bytes)
+        case .url(let value)?: last = .url(try imageURL(value, param: "last_image.image_url"))
+        case .fileID?, nil: break
+        }
+        if let facts {
+            if last != nil, facts.lastImage == .none {
+                throw OpenAIError(
+                    .badRequest, "\(facts.id) makes a video from a first frame only; it cannot end on a given image", param: "last_image",
+                    code: "unsupported_parameter"
+                )
+            }
+            if last == nil, facts.lastImage == .required {
+                throw OpenAIError(
+                    .badRequest, "\(facts.id) makes a video from a first and a last frame: give last_image", param: "last_image",
+                    code: "missing_required_parameter"
+                )
+            }
         }
         let guidance = reader.number("guidance_scale", in: 1.0...20.0, default: 3.0)
         let steps = reader.integer("num_inference_steps", in: 20...100, default: 30)
@@ -137,7 +190,13 @@ package enum VideoCreateRequest {
         guard reader.issues.isEmpty, let prompt, let model, let size, let frames, let guidance, let steps, let negative else {
             throw OpenAIError.invalidRequest(reader.issues)
         }
-        return Submission(
+        if let facts, let most = facts.maxFrames, frames / 4 * 4 + 1 > most {
+            throw OpenAIError(
+                .badRequest, "\(facts.id) makes at most \(most) frames; \(frames) frames asked for make \(frames / 4 * 4 + 1)",
+                param: fields["num_frames"] != nil ? "num_frames" : "seconds", code: "invalid_value"
+            )
+        }
+        var submission = Submission(
             image: source,
             prompt: prompt,
             model: model,
@@ -149,6 +208,8 @@ package enum VideoCreateRequest {
             negativePrompt: negative,
             webhook: webhook
         )
+        submission.lastImage = last
+        return submission
     }
 
     /// `seconds`, a string or a number, as the requested frame count `round(seconds × fps)`, which must
@@ -180,8 +241,7 @@ package enum VideoCreateRequest {
 
     /// An http(s) URL (downloaded with the SSRF checks) or a `data:image/…;base64,…` URL (decoded under
     /// the byte cap); both go to the intake as they are.
-    private static func imageURL(_ value: JSONValue) throws(OpenAIError) -> String {
-        let param = "input_reference.image_url"
+    private static func imageURL(_ value: JSONValue, param: String = "input_reference.image_url") throws(OpenAIError) -> String {
         guard case .string(let url) = value else {
             throw OpenAIError(.badRequest, "\(param) must be a string", param: param, code: "invalid_type")
         }

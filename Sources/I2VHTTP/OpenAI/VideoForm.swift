@@ -6,14 +6,17 @@ import NIOCore
 import I2VCore
 import I2VGPUNode
 
-/// A `multipart/form-data` create request: its text fields, and the `input_reference` file's bytes.
+/// A `multipart/form-data` create request: its text fields, the `input_reference` file's bytes, and the
+/// `last_image` file's (the frame the video ends on, for a model that takes one).
 package struct VideoForm: Sendable, Equatable {
     package var fields: [String: String] = [:]
     package var imageBytes: [UInt8]?
+    package var lastImageBytes: [UInt8]?
 
-    package init(fields: [String: String] = [:], imageBytes: [UInt8]? = nil) {
+    package init(fields: [String: String] = [:], imageBytes: [UInt8]? = nil, lastImageBytes: [UInt8]? = nil) {
         self.fields = fields
         self.imageBytes = imageBytes
+        self.lastImageBytes = lastImageBytes
     }
 }
 
@@ -32,6 +35,8 @@ package enum VideoFormFailure: Error, Sendable, Equatable {
 /// as soon as it is passed and no more than the cap is ever held.
 package enum VideoFormReader {
     package static let imageField = "input_reference"
+    package static let lastImageField = "last_image"
+    static let imageFields: Set<String> = [imageField, lastImageField]
 
     /// The `boundary` parameter of a `multipart/form-data` Content-Type; nil for any other type.
     package static func boundary(contentType: String) -> String? {
@@ -61,9 +66,9 @@ package enum VideoFormReader {
         parser.onHeader = { name, value in collector.header(name: name, value: value) }
         parser.onBody = { buffer in collector.body(&buffer) }
         parser.onPartComplete = { collector.complete() }
-        // Parts hold at most the image and the fields; the rest is framing, which the parser does not keep
-        // (a preamble, say) but which must not stream on for ever either.
-        let limit = upload.maxBytes + fieldLimit + 64 * 1024
+        // Parts hold at most the two images and the fields; the rest is framing, which the parser does not
+        // keep (a preamble, say) but which must not stream on for ever either.
+        let limit = 2 * upload.maxBytes + fieldLimit + 64 * 1024
         var received = 0
         // The parser takes a body that stops early for one that ends there, losing the part it was in
         // (the image, most often): only the closing delimiter tells a whole form from a cut one.
@@ -87,7 +92,8 @@ package enum VideoFormReader {
             throw VideoFormFailure.malformed("the multipart body is truncated: it ends before its closing boundary --\(boundary)--")
         }
         var form = collector.form
-        form.imageBytes = try collector.image?.finish()
+        form.imageBytes = try collector.images[imageField]?.finish()
+        form.lastImageBytes = try collector.images[lastImageField]?.finish()
         return form
     }
 
@@ -131,7 +137,7 @@ package enum VideoFormReader {
     /// the whole form is in, so a stalled upload does not hold it in memory.
     private final class Collector {
         enum Part {
-            case image
+            case image(name: String)
             case field(name: String, bytes: [UInt8])
             case ignored
         }
@@ -141,8 +147,8 @@ package enum VideoFormReader {
         /// The spool's own failure (a full disk, say): the server's, not the form's.
         var spoolError: (any Error)?
         var completedParts = 0
-        /// The complete image part's bytes.
-        private(set) var image: BodySpool?
+        /// The complete image parts' bytes, by field.
+        private(set) var images: [String: BodySpool] = [:]
         private let maxImageBytes: Int
         private let spoolDirectory: URL
         private var imagePart: BodySpool?
@@ -167,11 +173,11 @@ package enum VideoFormReader {
             let name = MultipartPart(headers: headers, body: ByteBuffer()).name
             let kind: Part
             switch name {
-            case VideoFormReader.imageField? where image != nil:
-                failure = failure ?? .malformed("only one input_reference file may be sent")
+            case let name? where VideoFormReader.imageFields.contains(name) && images[name] != nil:
+                failure = failure ?? .malformed("only one \(name) file may be sent")
                 kind = .ignored
-            case VideoFormReader.imageField?:
-                kind = .image
+            case let name? where VideoFormReader.imageFields.contains(name):
+                kind = .image(name: name)
                 imagePart = BodySpool(directory: spoolDirectory)
             case let name?:
                 kind = .field(name: name, bytes: [])
@@ -220,8 +226,8 @@ package enum VideoFormReader {
             guard failure == nil else { return }
             completedParts += 1
             switch currentPart() {
-            case .image:
-                image = imagePart
+            case .image(let name):
+                images[name] = imagePart
                 imagePart = nil
             case .field(let name, let bytes):
                 guard let text = String(validating: bytes, as: UTF8.self) else {

@@ -135,7 +135,7 @@ package struct OperationsController: Sendable {
         let models = served.map {
             ModelBody(
                 id: $0.id, default: $0.id == defaultID, nativeArea: $0.nativeArea, sizeMultiple: $0.sizeMultiple, fps: $0.fps,
-                speed: speed
+                sizes: $0.sizes, maxFrames: $0.maxFrames, lastImage: $0.lastImage, speed: speed
             )
         }
         return JSONBody.response(status: .ok, value: ["models": models])
@@ -236,13 +236,34 @@ package struct OperationsController: Sendable {
         package var nativeArea: Int
         package var sizeMultiple: Int
         package var fps: Int
+        /// The sizes it was trained at (`WxH`, the native one first), its longest clip, and whether a job
+        /// may, must or must not give a last frame.
+        package var sizes: [String]
+        package var maxFrames: Int?
+        package var lastImage: LastImageSupport
         /// The speed preset it is served with, as a ready worker reports it; left out while none is ready.
         package var speed: WorkerSpeed?
         package enum CodingKeys: String, CodingKey {
             case id, `default`
             case nativeArea = "native_area"
             case sizeMultiple = "size_multiple"
-            case fps, speed
+            case fps, sizes
+            case maxFrames = "max_frames"
+            case lastImage = "last_image"
+            case speed
+        }
+
+        package func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(id, forKey: .id)
+            try container.encode(`default`, forKey: .default)
+            try container.encode(nativeArea, forKey: .nativeArea)
+            try container.encode(sizeMultiple, forKey: .sizeMultiple)
+            try container.encode(fps, forKey: .fps)
+            try container.encode(sizes, forKey: .sizes)
+            try container.encode(maxFrames, forKey: .maxFrames)
+            try container.encode(lastImage, forKey: .lastImage)
+            try container.encodeIfPresent(speed, forKey: .speed)
         }
     }
 }

@@ -35,10 +35,16 @@ actor FakeWorker: InferenceWorker {
     private var release: [CheckedContinuation<Void, Never>] = []
     private var signal: DispatchSignal?
 
-    init(stepDuration: Duration = .milliseconds(5), ready: Bool = true) {
+    /// The model it says it serves once ready.
+    private(set) var model: ServedModel
+
+    init(stepDuration: Duration = .milliseconds(5), ready: Bool = true, model: ServedModel = ServedModel(id: "test-model", nativeArea: 15_360)) {
         self.stepDuration = stepDuration
         self.isReady = ready
+        self.model = model
     }
+
+    func setModel(_ model: ServedModel) { self.model = model }
 
     func attach(_ signal: DispatchSignal) { self.signal = signal }
 
@@ -62,7 +68,10 @@ actor FakeWorker: InferenceWorker {
         guard isReady else { return nil }
         return WorkerReady(
             protocol: 1,
-            model: WorkerModelInfo(id: "test-model", nativeArea: 15_360, sizeMultiple: 16, fps: 16),
+            model: WorkerModelInfo(
+                id: model.id, nativeArea: model.nativeArea, sizeMultiple: model.sizeMultiple, fps: model.fps, sizes: model.sizes,
+                maxFrames: model.maxFrames, lastImage: model.lastImage
+            ),
             device: "cpu",
             dtype: "float32",
             slots: 2,

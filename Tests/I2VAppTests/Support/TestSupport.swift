@@ -191,10 +191,12 @@ extension TestResponse {
 func makeTestApp(
     dataDir: URL, worker: FakeWorker, role: NodeRole = .serve, model: String = "test-model", _ values: [String: ConfigValue] = [:]
 ) async throws -> some ApplicationProtocol {
-    try await buildApplication(
+    let served = ServedModel(id: model, nativeArea: 15_360)
+    await worker.setModel(served)
+    return try await buildApplication(
         configuration: testConfiguration(dataDir: dataDir, values),
         role: role,
-        overrides: AppOverrides(worker: worker, catalog: ModelCatalog(models: [ServedModel(id: model, nativeArea: 15_360)]))
+        overrides: AppOverrides(worker: worker, catalog: ModelCatalog(models: [served]))
     )
 }
 

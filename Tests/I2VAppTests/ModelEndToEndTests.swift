@@ -1,0 +1,139 @@
+import Configuration
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import I2VTestSupport
+import Testing
+@testable import I2VApp
+@testable import I2VCore
+
+/// Every demo architecture through the whole service: `I2V_MODEL` alone picks it (the server builds its demo
+/// checkpoint), `/models` says what it takes, and its videos have its own frame rate, size and length. The
+/// first-and-last-frame paths run for real: FLF2V, which needs a last frame, and the Wan2.2 A14B, which takes
+/// one, with its two experts.
+@Suite(.serialized, .enabled(if: EndToEnd.python != nil || ProcessInfo.processInfo.environment["I2V_TEST_STRICT"] == "1", "needs the worker's Python environment (make python-env) and ffprobe"))
+struct ModelEndToEndTests {
+    /// A different picture from the first frame, for the last one.
+    static let lastFrame: [UInt8] = PNG.rgb(width: 320, height: 180) { x, y in [UInt8(y % 256), UInt8((x * 3) % 256), 200] }.bytes
+
+    static func withModel(
+        _ model: String,
+        _ body: @Sendable (_ client: any TestClientProtocol, _ dataDir: URL, _ imageBase: String) async throws -> Void
+    ) async throws {
+        let python = try #require(EndToEnd.python, "the worker's Python environment or ffprobe is missing (make python-env)")
+        let directory = try TemporaryDirectory()
+        let app = try await buildApplication(configuration: testConfiguration(dataDir: directory.url, [
+            "i2v.python": .init(stringLiteral: python),
+            "i2v.model": .init(stringLiteral: model),
+            "i2v.device": "cpu",
+        ]))
+        let dataDir = directory.url
+        try await withImageServer({ router in
+            router.get("last.png") { _, _ in
+                Response(status: .ok, headers: [.contentType: "image/png"], body: .init(byteBuffer: ByteBuffer(bytes: Self.lastFrame)))
+            }
+        }) { base in
+            try await app.test(.live) { client in
+                try await EndToEnd.waitUntilReady(client)
+                try await body(client, dataDir, base)
+            }
+        }
+    }
+
+    /// The finished task's video, probed, and its bytes.
+    static func video(_ done: [String: Any], dataDir: URL) async throws -> (probe: EndToEnd.Probe, bytes: Data) {
+        let results = try #require(done["results"] as? [String: Any], "\(done)")
+        let url = try #require(((results["videos"] as? [[String: Any]])?.first?["url"]) as? String)
+        let file = dataDir.appending(path: "videos").appending(path: String(url.split(separator: "/").last ?? ""))
+        return (try await EndToEnd.ffprobe(file), try Data(contentsOf: file))
+    }
+
+    static func listed(_ client: some TestClientProtocol, _ model: String) async throws -> [String: Any] {
+        let models = try await client.execute(uri: "/models", method: .get).jsonObject()["models"] as? [[String: Any]]
+        return try #require(models?.first { $0["id"] as? String == model }, "\(String(describing: models))")
+    }
+
+    @Test func ti2v5bMakesItsOwnFrameRateAndRefusesALastFrame() async throws {
+        let model = "wan2.2-ti2v-5b-demo"
+        try await Self.withModel(model) { client, dataDir, base in
+            let listed = try await Self.listed(client, model)
+            #expect(listed["fps"] as? Int == 24 && listed["size_multiple"] as? Int == 32 && listed["last_image"] as? String == "none")
+            let size = try #require((listed["sizes"] as? [String])?.first)
+            // Its own trained size is taken as image_size, and comes back as the video's.
+            let id = try await client.submit(imageURL: "\(base)/image.png", extra: #","image_size":"\#(size)","seed":3"#, frames: 24)
+            let done = try await client.waitFor(id, status: "Succeed", timeout: .seconds(300))
+            let results = try #require(done["results"] as? [String: Any], "\(done)")
+            #expect(results["model"] as? String == model && results["fps"] as? Int == 24)
+            #expect("\(results["width"] ?? "")x\(results["height"] ?? "")" == size)
+            let (probe, _) = try await Self.video(done, dataDir: dataDir)
+            #expect(probe.fps == "24/1" && probe.frames == 25)
+            #expect("\(probe.width ?? 0)x\(probe.height ?? 0)" == size)
+
+            // A last frame for a model that takes a first one only: 422 naming the field and the model.
+            let refused = try await client.post(
+                "/video/submit",
+                json: #"{"image_url":"\#(base)/image.png","last_image_url":"\#(base)/last.png","prompt":"A dancing cat in the style of Van Gogh"}"#
+            )
+            #expect(refused.status == .unprocessableContent)
+            #expect(String(buffer: refused.body).contains("last_image_url") && String(buffer: refused.body).contains(model))
+            // A size it does not take: 422 listing those it does.
+            let badSize = try await client.post(
+                "/video/submit", json: #"{"image_url":"\#(base)/image.png","image_size":"640x640","prompt":"A dancing cat in the style of Van Gogh"}"#
+            )
+            #expect(badSize.status == .unprocessableContent && String(buffer: badSize.body).contains(size))
+        }
+    }
+
+    @Test func flf2vNeedsALastFrameAndEndsOnIt() async throws {
+        let model = "wan2.1-flf2v-14b-720p-demo"
+        try await Self.withModel(model) { client, dataDir, base in
+            #expect(try await Self.listed(client, model)["last_image"] as? String == "required")
+            let missing = try await client.post(
+                "/video/submit", json: #"{"image_url":"\#(base)/image.png","prompt":"A dancing cat in the style of Van Gogh"}"#
+            )
+            #expect(missing.status == .unprocessableContent && String(buffer: missing.body).contains("last_image_url"))
+            // A last frame that cannot be fetched: 400 naming it, nothing queued.
+            let unreachable = try await client.post(
+                "/video/submit",
+                json: #"{"image_url":"\#(base)/image.png","last_image_url":"\#(base)/missing.png","prompt":"A dancing cat in the style of Van Gogh"}"#
+            )
+            #expect(unreachable.status == .badRequest && unreachable.reason().contains("last_image_url"), "\(String(buffer: unreachable.body))")
+
+            let id = try await client.submit(imageURL: "\(base)/image.png", extra: #","last_image_url":"\#(base)/last.png","seed":5"#, frames: 24)
+            let done = try await client.waitFor(id, status: "Succeed", timeout: .seconds(300))
+            let (probe, _) = try await Self.video(done, dataDir: dataDir)
+            #expect(probe.frames == 25 && probe.fps == "16/1")
+            // Both inputs are gone with the task's end; nothing is left in the inputs folder.
+            let inputs = try FileManager.default.contentsOfDirectory(atPath: dataDir.appending(path: "inputs").path)
+            #expect(inputs.isEmpty, "\(inputs)")
+        }
+    }
+
+    /// The A14B takes a last frame as an option: the same job and seed with and without one make different
+    /// videos; through the OpenAI-style API the last frame is its `last_image` extension.
+    @Test func a14bWithAndWithoutALastFrameThroughBothAPIs() async throws {
+        let model = "wan2.2-i2v-a14b-demo"
+        try await Self.withModel(model) { client, dataDir, base in
+            #expect(try await Self.listed(client, model)["last_image"] as? String == "optional")
+            let plain = try await client.submit(imageURL: "\(base)/image.png", extra: #","seed":11"#, frames: 24)
+            let ending = try await client.submit(imageURL: "\(base)/image.png", extra: #","seed":11,"last_image_url":"\#(base)/last.png""#, frames: 24)
+            let plainDone = try await client.waitFor(plain, status: "Succeed", timeout: .seconds(300))
+            let endingDone = try await client.waitFor(ending, status: "Succeed", timeout: .seconds(300))
+            let (plainProbe, plainBytes) = try await Self.video(plainDone, dataDir: dataDir)
+            let (endingProbe, endingBytes) = try await Self.video(endingDone, dataDir: dataDir)
+            #expect(plainProbe.frames == 25 && endingProbe.frames == 25)
+            #expect(plainBytes != endingBytes, "the last frame changed nothing")
+
+            let created = try await client.createVideo(json: [
+                "prompt": "A dancing cat in the style of Van Gogh", "model": model, "num_frames": 24, "seed": 11, "num_inference_steps": 20,
+                "input_reference": ["image_url": "\(base)/image.png"], "last_image": ["image_url": "\(base)/last.png"],
+            ])
+            #expect(created.status == .ok, "\(String(buffer: created.body))")
+            let videoID = try #require(try created.jsonObject()["id"] as? String)
+            let done = try await client.waitFor(String(videoID.dropFirst("video_".count)), status: "Succeed", timeout: .seconds(300))
+            let (_, openAIBytes) = try await Self.video(done, dataDir: dataDir)
+            // Same job, seed and frames through the other API: the same video.
+            #expect(openAIBytes == endingBytes)
+        }
+    }
+}
