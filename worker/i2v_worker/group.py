@@ -56,6 +56,7 @@ STALL_ENV = "I2V_TEST_GROUP_STALL_RANK"
 GO, CANCEL, OOM, FAILED = 0, 1, 2, 3  # the agreement's codes: the highest any rank puts in wins
 PR_SET_PDEATHSIG = 1
 CLOSE_GRACE_SECONDS = 10.0
+STARTUP_TIMEOUT_SECONDS = 3600.0  # how long ranks wait for each other to load a checkpoint
 WATCH_INTERVAL_SECONDS = 0.2
 
 
@@ -270,16 +271,27 @@ class Group:
     # --- torch.distributed ----------------------------------------------------------------------------------------
 
     def connect(self) -> None:
-        """Joins the process group (gloo on the CPU, NCCL on GPUs), waiting up to the timeout for every rank."""
+        """Joins the process group (gloo on the CPU, NCCL on GPUs), once every rank has loaded its pipeline.
+
+        Loading takes as long as it takes (minutes for a real checkpoint, longer on a shared disk), so the ranks
+        first meet at their own store, which waits up to `STARTUP_TIMEOUT_SECONDS` (rank 0's watcher still sees a
+        rank that dies meanwhile); only then does the process group start, and its collectives wait up to the
+        group timeout."""
         import torch
         import torch.distributed as dist
 
         cpu = self.device == "cpu"
         if not cpu:
             torch.cuda.set_device(torch.device(self.device))
+        store = dist.TCPStore(
+            "127.0.0.1", self.port, world_size=self.ranks, is_master=self.leader,
+            timeout=timedelta(seconds=max(self.timeout, STARTUP_TIMEOUT_SECONDS)), wait_for_workers=False,
+        )  # fmt: skip
+        store.set(f"loaded/{self.rank}", "1")
+        store.wait([f"loaded/{rank}" for rank in range(self.ranks)])
         dist.init_process_group(
             backend="gloo" if cpu else "nccl",
-            init_method=f"tcp://127.0.0.1:{self.port}",
+            store=store,
             rank=self.rank,
             world_size=self.ranks,
             timeout=timedelta(seconds=self.timeout),
@@ -430,7 +442,6 @@ def start(settings: Settings, devices: tuple[str, ...], *, on_fatal: Callable[[s
     group.spawn()
     try:
         group.watch()
-        group.connect()
         engine = Engine.load(settings, group=group)
     except BaseException:
         group.close()
@@ -452,7 +463,6 @@ def follow(env: dict[str, str]) -> int:
 
     settings = check(settings, ranks=len(devices), heads=attention_heads(resolve(settings).facts.path))
     group = Group(rank=rank, devices=devices, port=int(env[PORT_ENV]), timeout=settings.group_timeout)
-    group.connect()
     engine = Engine.load(settings, group=group)
     stall = env.get(STALL_ENV, "").strip() == str(rank)
     channel = sys.stdin.buffer

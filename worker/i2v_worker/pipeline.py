@@ -208,6 +208,7 @@ class Engine:
             pipe.vae.enable_tiling()
         apply(pipe, speed)
         if group is not None:
+            group.connect()  # after loading, which may take the ranks different times
             group.parallelize(pipe)
         engine = cls(
             pipe=pipe, spec=spec, info=info, device=device, settings=settings, speed=speed, offload=offload,
