@@ -181,3 +181,16 @@ def test_presets_a_group_cannot_run_are_refused(start: Callable[..., Worker], en
     assert fatal["type"] == "fatal" and fatal["message"].startswith(f"cannot start: {reason}"), fatal
     w.send({"type": "shutdown"})
     assert w.wait() == 1
+
+
+def test_killed_rank_0_leaves_no_rank_behind(
+    start: Callable[..., Worker], image_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    w = start(I2V_DEVICE="cpu+cpu")
+    assert w.next(timeout=120)["type"] == "ready"
+    pid = rank_pid(w)
+    w.send(run_message("t", image_file(), tmp_path / "t.mp4", infer_steps=LONG_JOB_STEPS))
+    w.until(lambda m: m["type"] == "progress")
+    w.proc.kill()
+    w.proc.wait(10)
+    assert gone(pid)  # PR_SET_PDEATHSIG: the kernel ends it with its parent
