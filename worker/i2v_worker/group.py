@@ -52,6 +52,9 @@ PORT_ENV = "I2V_GROUP_PORT"
 # Test-only: the rank named here sleeps for good after the first denoising step of every job (not of the warm-up),
 # as a hung rank would.
 STALL_ENV = "I2V_TEST_GROUP_STALL_RANK"
+# Test-only: the rank named here runs out of memory in its text encoder in its first job, as a rank short of memory
+# would before the denoising.
+OOM_ENV = "I2V_TEST_GROUP_OOM_RANK"
 
 GO, CANCEL, OOM, FAILED = 0, 1, 2, 3  # the agreement's codes: the highest any rank puts in wins
 PR_SET_PDEATHSIG = 1
@@ -411,6 +414,14 @@ def receive(channel: IO[bytes]) -> GroupJob | None:
     return job
 
 
+def _run_out_of_memory_once(module: Any) -> None:
+    def hook(module: Any, args: Any) -> None:
+        handle.remove()
+        raise MemoryError(f"{OOM_ENV}: out of memory in the text encoder")
+
+    handle = module.register_forward_pre_hook(hook)
+
+
 @contextlib.contextmanager
 def _cpu_ranks_on_one_device(*, cpu: bool) -> Iterator[None]:
     """diffusers 0.42.1's `ModelMixin._resolve_parallel_config` places rank r on device
@@ -465,6 +476,8 @@ def follow(env: dict[str, str]) -> int:
     group = Group(rank=rank, devices=devices, port=int(env[PORT_ENV]), timeout=settings.group_timeout)
     engine = Engine.load(settings, group=group)
     stall = env.get(STALL_ENV, "").strip() == str(rank)
+    if env.get(OOM_ENV, "").strip() == str(rank):
+        _run_out_of_memory_once(engine.pipe.text_encoder)
     channel = sys.stdin.buffer
     while (job := receive(channel)) is not None:
 

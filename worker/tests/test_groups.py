@@ -15,6 +15,7 @@ import pytest
 from conftest import needs_ffmpeg
 from test_e2e import Worker, run_message
 
+from i2v_worker.errors import OOM_MESSAGE
 from i2v_worker.group import split_devices
 from i2v_worker.settings import ConfigurationError
 
@@ -194,3 +195,17 @@ def test_killed_rank_0_leaves_no_rank_behind(
     w.proc.kill()
     w.proc.wait(10)
     assert gone(pid)  # PR_SET_PDEATHSIG: the kernel ends it with its parent
+
+
+@needs_ffmpeg
+def test_out_of_memory_on_a_rank_fails_the_job_and_the_group_goes_on(
+    start: Callable[..., Worker], image_file: Callable[..., Path], tmp_path: Path
+) -> None:
+    w = start(I2V_DEVICE="cpu+cpu", I2V_TEST_GROUP_OOM_RANK="1")  # rank 1: out of memory in its first job's encoder
+    assert w.next(timeout=120)["type"] == "ready"
+    image = image_file()
+    w.send(run_message("first", image, tmp_path / "first.mp4"))
+    end = w.until(lambda m: m["type"] in ("done", "error"))[-1]
+    assert (end["kind"], end["message"]) == ("oom", OOM_MESSAGE), end
+    w.send(run_message("second", image, tmp_path / "second.mp4"))
+    assert w.until(lambda m: m["type"] in ("done", "error"))[-1]["type"] == "done"
