@@ -209,6 +209,7 @@ class Group:
         """Rank 0: starts ranks 1..N-1, each with a pipe for its jobs, its stdout on our stderr."""
         for rank in range(1, self.ranks):
             env = {**os.environ, RANK_ENV: str(rank), PORT_ENV: str(self.port)}
+            # preexec_fn runs between fork and exec; `prctl` is one system call there, safe even with other threads.
             child = subprocess.Popen(
                 [sys.executable, "-m", "i2v_worker"],
                 stdin=subprocess.PIPE, stdout=sys.stderr.fileno(), env=env, preexec_fn=_die_with_parent,
@@ -286,6 +287,9 @@ class Group:
         cpu = self.device == "cpu"
         if not cpu:
             torch.cuda.set_device(torch.device(self.device))
+            # A timed-out NCCL collective should raise in the job's thread, so that rank 0 can say why in `fatal`,
+            # rather than have NCCL's watchdog end the process without a word (its default). Not yet run on GPUs.
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
         store = dist.TCPStore(
             "127.0.0.1", self.port, world_size=self.ranks, is_master=self.leader,
             timeout=timedelta(seconds=max(self.timeout, STARTUP_TIMEOUT_SECONDS)), wait_for_workers=False,
