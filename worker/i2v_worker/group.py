@@ -467,15 +467,12 @@ def start(settings: Settings, devices: tuple[str, ...], *, on_fatal: Callable[[s
 def follow(env: dict[str, str]) -> int:
     """Ranks 1..N-1: join the group, load the engine in step with rank 0, then run every job rank 0 sends
     until its pipe ends. Returns the exit status."""
-    import threading as _threading
-
+    from .checkpoint import resolve
     from .pipeline import Engine
 
     rank = int(env[RANK_ENV])
     settings = Settings.from_env(env)
     devices = split_devices(settings.device)
-    from .checkpoint import resolve
-
     settings = check(settings, ranks=len(devices), heads=attention_heads(resolve(settings).facts.path))
     group = Group(rank=rank, devices=devices, port=int(env[PORT_ENV]), timeout=settings.group_timeout)
     engine = Engine.load(settings, group=group)
@@ -495,7 +492,7 @@ def follow(env: dict[str, str]) -> int:
                 image=job.image, prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width,
                 height=job.height, num_frames=job.num_frames, infer_steps=job.infer_steps,
                 guidance_scale=job.guidance_scale, guidance_scale_2=job.guidance_scale_2, seed=job.seed,
-                on_step=on_step, cancelled=_threading.Event(), last_image=job.last_image,
+                on_step=on_step, cancelled=threading.Event(), last_image=job.last_image,
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 (rank 0 reports the job's end; this rank goes on to the next)
             logger.info("task=%s rank %d: the job ended: %s", job.task_id, rank, describe_failure(exc))
