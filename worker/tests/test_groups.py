@@ -200,3 +200,13 @@ def test_killed_rank_0_leaves_no_rank_behind(
     w.proc.kill()
     w.proc.wait(10)
     assert gone(pid)  # PR_SET_PDEATHSIG: the kernel ends it with its parent
+
+
+def test_group_timeout_setting() -> None:
+    from i2v_worker.settings import DEFAULT_GROUP_TIMEOUT_SECONDS, Settings
+
+    assert Settings.from_env({"I2V_MODEL": "x"}).group_timeout == DEFAULT_GROUP_TIMEOUT_SECONDS == 120
+    assert Settings.from_env({"I2V_MODEL": "x", "I2V_GROUP_TIMEOUT_SECONDS": "2.5"}).group_timeout == 2.5
+    for bad in ("0", "-1", "soon", "inf"):
+        with pytest.raises(ConfigurationError, match="I2V_GROUP_TIMEOUT_SECONDS"):
+            Settings.from_env({"I2V_MODEL": "x", "I2V_GROUP_TIMEOUT_SECONDS": bad})
