@@ -1,5 +1,5 @@
 """The i2v-server benchmarks (bench/README.md): B1 service overhead, B2 status and submit throughput, B3 image intake,
-B4 GPU step, B5 scaling over worker processes, B6 queue at depth, B7 speed.
+B4 GPU step, B5 scaling over worker processes, B6 queue at depth, B7 speed, B8 groups.
 
     .venv/bin/python bench/run.py --server .build-release/release/i2v-server            # the whole table
     .venv/bin/python bench/run.py --server .build/debug/i2v-server --quick --only B5,B6 # smoke run of a subset

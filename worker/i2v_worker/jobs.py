@@ -81,3 +81,4 @@ class EngineInfo:
     speed: SpeedPlan
     cpu_offload: bool = False
     vae_tiling: bool = False
+    devices: tuple[str, ...] | None = None  # a group: each rank's device, in rank order; None: one process

@@ -108,6 +108,8 @@ def ready_message(info: EngineInfo) -> Ready:
             infer_steps=speed.infer_steps,
             guidance_scale=speed.guidance_scale,
         ),
+        ranks=None if info.devices is None else len(info.devices),
+        devices=info.devices,
     )
 
 
@@ -200,9 +202,16 @@ def _refuse_until_shutdown(inbox: queue.Queue[bytes | None], writer: LineWriter,
             writer.send(Error(task_id=message.task_id, kind="internal", message=f"refused: cannot start: {reason}"))
 
 
-def serve(load: Callable[[], Runner], input_fd: int, output: BinaryIO, *, shutdown_grace_seconds: float = 30.0) -> int:
-    """The worker's main loop. Returns the process exit status: 0 after shutdown or end of input, 1 if loading failed."""
-    writer = LineWriter(output)
+def serve(
+    load: Callable[[], Runner],
+    input_fd: int,
+    output: BinaryIO | LineWriter,
+    *,
+    shutdown_grace_seconds: float = 30.0,
+) -> int:
+    """The worker's main loop. Returns the process exit status: 0 after shutdown or end of input, 1 if loading failed.
+    `output` may be a `LineWriter` already in use elsewhere (a group's watcher writes its `fatal` through it)."""
+    writer = output if isinstance(output, LineWriter) else LineWriter(output)
     inbox: queue.Queue[bytes | None] = queue.Queue()
     threading.Thread(target=_read_lines, args=(input_fd, inbox), name="protocol-reader", daemon=True).start()
 

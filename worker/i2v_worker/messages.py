@@ -67,6 +67,7 @@ class SpeedInfo:
 @dataclass(frozen=True, kw_only=True)
 class Ready:
     type: ClassVar[str] = "ready"
+    omit_none: ClassVar[frozenset[str]] = frozenset({"ranks", "devices"})
     protocol: int = PROTOCOL_VERSION
     model: ModelInfo
     device: str
@@ -74,6 +75,10 @@ class Ready:
     slots: int
     memory: MemoryInfo
     speed: SpeedInfo = field(default_factory=SpeedInfo)
+    # A group (one job on several devices): its processes, and each one's device in rank order; `device` is them
+    # joined by "+". None (left out) for a worker of one process, and from workers before groups.
+    ranks: int | None = None
+    devices: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -266,7 +271,18 @@ def _parse_ready(f: _Fields) -> Ready:
         slots=f.integer("slots", minimum=1),
         memory=_parse_memory(f),
         speed=_parse_speed(f),
+        ranks=f.optional_integer("ranks", minimum=1),
+        devices=_parse_devices(f),
     )
+
+
+def _parse_devices(f: _Fields) -> tuple[str, ...] | None:
+    value = f.data.get("devices")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise f.fail(f"'devices' must be a list of device names, got {value!r}")
+    return tuple(value)
 
 
 def _parse_done(f: _Fields) -> Done:

@@ -31,6 +31,7 @@ from PIL import Image
 from .checkpoint import describe, resolve
 from .encode import encode_mp4, to_uint8
 from .errors import BadInput, Cancelled, JobError, OutOfMemory, describe_failure
+from .group import Group, GroupJob, sequence_problem
 from .jobs import EngineInfo, ExpertCallback, GenerationResult, Job, PhaseCallback, SpeedPlan, StepCallback
 from .metadata import ModelInfo
 from .models import GIB, ModelSpec
@@ -40,6 +41,9 @@ from .speed import DistilledFlowScheduler, apply, fp8_quantization, plan
 
 logger = logging.getLogger("i2v_worker")
 
+# Test-only: a directory where each job's float frames (before uint8 and the MP4) are saved as <task_id>.npy, so
+# that tests can compare two runs exactly.
+FRAMES_DIR_ENV = "I2V_TEST_FRAMES_DIR"
 FIXED_SIZES = ((832, 480), (480, 832))  # the API's two fixed frame sizes, served for every model
 WARM_UP_FRAMES = 5
 
@@ -124,8 +128,10 @@ class Engine:
         settings: Settings,
         speed: SpeedPlan,
         offload: bool = False,
+        group: Group | None = None,
     ) -> None:
         self.pipe = pipe
+        self.group = group
         self.spec = spec
         self.info = info
         self.device = device
@@ -136,6 +142,8 @@ class Engine:
         self._scheduler_config = pipe.scheduler.config
         self._views: queue.Queue[Any] = queue.Queue()
         install_hooks(pipe)  # on the shared models, before any view: every view runs through them
+        if group is not None:
+            group.install(pipe)  # after the phase hooks: a cancel agreed there is reported in `denoise`
         if self.offload:
             # Model CPU offload moves whole models between devices around each call, so jobs must not overlap:
             # they take turns on the pipeline itself, whose offload hooks then work as diffusers intends.
@@ -154,14 +162,16 @@ class Engine:
         return self.info.experts
 
     @classmethod
-    def load(cls, settings: Settings) -> Engine:
+    def load(cls, settings: Settings, *, group: Group | None = None) -> Engine:
+        """The loaded, warm engine. In a group (group.py) every rank calls this in step: the warm-up's transformer
+        calls are already parallel."""
         from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
         from diffusers.utils import logging as diffusers_logging
         from transformers.utils import logging as transformers_logging
 
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
-        device = _resolve_device(settings.device)
+        device = _resolve_device(settings.device if group is None else group.device)
         plan(settings, device)  # refuses what the device cannot do before a checkpoint is built or downloaded
         resolved = resolve(settings)  # refuses an unknown model, a corrupt or a mismatched checkpoint
         spec = resolved.spec
@@ -197,8 +207,12 @@ class Engine:
         if settings.vae_tiling:
             pipe.vae.enable_tiling()
         apply(pipe, speed)
+        if group is not None:
+            group.connect()  # after loading, which may take the ranks different times
+            group.parallelize(pipe)
         engine = cls(
-            pipe=pipe, spec=spec, info=info, device=device, settings=settings, speed=speed, offload=offload
+            pipe=pipe, spec=spec, info=info, device=device, settings=settings, speed=speed, offload=offload,
+            group=group,
         )  # fmt: skip
         logger.info("loaded %s in %.1f s; warming up", info.id, time.monotonic() - started)
         engine.warm_up()
@@ -229,9 +243,10 @@ class Engine:
         bytes_per_token = self.settings.bytes_per_token
         if bytes_per_token is None and self.device.type == "cuda":
             bytes_per_token = self.spec.bytes_per_token(offload=self.offload)
+        group = self.group
         return EngineInfo(
             model=self.info,
-            device=str(self.device),
+            device=str(self.device) if group is None else group.joined,
             dtype=str(self.dtype).removeprefix("torch."),
             slots=self.settings.slots,
             free_bytes=free,
@@ -239,12 +254,14 @@ class Engine:
             speed=self.speed,
             cpu_offload=self.offload,
             vae_tiling=self.settings.vae_tiling,
+            devices=None if group is None else group.devices,
         )
 
     def warm_sizes(self) -> list[tuple[int, int]]:
         """Frame sizes the warm-up runs. Compiled blocks: the API's two fixed sizes and the model's own, so the
         compile (one graph with dynamic shapes) and its checks are done before the first job. Eager: one tiny size."""
-        side = self.info.size_multiple * 2
+        # In a group the warm-up's sequence must split evenly among the ranks: a square of `ranks` patches a side.
+        side = self.info.size_multiple * max(2, self.group.ranks if self.group is not None else 2)
         if not self.speed.compile:
             return [(side, side)]
         return list(dict.fromkeys([*FIXED_SIZES, *self.spec.sizes]))
@@ -338,6 +355,7 @@ class Engine:
         on_step: StepCallback,
         decode: bool,
         last_image: Image.Image | None,
+        task_id: str | None = None,
     ) -> np.ndarray:
         """`generate` within `job`, which is the calling thread's active context; guidance as resolved."""
         steps = job.total_steps
@@ -347,9 +365,12 @@ class Engine:
         else:
             torch.cuda.set_device(self.device)  # the current device is per thread
 
+        group = self.group
+
         def on_step_end(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             job.step = index + 1
-            if cancelled.is_set():
+            # A group's cancel is agreed by all ranks before the next transformer call (group.py), not taken here.
+            if cancelled.is_set() and group is None:
                 raise Cancelled(index + 1, steps)
             on_step(index + 1, steps)
             return {}
@@ -360,6 +381,9 @@ class Engine:
             extra["guidance_scale_2"] = guidance_scale_2
         if last_image is not None:
             extra["last_image"] = last_image
+        if group is not None:
+            group.begin()
+            decode = decode and group.leader  # only rank 0 decodes; the others stop at the latents
         view = self._take_view(cancelled, steps)
         try:
             generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -382,7 +406,9 @@ class Engine:
                 callback_on_step_end_tensor_inputs=[],
                 **extra,
             )
-        except BaseException:
+        except BaseException as exc:
+            if group is not None:
+                group.failed(exc, job.phase)
             # What the pipeline does at the end of a run that completes: offload hooks back in place, the step
             # cache's state cleared for the next job. A run stopped inside the VAE leaves its causal-conv feature
             # cache (the view's own) full of activations: dropped too.
@@ -394,6 +420,8 @@ class Engine:
             self._views.put(view)
         if not decode:
             return np.empty((0, height, width, 3), dtype=np.uint8)
+        if task_id is not None and (keep := os.environ.get(FRAMES_DIR_ENV)):
+            np.save(Path(keep) / f"{task_id}.npy", output.frames[0])
         return to_uint8(output.frames[0])
 
     def _take_view(self, cancelled: threading.Event, steps: int) -> Any:
@@ -452,10 +480,19 @@ class Engine:
         if job.last_image_path is not None:
             last_image = load_image(job.last_image_path, job.width, job.height, what="last image")
         started = time.monotonic()
+        if self.group is not None:
+            self.group.send(
+                GroupJob(
+                    task_id=job.task_id, image=image, last_image=last_image, prompt=job.prompt,
+                    negative_prompt=job.negative_prompt, width=job.width, height=job.height,
+                    num_frames=job.num_frames, infer_steps=steps, guidance_scale=guidance,
+                    guidance_scale_2=guidance_2, seed=job.seed,
+                )
+            )  # fmt: skip
         frames = self._generate(
             context, image=image, prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width,
             height=job.height, num_frames=job.num_frames, guidance_scale=guidance, guidance_scale_2=guidance_2,
-            seed=job.seed, on_step=on_step, decode=True, last_image=last_image,
+            seed=job.seed, on_step=on_step, decode=True, last_image=last_image, task_id=job.task_id,
         )  # fmt: skip
         inference_seconds = time.monotonic() - started
         started = time.monotonic()
@@ -499,6 +536,12 @@ class Engine:
             raise BadInput(f"last_image_path is required: {spec.id} makes a video from a first and a last frame")
         if job.guidance_scale_2 is not None and self.experts < 2:
             raise BadInput(f"guidance_scale_2 is for models with two experts; {spec.id} has one transformer")
+        if self.group is not None:
+            uneven = sequence_problem(
+                width=job.width, height=job.height, frames=made, size_multiple=m, ranks=self.group.ranks
+            )
+            if uneven is not None:
+                raise BadInput(uneven)
         out_dir = Path(job.output_path).parent
         if not out_dir.is_dir():
             raise BadInput(f"output directory does not exist: {out_dir}")

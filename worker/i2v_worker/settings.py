@@ -12,6 +12,9 @@ from .messages import SPEEDS, Speed
 Switch = Literal["auto", "on", "off"]
 
 DEFAULT_CACHE_THRESHOLD = 0.05  # diffusers' FirstBlockCacheConfig default
+# How long a rank of a group waits in a collective for the others before the group is taken for broken: longer than
+# any one transformer call, short enough that a hung rank is restarted without an operator.
+DEFAULT_GROUP_TIMEOUT_SECONDS = 120.0
 
 
 class ConfigurationError(ValueError):
@@ -47,6 +50,19 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(value)
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number <= 0:
+        raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+    return number
+
+
 def _threshold(env: Mapping[str, str], name: str) -> float:
     value = env.get(name, "").strip()
     if not value:
@@ -65,7 +81,7 @@ class Settings:
     model_path: str | None = None  # None: the model's demo (built) or hub checkpoint
     model: str | None = None  # a model id of models.py; None: the one the checkpoint names
     demo_dir: str | None = None  # where demos are built when model_path is None
-    device: str | None = None  # None: cuda if available, else cpu
+    device: str | None = None  # None: cuda if available, else cpu; devices joined by "+": a group (group.py)
     slots: int = 1
     cpu_offload: Switch = "auto"  # auto: the model's memory plan for the device
     vae_tiling: bool = False
@@ -76,6 +92,7 @@ class Settings:
     cache_threshold: float = DEFAULT_CACHE_THRESHOLD  # used by `fast`
     fp8: Switch = "auto"  # auto: in `fast` where the GPU has FP8
     lora_path: str | None = None  # required by `turbo`
+    group_timeout: float = DEFAULT_GROUP_TIMEOUT_SECONDS  # a group's collective timeout
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -102,4 +119,5 @@ class Settings:
             cache_threshold=_threshold(env, "I2V_CACHE_THRESHOLD"),
             fp8=_switch(env, "I2V_FP8"),
             lora_path=env.get("I2V_LORA_PATH", "").strip() or None,
+            group_timeout=_seconds(env, "I2V_GROUP_TIMEOUT_SECONDS", DEFAULT_GROUP_TIMEOUT_SECONDS),
         )
