@@ -179,7 +179,9 @@ def lora_engine(demo_checkpoint: Path) -> Iterator[Any]:
     )
 
 
-def frames(engine: Any, image: Path, loras: tuple[LoraRequest, ...] = ()) -> np.ndarray:
+def frames(
+    engine: Any, image: Path, loras: tuple[LoraRequest, ...] = (), *, width: int = WIDTH, height: int = HEIGHT
+) -> np.ndarray:
     """The uint8 frames of the test job with `loras`, through the engine's checks and set gate."""
     from PIL import Image
 
@@ -187,9 +189,9 @@ def frames(engine: Any, image: Path, loras: tuple[LoraRequest, ...] = ()) -> np.
     prepared = engine.loras.prepare(loras)
     with engine.loras.active_for(prepared, cancelled=cancelled, steps=3):
         return engine.generate(
-            image=Image.open(image).convert("RGB"), prompt="a cat", negative_prompt="", width=WIDTH, height=HEIGHT,
-            num_frames=5, infer_steps=3, guidance_scale=3.0, seed=7, on_step=lambda step, total: None,
-            cancelled=cancelled,
+            image=Image.open(image).convert("RGB").resize((width, height)), prompt="a cat", negative_prompt="",
+            width=width, height=height, num_frames=5, infer_steps=3, guidance_scale=3.0, seed=7,
+            on_step=lambda step, total: None, cancelled=cancelled,
         )  # fmt: skip
 
 
@@ -253,6 +255,40 @@ def test_a_lora_that_does_not_fit_leaves_nothing_loaded(
             frames(lora_engine, image, (request(path),))
         assert set(getattr(lora_engine.pipe.transformer, "peft_config", {})) == before
     assert frames(lora_engine, image).shape == (5, HEIGHT, WIDTH, 3)
+
+
+def test_user_loras_go_on_top_of_the_fused_turbo_lora(
+    demo_checkpoint: Path, demo_lora: Path, lora_dir: Path, image_file: Callable[..., Path]
+) -> None:
+    from i2v_worker.pipeline import Engine
+    from i2v_worker.settings import Settings
+
+    turbo = Engine.load(
+        Settings(model_path=str(demo_checkpoint), device="cpu", speed="turbo", lora_path=str(demo_lora))
+    )
+    image = image_file()
+    style = style_lora(lora_dir, "on-turbo", seed=41)
+    plain = frames(turbo, image)
+    styled = frames(turbo, image, (request(style),))
+    assert np.array_equal(frames(turbo, image, (request(style, scale=0.0),)), plain)
+    assert np.abs(plain.astype(int) - styled.astype(int)).max() > 10
+    assert turbo.job_steps(None) == 4  # still the distilled schedule
+
+
+def test_both_experts_of_a_two_expert_model_get_the_lora(
+    demo_checkpoints: Callable[[str], Path], lora_dir: Path, image_file: Callable[..., Path]
+) -> None:
+    from i2v_worker.pipeline import Engine
+    from i2v_worker.settings import Settings
+
+    engine = Engine.load(Settings(model_path=str(demo_checkpoints("wan2.2-i2v-a14b-demo")), device="cpu"))
+    image = image_file()
+    style = request(style_lora(lora_dir, "experts", seed=51))
+    plain = frames(engine, image, width=32, height=32)
+    styled = frames(engine, image, (style,), width=32, height=32)
+    assert np.abs(plain.astype(int) - styled.astype(int)).max() > 2  # the A14B demo's VAE damps it more
+    for transformer in (engine.pipe.transformer, engine.pipe.transformer_2):
+        assert style.adapter_name in transformer.peft_config
 
 
 # --- a worker process -----------------------------------------------------------------------------------------------
