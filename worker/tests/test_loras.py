@@ -166,6 +166,46 @@ def test_the_gate_never_admits_two_sets_and_serves_in_order() -> None:
     assert switches == [a, b, a, b, (), a]
 
 
+def test_a_job_cancelled_while_it_waits_for_its_set_leaves_the_queue() -> None:
+    gate = SetGate()
+    a, b = (("a", 1.0),), (("b", 1.0),)
+    release, cancel = threading.Event(), threading.Event()
+    outcomes: list[str] = []
+
+    class Stop(Exception):
+        pass
+
+    def stop() -> None:
+        raise Stop
+
+    def hold() -> None:
+        with gate.admitted(a, switch=lambda: None, cancelled=threading.Event(), on_cancel=stop):
+            release.wait(5)
+
+    def wait_for_b() -> None:
+        try:
+            with gate.admitted(b, switch=lambda: None, cancelled=cancel, on_cancel=stop):
+                outcomes.append("b ran")
+        except Stop:
+            outcomes.append("b cancelled")
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    time.sleep(0.05)
+    waiter = threading.Thread(target=wait_for_b)
+    waiter.start()
+    time.sleep(0.05)
+    cancel.set()
+    waiter.join(5)
+    assert outcomes == ["b cancelled"]
+    # The cancelled job no longer blocks the queue: another job of the running set is admitted at once.
+    with gate.admitted(a, switch=lambda: None, cancelled=threading.Event(), on_cancel=stop):
+        outcomes.append("a ran beside")
+    release.set()
+    holder.join(5)
+    assert outcomes == ["b cancelled", "a ran beside"] and gate.active == a
+
+
 # --- adapters on the demo engine ------------------------------------------------------------------------------------
 
 
