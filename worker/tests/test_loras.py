@@ -272,6 +272,18 @@ def test_adapters_match_fused_loras_and_combine(
     assert set(lora_engine.loras.loaded()) == {request(one).adapter_name, request(two).adapter_name}
 
 
+def test_a_lora_in_wan_original_layout_combines_with_another(
+    lora_engine: Any, demo_lora: Path, lora_dir: Path, image_file: Callable[..., Path]
+) -> None:
+    """lightx2v's layout (`diffusion_model.…lora_down/lora_up`, `diff_b` biases), as many published Wan LoRAs."""
+    image = image_file()
+    plain = frames(lora_engine, image)
+    original = frames(lora_engine, image, (request(demo_lora),))
+    both = frames(lora_engine, image, (request(demo_lora), request(style_lora(lora_dir, "beside", seed=61))))
+    assert np.abs(plain.astype(int) - original.astype(int)).max() > 10
+    assert np.abs(original.astype(int) - both.astype(int)).max() > 10
+
+
 def test_the_cache_evicts_the_least_recently_used(
     lora_engine: Any, lora_dir: Path, image_file: Callable[..., Path]
 ) -> None:
