@@ -46,8 +46,9 @@ def _refuse(lora: LoraRequest, exc: Exception) -> BadInput:
 class LoraAdapters:
     """The pipeline's user LoRAs: an LRU cache of loaded adapters and the gate that keeps sets apart."""
 
-    def __init__(self, pipe: Any, *, experts: int, max_rank: int, cache_size: int) -> None:
+    def __init__(self, pipe: Any, *, experts: int, max_rank: int, cache_size: int, compiled: bool = False) -> None:
         self.pipe = pipe
+        self.compiled = compiled
         self.experts = experts
         self.max_rank = max_rank
         self.cache_size = max(cache_size, 1)
@@ -131,6 +132,9 @@ class LoraAdapters:
             if self._loaded:
                 self.pipe.disable_lora()  # whichever adapters were set, none is active now
             raise
+        if self.compiled:
+            # The blocks' guards see other adapter layers: the next call recompiles (after dynamo's limit, eager).
+            logger.warning("lora set switched on compiled blocks: the next job recompiles them")
         logger.info(
             "lora set: %s (loaded %d, cached %d) in %.2f s",
             describe_set(prepared.loras), loaded, len(self._loaded), time.monotonic() - started,

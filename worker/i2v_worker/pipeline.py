@@ -137,8 +137,9 @@ class Engine:
         self._scheduler_config = pipe.scheduler.config
         self._views: queue.Queue[Any] = queue.Queue()
         self.loras = LoraAdapters(
-            pipe, experts=info.experts, max_rank=settings.lora_max_rank, cache_size=settings.lora_cache
-        )
+            pipe, experts=info.experts, max_rank=settings.lora_max_rank, cache_size=settings.lora_cache,
+            compiled=speed.compile,
+        )  # fmt: skip
         install_hooks(pipe)  # on the shared models, before any view: every view runs through them
         if self.offload:
             # Model CPU offload moves whole models between devices around each call, so jobs must not overlap:
