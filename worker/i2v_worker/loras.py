@@ -127,7 +127,7 @@ def check_request(loras: tuple[LoraRequest, ...]) -> None:
         if not math.isfinite(lora.scale) or not MIN_SCALE <= lora.scale <= MAX_SCALE:
             raise LoraError(f"LoRA {lora.name!r}: scale must be from {MIN_SCALE} to {MAX_SCALE}, got {lora.scale:g}")
         if lora.sha256 in seen:
-            raise LoraError(f"LoRA {lora.name!r} is the same file as {seen[lora.sha256]!r} (sha256 {lora.sha256})")
+            raise LoraError(f"LoRA {lora.name!r}: the same file as {seen[lora.sha256]!r} (sha256 {lora.sha256})")
         seen[lora.sha256] = lora.name
 
 
