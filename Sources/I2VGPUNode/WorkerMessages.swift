@@ -199,8 +199,15 @@ public struct WorkerReady: Codable, Sendable, Equatable {
     public var memory: WorkerMemory?
     /// Absent from workers older than speed presets.
     public var speed: WorkerSpeed?
+    /// A group (one job on several devices) says how many processes it runs and on which devices; `device` is
+    /// then those devices joined with `+`. Absent for one process.
+    public var ranks: Int?
+    public var devices: [String]?
 
-    package init(protocol: Int, model: WorkerModelInfo, device: String, dtype: String, slots: Int, memory: WorkerMemory? = nil, speed: WorkerSpeed? = nil) {
+    package init(
+        protocol: Int, model: WorkerModelInfo, device: String, dtype: String, slots: Int, memory: WorkerMemory? = nil, speed: WorkerSpeed? = nil,
+        ranks: Int? = nil, devices: [String]? = nil
+    ) {
         self.protocol = `protocol`
         self.model = model
         self.device = device
@@ -208,6 +215,24 @@ public struct WorkerReady: Codable, Sendable, Equatable {
         self.slots = slots
         self.memory = memory
         self.speed = speed
+        self.ranks = ranks
+        self.devices = devices
+    }
+}
+
+/// A LoRA of a job: in a `run`, the file the worker loads (`path`) and the SHA-256 it must have; in a `done`,
+/// what the video was made with (no path).
+public struct WorkerLoRA: Codable, Sendable, Equatable {
+    public var name: String
+    public var path: String?
+    public var scale: Double
+    public var sha256: String
+
+    package init(name: String, path: String? = nil, scale: Double, sha256: String) {
+        self.name = name
+        self.path = path
+        self.scale = scale
+        self.sha256 = sha256
     }
 }
 
@@ -235,6 +260,8 @@ public struct WorkerDone: Codable, Sendable, Equatable {
     /// The model that made it, and the low-noise expert's guidance where the model has two experts.
     public var model: String?
     public var guidanceScale2: Double?
+    /// The LoRAs the video was made with; absent when it used none.
+    public var loras: [WorkerLoRA]?
 
     package enum CodingKeys: String, CodingKey {
         case taskID = "task_id"
@@ -247,6 +274,7 @@ public struct WorkerDone: Codable, Sendable, Equatable {
         case guidanceScale = "guidance_scale"
         case model
         case guidanceScale2 = "guidance_scale_2"
+        case loras
     }
 
     package init(taskID: String, path: String, width: Int, height: Int, numFrames: Int, fps: Int, seed: Int, inferenceSeconds: Double, encodeSeconds: Double? = nil, inferSteps: Int? = nil, guidanceScale: Double? = nil) {
@@ -386,6 +414,8 @@ public struct WorkerJob: Codable, Sendable, Equatable {
     public var guidanceScale2: Double?
     /// The model the task was queued for: a worker serving another one refuses the job.
     public var model: String?
+    /// The job's LoRAs (at most 4); absent for none.
+    public var loras: [WorkerLoRA]?
 
     package enum CodingKeys: String, CodingKey {
         case taskID = "task_id"
@@ -401,12 +431,13 @@ public struct WorkerJob: Codable, Sendable, Equatable {
         case lastImagePath = "last_image_path"
         case guidanceScale2 = "guidance_scale_2"
         case model
+        case loras
     }
 
     package init(
         taskID: String, imagePath: String, prompt: String, negativePrompt: String, width: Int, height: Int, numFrames: Int,
         inferSteps: Int?, guidanceScale: Double?, seed: Int, outputPath: String, lastImagePath: String? = nil,
-        guidanceScale2: Double? = nil, model: String? = nil
+        guidanceScale2: Double? = nil, model: String? = nil, loras: [WorkerLoRA]? = nil
     ) {
         self.taskID = taskID
         self.imagePath = imagePath
@@ -422,6 +453,7 @@ public struct WorkerJob: Codable, Sendable, Equatable {
         self.lastImagePath = lastImagePath
         self.guidanceScale2 = guidanceScale2
         self.model = model
+        self.loras = loras
     }
 }
 

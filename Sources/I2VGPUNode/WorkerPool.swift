@@ -70,6 +70,16 @@ public actor WorkerPool {
         max(1, (total + workers - 1) / workers)
     }
 
+    /// The jobs the ready workers can run at once now: each worker's share, capped by what it said it runs at
+    /// once (a group runs one job at a time), never more than the node's total.
+    package func readySlots() async -> Int {
+        var total = 0
+        for member in members {
+            if let reported = await member.worker.readiness()?.slots { total += min(member.slots, reported) }
+        }
+        return min(capacity, total)
+    }
+
     /// Reserves a slot on the least busy ready worker with one free (ties go to the lowest index); nil when
     /// the node is at its total or no ready worker has room.
     package func reserve() async -> Member? {

@@ -17,7 +17,7 @@ struct ModelEndToEndTests {
     static let lastFrame: [UInt8] = PNG.rgb(width: 320, height: 180) { x, y in [UInt8(y % 256), UInt8((x * 3) % 256), 200] }.bytes
 
     static func withModel(
-        _ model: String,
+        _ model: String, device: String = "cpu",
         _ body: @Sendable (_ client: any TestClientProtocol, _ dataDir: URL, _ imageBase: String) async throws -> Void
     ) async throws {
         let python = try #require(EndToEnd.python, "the worker's Python environment or ffprobe is missing (make python-env)")
@@ -25,7 +25,7 @@ struct ModelEndToEndTests {
         let app = try await buildApplication(configuration: testConfiguration(dataDir: directory.url, [
             "i2v.python": .init(stringLiteral: python),
             "i2v.model": .init(stringLiteral: model),
-            "i2v.device": "cpu",
+            "i2v.devices": .init(stringLiteral: device),
         ]))
         let dataDir = directory.url
         try await withImageServer({ router in
@@ -51,6 +51,57 @@ struct ModelEndToEndTests {
     static func listed(_ client: some TestClientProtocol, _ model: String) async throws -> [String: Any] {
         let models = try await client.execute(uri: "/models", method: .get).jsonObject()["models"] as? [[String: Any]]
         return try #require(models?.first { $0["id"] as? String == model }, "\(String(describing: models))")
+    }
+
+    /// `cpu+cpu,cpu` is a node with two workers: a group whose two processes make each video together
+    /// (context parallelism over gloo) and one plain process. The server runs the group as one worker of one
+    /// slot, `/ready` shows it, and the same job and seed make the same frames on either.
+    @Test func aGroupAndAPlainDeviceOnOneNodeMakeTheSameVideo() async throws {
+        let model = "wan2.1-i2v-14b-480p-demo"
+        try await Self.withModel(model, device: "cpu+cpu,cpu") { client, dataDir, base in
+            // The plain worker may be ready first; wait for both.
+            var workers: [[String: Any]] = []
+            let bothReady = await eventually("both workers ready") {
+                let ready = (try? await client.execute(uri: "/ready", method: .get).jsonObject()) ?? [:]
+                workers = ready["workers"] as? [[String: Any]] ?? []
+                return workers.count == 2 && workers.allSatisfy { $0["state"] as? String == "ready" } && ready["slots"] as? Int == 2
+            }
+            try #require(bothReady, "\(workers)")
+            #expect(workers.map { $0["device"] as? String } == ["cpu+cpu", "cpu"], "\(workers)")
+
+            let first = try await client.submit(imageURL: "\(base)/image.png", extra: #","seed":5"#, frames: 24)
+            let second = try await client.submit(imageURL: "\(base)/image.png", extra: #","seed":5"#, frames: 24)
+            // Which worker ran which task, seen on /ready while they run.
+            var ranOn: [String: String] = [:]
+            var statuses: [String] = []
+            let finished = await eventually("both tasks finished", timeout: .seconds(300)) {
+                let ready = (try? await client.execute(uri: "/ready", method: .get).jsonObject()) ?? [:]
+                for worker in ready["workers"] as? [[String: Any]] ?? [] {
+                    for task in worker["tasks"] as? [String] ?? [] { ranOn[task] = worker["device"] as? String }
+                }
+                statuses = [(try? await client.status(first))?["status"] as? String ?? "", (try? await client.status(second))?["status"] as? String ?? ""]
+                return statuses.allSatisfy { $0 == "Succeed" || $0 == "Failed" }
+            }
+            try #require(finished && statuses == ["Succeed", "Succeed"], "\(statuses)")
+            #expect(Set(ranOn.values) == ["cpu+cpu", "cpu"], "each worker ran one of the two: \(ranOn)")
+
+            var frames: [Data] = []
+            for id in [first, second] {
+                let done = try await client.status(id)
+                let (probe, _) = try await Self.video(done, dataDir: dataDir)
+                #expect(probe.frames == 25 && probe.fps == "16/1", "\(probe)")
+                let url = try #require(((done["results"] as? [String: Any])?["videos"] as? [[String: Any]])?.first?["url"] as? String)
+                let file = dataDir.appending(path: "videos").appending(path: String(url.split(separator: "/").last ?? ""))
+                let (raw, status) = try await runTool("/usr/bin/ffmpeg", ["-v", "error", "-i", file.path, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+                #expect(status == 0)
+                frames.append(raw)
+            }
+            try #require(frames[0].count == frames[1].count && !frames[0].isEmpty)
+            // float32 frames agree to 1e-5 between a group and one process; after 8-bit rounding and H.264 at most
+            // a level or two may differ where a value sat on a rounding edge.
+            let largest = zip(frames[0], frames[1]).reduce(0) { max($0, abs(Int($1.0) - Int($1.1))) }
+            #expect(largest <= 2, "largest difference between the group's and the plain worker's frames: \(largest)")
+        }
     }
 
     @Test func ti2v5bMakesItsOwnFrameRateAndRefusesALastFrame() async throws {

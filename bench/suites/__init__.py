@@ -25,6 +25,7 @@ def all_suites() -> list[Suite]:
     from suites.b6_depth import bench_b6
     from suites.b7 import bench_b7
     from suites.b8_groups import bench_b8
+    from suites.b9 import bench_b9
 
     return [
         Suite("B1", "service overhead", bench_b1),
@@ -35,8 +36,9 @@ def all_suites() -> list[Suite]:
         Suite("B6", "queue at depth, SQLite and PostgreSQL", bench_b6),
         Suite("B7", "speed (bench/b7_speed.py)", bench_b7),
         Suite("B8", "groups: one job on several devices vs one process", bench_b8),
+        Suite("B9", "LoRA set switches and LoRA job cost (bench/b9_loras.py)", bench_b9),
     ]
 
 
-NAMES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8")
+NAMES = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B9")
 SERVER_SUITES = {"B1", "B2", "B3", "B5", "B6"}  # need the i2v-server binary

@@ -7,6 +7,7 @@ the very same `from_pretrained` code path as the real model. Its output is noise
 
     python -m i2v_worker.demo --output DIR [--model wan2.2-ti2v-5b-demo]
     python -m i2v_worker.demo --lora FILE      # a step-distillation-shaped LoRA for the Wan2.1 demo, for turbo
+    python -m i2v_worker.demo --style-lora FILE [--rank 4] [--seed 1]   # a user LoRA for every demo model
     python -m i2v_worker.demo --list           # the demo model ids
 """
 
@@ -241,6 +242,42 @@ def build_lora(output: Path, rank: int = LORA_RANK, scale: float = 0.5) -> None:
     os.replace(tmp, output)
 
 
+STYLE_LORA_SEED = 1
+
+
+def style_lora_tensors(*, rank: int = LORA_RANK, seed: int = STYLE_LORA_SEED, std: float = 0.3, dim: int = DIM,
+                       ffn_dim: int = FFN_DIM, blocks: int = 2) -> dict[str, Any]:  # fmt: skip
+    """A user ("style") LoRA for the demo transformers in diffusers' key layout (`transformer.blocks.N.attn1.to_q.
+    lora_A.weight`, rank x in, and `.lora_B.weight`, out x rank), on the attention and feed-forward layers every
+    demo architecture has; random weights from `seed`, so the same arguments make the same bytes. `dim` and
+    `ffn_dim` other than the demo's make a LoRA of another model's shapes."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    layers: dict[str, tuple[int, int]] = {}
+    for block in range(blocks):
+        for attention in ("attn1", "attn2"):
+            for name in ("to_q", "to_k", "to_v", "to_out.0"):
+                layers[f"blocks.{block}.{attention}.{name}"] = (dim, dim)
+        layers[f"blocks.{block}.ffn.net.0.proj"] = (ffn_dim, dim)
+        layers[f"blocks.{block}.ffn.net.2"] = (dim, ffn_dim)
+    tensors: dict[str, Any] = {}
+    for layer, (out_features, in_features) in layers.items():
+        tensors[f"transformer.{layer}.lora_A.weight"] = torch.randn(rank, in_features, generator=generator) * std
+        tensors[f"transformer.{layer}.lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * std
+    return tensors
+
+
+def build_style_lora(output: Path, *, rank: int = LORA_RANK, seed: int = STYLE_LORA_SEED, **shape: int) -> None:
+    """Writes `style_lora_tensors(rank=rank, seed=seed, **shape)` to `output` (.safetensors, replaced atomically)."""
+    from safetensors.torch import save_file
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    save_file(style_lora_tensors(rank=rank, seed=seed, **shape), str(tmp))
+    os.replace(tmp, output)
+
+
 def _make_readable(root: Path) -> None:
     """mkdtemp makes a private directory and some writers private files: make the checkpoint readable by all."""
     umask = os.umask(0)
@@ -297,12 +334,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the demo model ids")
     parser.add_argument("--force", action="store_true", help="rebuild even when a complete checkpoint is there")
     parser.add_argument("--lora", type=Path, help="also write a demo step-distillation LoRA to this .safetensors file")
+    parser.add_argument("--style-lora", type=Path, help="also write a demo user LoRA to this .safetensors file")
+    parser.add_argument("--rank", type=int, default=LORA_RANK, help=f"--style-lora's rank (default {LORA_RANK})")
+    parser.add_argument("--seed", type=int, default=STYLE_LORA_SEED, help="--style-lora's seed")
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(spec.id for spec in models.MODELS.values() if spec.is_demo))
         return 0
-    if args.output is None and args.lora is None:
-        parser.error("give --output, --lora or both")
+    if args.output is None and args.lora is None and args.style_lora is None:
+        parser.error("give --output, --lora, --style-lora or several")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.output is not None:
         try:
@@ -313,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.lora is not None:
         build_lora(args.lora)
         print(args.lora.resolve())
+    if args.style_lora is not None:
+        build_style_lora(args.style_lora, rank=args.rank, seed=args.seed)
+        print(args.style_lora.resolve())
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .loras import LoraRequest, LoraUsed
 from .messages import Expert, JobPhase, Speed
 from .metadata import ModelInfo
 
@@ -50,6 +51,7 @@ class Job:
     last_image_path: str | None = None  # the frame the video ends on (models that take one)
     guidance_scale_2: float | None = None  # two experts: the low-noise one's; None: as guidance_scale
     model: str | None = None  # the model the job is for; None: whichever the worker serves
+    loras: tuple[LoraRequest, ...] = ()  # user LoRAs, active for this job only
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +70,7 @@ class GenerationResult:
     inference_seconds: float
     encode_seconds: float
     guidance_scale_2: float | None = None  # two experts: the low-noise one's guidance
+    loras: tuple[LoraUsed, ...] | None = None  # the LoRAs it ran with; None: none
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -128,6 +128,7 @@ def done_message(task_id: str, result: GenerationResult) -> Done:
         guidance_scale=result.guidance_scale,
         model=result.model,
         guidance_scale_2=result.guidance_scale_2,
+        loras=result.loras,
     )
 
 
@@ -158,6 +159,7 @@ def job_from(run: Run) -> Job:
         last_image_path=run.last_image_path,
         guidance_scale_2=run.guidance_scale_2,
         model=run.model,
+        loras=run.loras or (),
     )
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal, cast, get_args
 
+from .loras import LoraError, LoraRequest, LoraUsed, parse_loras
 from .metadata import ModelInfo
 
 PROTOCOL_VERSION = 1
@@ -103,7 +104,7 @@ class Phase:
 @dataclass(frozen=True, kw_only=True)
 class Done:
     type: ClassVar[str] = "done"
-    omit_none: ClassVar[frozenset[str]] = frozenset({"model", "guidance_scale_2"})
+    omit_none: ClassVar[frozenset[str]] = frozenset({"model", "guidance_scale_2", "loras"})
     task_id: str
     path: str
     width: int
@@ -117,6 +118,7 @@ class Done:
     guidance_scale: float | None = None  # the guidance used, likewise
     model: str | None = None  # the model that made it; None from older workers
     guidance_scale_2: float | None = None  # two-expert models: the low-noise expert's guidance used
+    loras: tuple[LoraUsed, ...] | None = None  # the LoRAs the job ran with (the pipeline's set meanwhile)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,7 +139,7 @@ class Fatal:
 class Run:
     type: ClassVar[str] = "run"
     omit_none: ClassVar[frozenset[str]] = frozenset(
-        {"infer_steps", "guidance_scale", "guidance_scale_2", "last_image_path", "model"}
+        {"infer_steps", "guidance_scale", "guidance_scale_2", "last_image_path", "model", "loras"}
     )
     task_id: str
     image_path: str
@@ -153,6 +155,7 @@ class Run:
     last_image_path: str | None = None  # a PNG of width x height the video ends on
     guidance_scale_2: float | None = None  # two-expert models: the low-noise expert's; None: as guidance_scale
     model: str | None = None  # the model the job is for; a worker serving another refuses it
+    loras: tuple[LoraRequest, ...] | None = None  # user LoRAs for this job; None or empty: none
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -300,7 +303,21 @@ def _parse_done(f: _Fields) -> Done:
         guidance_scale=f.optional_number("guidance_scale"),
         model=f.optional_text("model"),
         guidance_scale_2=f.optional_number("guidance_scale_2"),
+        loras=_parse_used_loras(f),
     )
+
+
+def _parse_used_loras(f: _Fields) -> tuple[LoraUsed, ...] | None:
+    value = f.data.get("loras")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise f.fail(f"'loras' must be a list of objects, got {value!r}")
+    used: list[LoraUsed] = []
+    for index, item in enumerate(value):
+        lora = _Fields(item, f"{f.message_type}.loras[{index}]")
+        used.append(LoraUsed(name=lora.text("name"), scale=lora.number("scale"), sha256=lora.text("sha256")))
+    return tuple(used)
 
 
 def _parse_error(f: _Fields) -> Error:
@@ -326,7 +343,17 @@ def _parse_run(f: _Fields) -> Run:
         last_image_path=f.optional_text("last_image_path", empty=False),
         guidance_scale_2=f.optional_number("guidance_scale_2"),
         model=f.optional_text("model", empty=False),
+        loras=_parse_run_loras(f),
     )
+
+
+def _parse_run_loras(f: _Fields) -> tuple[LoraRequest, ...] | None:
+    if f.data.get("loras") is None:
+        return None
+    try:
+        return parse_loras(f.data["loras"])
+    except LoraError as exc:
+        raise f.fail(str(exc)) from None
 
 
 def _parse_progress(f: _Fields) -> Progress:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .adapters import LoraAdapters
 from .checkpoint import describe, resolve
 from .encode import encode_mp4, to_uint8
 from .errors import BadInput, Cancelled, JobError, OutOfMemory, describe_failure
@@ -141,6 +142,10 @@ class Engine:
         self._scheduler_class = type(pipe.scheduler)
         self._scheduler_config = pipe.scheduler.config
         self._views: queue.Queue[Any] = queue.Queue()
+        self.loras = LoraAdapters(
+            pipe, experts=info.experts, max_rank=settings.lora_max_rank, cache_size=settings.lora_cache,
+            compiled=speed.compile,
+        )  # fmt: skip
         install_hooks(pipe)  # on the shared models, before any view: every view runs through them
         if group is not None:
             group.install(pipe)  # after the phase hooks: a cancel agreed there is reported in `denoise`
@@ -479,6 +484,7 @@ class Engine:
         last_image = None
         if job.last_image_path is not None:
             last_image = load_image(job.last_image_path, job.width, job.height, what="last image")
+        loras = self.loras.prepare(job.loras)
         started = time.monotonic()
         if self.group is not None:
             self.group.send(
@@ -489,11 +495,13 @@ class Engine:
                     guidance_scale_2=guidance_2, seed=job.seed,
                 )
             )  # fmt: skip
-        frames = self._generate(
-            context, image=image, prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width,
-            height=job.height, num_frames=job.num_frames, guidance_scale=guidance, guidance_scale_2=guidance_2,
-            seed=job.seed, on_step=on_step, decode=True, last_image=last_image, task_id=job.task_id,
-        )  # fmt: skip
+        # The active adapters are the shared transformer's: the job waits until no job of another set runs.
+        with self.loras.active_for(loras, cancelled=context.cancelled, steps=steps):
+            frames = self._generate(
+                context, image=image, prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width,
+                height=job.height, num_frames=job.num_frames, guidance_scale=guidance, guidance_scale_2=guidance_2,
+                seed=job.seed, on_step=on_step, decode=True, last_image=last_image, task_id=job.task_id,
+            )  # fmt: skip
         inference_seconds = time.monotonic() - started
         started = time.monotonic()
         context.enter("encode_video")
@@ -515,6 +523,7 @@ class Engine:
             infer_steps=steps,
             guidance_scale=guidance,
             guidance_scale_2=guidance_2,
+            loras=loras.used or None,
             inference_seconds=round(inference_seconds, 3),
             encode_seconds=round(encode_seconds, 3),
         )
@@ -542,6 +551,9 @@ class Engine:
             )
             if uneven is not None:
                 raise BadInput(uneven)
+            if job.loras:
+                # The other ranks would have to load and switch the same adapters in step; not built yet.
+                raise BadInput("loras: a worker group (several devices for one job) does not take LoRAs yet")
         out_dir = Path(job.output_path).parent
         if not out_dir.is_dir():
             raise BadInput(f"output directory does not exist: {out_dir}")

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, cast
 
+from .loras import DEFAULT_CACHE, DEFAULT_MAX_RANK
 from .messages import SPEEDS, Speed
 
 Switch = Literal["auto", "on", "off"]
@@ -93,6 +94,8 @@ class Settings:
     fp8: Switch = "auto"  # auto: in `fast` where the GPU has FP8
     lora_path: str | None = None  # required by `turbo`
     group_timeout: float = DEFAULT_GROUP_TIMEOUT_SECONDS  # a group's collective timeout
+    lora_max_rank: int = DEFAULT_MAX_RANK  # user LoRAs of a higher rank are refused
+    lora_cache: int = DEFAULT_CACHE  # user LoRAs kept loaded (least recently used evicted)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -120,4 +123,6 @@ class Settings:
             fp8=_switch(env, "I2V_FP8"),
             lora_path=env.get("I2V_LORA_PATH", "").strip() or None,
             group_timeout=_seconds(env, "I2V_GROUP_TIMEOUT_SECONDS", DEFAULT_GROUP_TIMEOUT_SECONDS),
+            lora_max_rank=_positive_int(env, "I2V_LORA_MAX_RANK", DEFAULT_MAX_RANK),
+            lora_cache=_positive_int(env, "I2V_LORA_CACHE", DEFAULT_CACHE),
         )

@@ -59,7 +59,7 @@ package struct OperationsController: Sendable {
                 device: first.device,
                 dtype: ready.dtype,
                 speed: ready.speed,
-                slots: pool.capacity,
+                slots: await pool.readySlots(),
                 workerPid: workers.first?.status.pid,
                 workers: workers.map {
                     WorkerBody(
