@@ -58,7 +58,7 @@ import Testing
             #expect(!text.contains("http://") && !text.contains("https://") && !text.contains("url("))
         }
         let fetched = try Self.matches(#"fetch\(\s*[`"']([^`"']*)"#, in: PlaygroundPage.script).map { $0[1] }
-        #expect(Set(fetched) == ["/v1/videos", "/video/stream/${job.requestId}", "/video/status", "/video/cancel"])
+        #expect(Set(fetched) == ["/models", "/v1/videos", "/video/stream/${job.requestId}", "/video/status", "/video/cancel"])
         #expect(!html.contains("<script src") && !html.contains("<link rel=\"stylesheet\""))
     }
 

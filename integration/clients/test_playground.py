@@ -8,10 +8,12 @@ small demo job takes from seconds to about a minute.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,12 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser, service: Service) -> Iterator[Page]:
+    with _open(browser, service) as page:
+        yield page
+
+
+@contextmanager
+def _open(browser: Browser, service: Service) -> Iterator[Page]:
     context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
     context.set_default_timeout(60_000)
     page = context.new_page()
@@ -174,7 +182,7 @@ def test_a_job_made_from_an_uploaded_file_plays_and_a_second_is_cancelled(
 
 
 def test_every_control_is_reached_by_tab_in_order(page: Page) -> None:
-    expected = ["api-key", "remember-key", "source-file", "image-file", "prompt", "size", "num-frames", "summary",
+    expected = ["api-key", "remember-key", "source-file", "image-file", "prompt", "model", "size", "num-frames", "summary",
                 "negative-prompt", "seed", "steps", "guidance", "submit"]  # fmt: skip
     reached: list[str] = []
     for _ in range(30):
@@ -209,3 +217,55 @@ def test_a_refused_submit_shows_the_servers_message_and_the_key_is_kept(page: Pa
     assert page.evaluate("localStorage.length") == 0
     page.get_by_label("Remember the key on this device").check()
     assert page.evaluate("localStorage.getItem('i2v-api-key')") == "not-the-key"
+
+
+def test_the_model_picker_follows_the_served_model_and_hides_the_last_frame_it_cannot_use(
+    page: Page, service: Service
+) -> None:
+    with urllib.request.urlopen(service.base_url + "/models", timeout=30) as response:
+        served = json.load(response)["models"]
+    model = page.get_by_label("Model", exact=True)
+    expect(model).to_have_value(served[0]["id"])
+    expect(model.locator("option")).to_have_count(len(served))
+    # The demo 480P model ends on no given frame: the last-frame input is neither shown nor reachable.
+    expect(page.get_by_label("Last frame")).to_be_hidden()
+    sizes = page.get_by_label("Size").locator("option")
+    expect(sizes.first).to_have_text("Auto")
+    assert set(sizes.evaluate_all("(options) => options.map((o) => o.value)")) >= {"auto", *served[0]["sizes"]}
+
+
+def test_a_last_frame_is_sent_for_a_model_that_takes_one(browser: Browser, a14b_service: Service) -> None:
+    with _open(browser, a14b_service) as page:
+        # What the page puts in the form, seen as it is sent (Playwright does not expose a multipart body's files).
+        page.evaluate(
+            """() => {
+                const send = window.fetch;
+                window.sent = [];
+                window.fetch = (url, init) => {
+                    if (init?.body instanceof FormData) {
+                        window.sent.push([...init.body.entries()].map(([k, v]) => [k, typeof v === "string" ? v : v.name]));
+                    }
+                    return send(url, init);
+                };
+            }"""
+        )
+        page.get_by_label("API key", exact=True).fill(a14b_service.api_key)
+        expect(page.get_by_label("Model", exact=True)).to_have_value("wan2.2-i2v-a14b-demo")
+        last = page.get_by_label("Last frame")
+        expect(last).to_be_visible()
+        expect(page.locator("#last-image-hint")).to_contain_text("Optional")
+        page.get_by_label("Image file").set_input_files(
+            {"name": "first.png", "mimeType": "image/png", "buffer": png_bytes()}
+        )
+        last.set_input_files({"name": "last.png", "mimeType": "image/png", "buffer": png_bytes(200, 120)})
+        page.get_by_label("Prompt", exact=True).fill(PROMPT)
+        page.get_by_label("Frames").fill("24")
+        page.get_by_text("More options").click()
+        page.get_by_label("Steps").fill("20")
+        page.get_by_role("button", name="Generate video").click()
+        job = page.get_by_role("article", name="Job 1", exact=True)
+        expect(job.get_by_text("Finished", exact=True)).to_be_visible(timeout=JOB_TIMEOUT_MS)
+        # The form carried the model and the last frame as its own file part.
+        sent = page.evaluate("window.sent")
+        assert len(sent) == 1, sent
+        assert ["model", "wan2.2-i2v-a14b-demo"] in sent[0] and ["last_image", "last.png"] in sent[0], sent

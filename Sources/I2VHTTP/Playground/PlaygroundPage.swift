@@ -6,7 +6,8 @@ import I2VGPUNode
 
 /// The playground at `GET /`: one self-contained page (HTML, CSS and JavaScript, nothing fetched from
 /// elsewhere) from which a person tries the service with their key: upload an image or give its URL, follow
-/// the job live, watch and download the video, cancel.
+/// the job live, watch and download the video, cancel. The model picker and what depends on it (sizes, the
+/// longest clip, a last frame) come from `GET /models`.
 package enum PlaygroundPage {
     package static let html = """
         <!doctype html>
@@ -62,6 +63,11 @@ package enum PlaygroundPage {
 
               <div class="grid">
                 <div>
+                  <label for="model">Model</label>
+                  <select id="model" aria-describedby="model-hint"></select>
+                  <p id="model-hint" class="hint">What this server's workers serve.</p>
+                </div>
+                <div>
                   <label for="size">Size</label>
                   <select id="size" aria-describedby="size-hint">
                     <option value="auto" selected>Auto</option>
@@ -75,6 +81,12 @@ package enum PlaygroundPage {
                   <input id="num-frames" type="number" inputmode="numeric" min="24" max="120" step="1" placeholder="81" aria-describedby="num-frames-hint">
                   <p id="num-frames-hint" class="hint">24 to 120 at 16 per second (81 ≈ 5 s).</p>
                 </div>
+              </div>
+
+              <div id="last-field" hidden>
+                <label for="last-image-file">Last frame</label>
+                <input id="last-image-file" type="file" accept="image/png,image/jpeg,image/webp" disabled aria-describedby="last-image-hint">
+                <p id="last-image-hint" class="hint">The picture the video ends on. It is cropped to the first image's size.</p>
               </div>
 
               <details>

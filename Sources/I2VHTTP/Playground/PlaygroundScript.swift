@@ -12,6 +12,10 @@ extension PlaygroundPage {
   const keyInput = $("api-key");
   const remember = $("remember-key");
   const fileInput = $("image-file");
+  const modelSelect = $("model");
+  const sizeSelect = $("size");
+  const framesInput = $("num-frames");
+  const lastInput = $("last-image-file");
   const urlInput = $("image-url");
   const preview = $("image-preview");
   const submitButton = $("submit");
@@ -63,6 +67,56 @@ extension PlaygroundPage {
     else preview.removeAttribute("src");
   });
 
+  // What each model takes, from GET /models: the picker, and the sizes, frames and last frame that follow it.
+  let models = [];
+  async function loadModels() {
+    try {
+      const response = await fetch("/models", { cache: "no-store" });
+      models = response.ok ? (await readJSON(response))?.models || [] : [];
+    } catch {
+      models = [];
+    }
+    modelSelect.replaceChildren(...models.map((model) => {
+      const option = document.createElement("option");
+      option.value = model.id;
+      option.textContent = model.default ? `${model.id} (default)` : model.id;
+      option.selected = Boolean(model.default);
+      return option;
+    }));
+    // None listed (no worker ready yet): the server's default model, whatever it is.
+    modelSelect.disabled = models.length === 0;
+    if (models.length === 0) $("model-hint").textContent = "No worker is ready yet; the server's default model is used.";
+    showModel();
+  }
+
+  function sizeLabel(size) {
+    const [width, height] = size.split("x").map(Number);
+    const shape = width > height ? "landscape" : width < height ? "portrait" : "square";
+    return `${width}×${height} (${shape})`;
+  }
+
+  function showModel() {
+    const model = models.find((candidate) => candidate.id === modelSelect.value);
+    const chosen = sizeSelect.value;
+    const sizes = [...new Set(["832x480", "480x832", ...(model?.sizes || [])])];
+    sizeSelect.replaceChildren(new Option("Auto", "auto"), ...sizes.map((size) => new Option(sizeLabel(size), size)));
+    sizeSelect.value = sizes.includes(chosen) ? chosen : "auto";
+    // The largest num_frames whose 4k+1 frames the model makes, within what the API takes.
+    const most = model?.max_frames ? Math.min(120, Math.floor((model.max_frames - 1) / 4) * 4 + 3) : 120;
+    const fps = model?.fps || 16;
+    framesInput.max = String(most);
+    $("num-frames-hint").textContent = `24 to ${most} at ${fps} per second (81 ≈ ${(81 / fps).toFixed(1)} s).`;
+    const last = model?.last_image || "none";
+    $("last-field").hidden = last === "none";
+    lastInput.disabled = last === "none";
+    lastInput.required = last === "required";
+    $("last-image-hint").textContent = last === "required"
+      ? "Required by this model: the picture the video ends on, cropped to the first image's size."
+      : "Optional: the picture the video ends on, cropped to the first image's size.";
+  }
+  modelSelect.addEventListener("change", showModel);
+  loadModels();
+
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
   function errorMessage(body, response) {
@@ -89,7 +143,9 @@ extension PlaygroundPage {
     data.append("prompt", prompt);
     if ($("source-file").checked) data.append("input_reference", fileInput.files[0]);
     else data.append("input_reference[image_url]", urlInput.value.trim());
-    if ($("size").value !== "auto") data.append("size", $("size").value);
+    if (!modelSelect.disabled && modelSelect.value) data.append("model", modelSelect.value);
+    if (sizeSelect.value !== "auto") data.append("size", sizeSelect.value);
+    if (!lastInput.disabled && lastInput.files[0]) data.append("last_image", lastInput.files[0]);
     const optional = {
       num_frames: "num-frames", negative_prompt: "negative-prompt", seed: "seed",
       num_inference_steps: "steps", guidance_scale: "guidance",
