@@ -55,7 +55,8 @@ struct ModelEndToEndTests {
 
     /// `cpu+cpu,cpu` is a node with two workers: a group whose two processes make each video together
     /// (context parallelism over gloo) and one plain process. The server runs the group as one worker of one
-    /// slot, `/ready` shows it, and the same job and seed make the same frames on either.
+    /// slot, `/ready` shows it, the same job and seed make the same frames on either, and a group that loses a
+    /// rank is restarted whole with its job re-queued, while the other worker's job goes on.
     @Test func aGroupAndAPlainDeviceOnOneNodeMakeTheSameVideo() async throws {
         let model = "wan2.1-i2v-14b-480p-demo"
         try await Self.withModel(model, device: "cpu+cpu,cpu") { client, dataDir, base in
@@ -101,6 +102,31 @@ struct ModelEndToEndTests {
             // a level or two may differ where a value sat on a rounding edge.
             let largest = zip(frames[0], frames[1]).reduce(0) { max($0, abs(Int($1.0) - Int($1.1))) }
             #expect(largest <= 2, "largest difference between the group's and the plain worker's frames: \(largest)")
+
+            // Rank 1 killed mid-job: the whole group is restarted and its job re-queued and done; the plain
+            // worker's job beside it is not touched.
+            let long = #","seed":9,"infer_steps":40"#
+            let onGroup = try await client.submit(imageURL: "\(base)/image.png", extra: long, frames: 24)
+            let beside = try await client.submit(imageURL: "\(base)/image.png", extra: long, frames: 24)
+            var group: [String: Any] = [:]
+            let running = await eventually("a job running on the group") {
+                let ready = (try? await client.execute(uri: "/ready", method: .get).jsonObject()) ?? [:]
+                group = (ready["workers"] as? [[String: Any]])?.first { $0["device"] as? String == "cpu+cpu" } ?? [:]
+                guard let task = (group["tasks"] as? [String])?.first else { return false }
+                return EndToEnd.step((try? await client.status(task)) ?? [:]) >= 1
+            }
+            try #require(running, "\(group)")
+            let groupTask = try #require((group["tasks"] as? [String])?.first)
+            let plainTask = groupTask == onGroup ? beside : onGroup
+            let rank0 = try #require(group["pid"] as? Int)
+            let children = try String(contentsOfFile: "/proc/\(rank0)/task/\(rank0)/children", encoding: .utf8)
+            let rank1 = try #require(children.split(separator: " ").compactMap { Int32($0) }.first, "rank 0 (pid \(rank0)) has no child")
+            #expect(kill(rank1, SIGKILL) == 0)
+            let redone = try await client.waitFor(groupTask, status: "Succeed", timeout: .seconds(300))
+            #expect(redone["status"] as? String == "Succeed", "\(redone)")
+            #expect(try await client.waitFor(plainTask, status: "Succeed", timeout: .seconds(300))["status"] as? String == "Succeed")
+            let after = try await client.execute(uri: "/ready", method: .get).jsonObject()["workers"] as? [[String: Any]] ?? []
+            #expect(after.map { $0["restarts"] as? Int } == [1, 0], "\(after)")
         }
     }
 
