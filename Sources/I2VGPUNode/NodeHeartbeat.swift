@@ -44,7 +44,7 @@ package struct NodeHeartbeat: Service {
             try await store.recordHeartbeat(WorkerNode(
                 id: node,
                 models: models,
-                slots: pool.capacity,
+                slots: await pool.readySlots(),
                 running: workers.reduce(0) { $0 + $1.running },
                 freeMemoryBytes: memory?.freeBytes,
                 bytesPerToken: memory?.bytesPerToken,
