@@ -146,6 +146,7 @@ public func buildNode(
             Dispatcher(
                 store: store,
                 media: media,
+                loras: loras,
                 pool: node.pool,
                 signal: signal,
                 configuration: dispatcher,
@@ -191,6 +192,7 @@ public func buildNode(
             media: media,
             intake: intake,
             models: catalog,
+            loras: loras,
             queueChanged: signal,
             deviceMemory: {
                 if let workerPool {

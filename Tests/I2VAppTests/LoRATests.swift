@@ -177,7 +177,7 @@ enum LoRAFiles {
     }
 }
 
-/// The listings, with the fake worker.
+/// The LoRA fields of both APIs, the listings and a task's way through the queue, with the fake worker.
 @Suite struct LoRAAPITests {
     static let model = "wan2.1-i2v-14b-480p-demo"
 
@@ -227,6 +227,147 @@ enum LoRAFiles {
 
             for path in ["/loras", "/v1/loras"] {
                 #expect(try await client.execute(uri: path, method: .get).status == .unauthorized, "\(path)")
+            }
+        }
+    }
+
+    struct Case: CustomTestStringConvertible, Sendable {
+        var loras: String
+        var type: String
+        var loc: [String]
+        var testDescription: String { "\(loras) → \(type) at \(loc)" }
+    }
+
+    static let invalid: [Case] = [
+        Case(loras: #"[{"name":"nope"}]"#, type: "value_error", loc: ["loras", "0", "name"]),
+        Case(loras: #"[{"name":"style"},{"name":"style","scale":0.5}]"#, type: "value_error", loc: ["loras", "1", "name"]),
+        Case(loras: #"[{"name":"style","scale":2.5}]"#, type: "less_than_equal", loc: ["loras", "0", "scale"]),
+        Case(loras: #"[{"name":"soft"},{"name":"style","scale":-0.1}]"#, type: "greater_than_equal", loc: ["loras", "1", "scale"]),
+        Case(loras: #"[{"name":"style","scale":"high"}]"#, type: "float_type", loc: ["loras", "0", "scale"]),
+        Case(loras: #"[{"scale":1}]"#, type: "missing", loc: ["loras", "0", "name"]),
+        Case(loras: #"["style"]"#, type: "dict_type", loc: ["loras", "0"]),
+        Case(loras: #"{"name":"style"}"#, type: "list_type", loc: ["loras"]),
+        Case(
+            loras: "[" + Array(repeating: #"{"name":"style"}"#, count: 5).joined(separator: ",") + "]", type: "too_long", loc: ["loras"]
+        ),
+    ]
+
+    static func submitBody(_ loras: String, imageURL: String = "http://127.0.0.1:9/image.png") -> String {
+        #"{"image_url":"\#(imageURL)","prompt":"A dancing cat in the style of Van Gogh","num_frames":24,"infer_steps":20,"loras":\#(loras)}"#
+    }
+
+    @Test(arguments: invalid)
+    func aBadLorasFieldIsRefusedByBothAPIsNamingIt(_ bad: Case) async throws {
+        try await Self.withService { client, _, _ in
+            let native = try await client.post("/video/submit", json: Self.submitBody(bad.loras))
+            #expect(native.status == .unprocessableContent, "\(String(buffer: native.body))")
+            let issue = try #require(native.validationIssues.first)
+            #expect(issue["type"] as? String == bad.type, "\(issue)")
+            #expect((issue["loc"] as? [Any])?.map { "\($0)" } == ["body"] + bad.loc, "\(issue)")
+
+            let json = try JSONSerialization.jsonObject(with: Data(bad.loras.utf8), options: .fragmentsAllowed)
+            let openAI = try await client.createVideo(json: [
+                "prompt": "A dancing cat in the style of Van Gogh", "input_reference": ["image_url": "http://127.0.0.1:9/image.png"], "loras": json,
+            ])
+            #expect(openAI.status == .badRequest, "\(String(buffer: openAI.body))")
+            let error = try openAI.openAIError()
+            #expect(error["param"] as? String == "loras", "\(error)")
+            #expect(error["code"] as? String == bad.type, "\(error)")
+
+            let form = try await client.createVideo(form: [
+                .text("prompt", "A dancing cat in the style of Van Gogh"), .text("loras", bad.loras),
+                .file("input_reference", fixtureImage, filename: "cat.png", contentType: "image/png"),
+            ])
+            #expect(form.status == .badRequest, "\(String(buffer: form.body))")
+            #expect(try form.openAIError()["param"] as? String == "loras")
+        }
+    }
+
+    /// What the header shows a job cannot use is a 400 naming the LoRA, before the image is fetched.
+    @Test func aLoRAOfAnotherModelOrAboveTheRankLimitIs400NamingIt() async throws {
+        try await Self.withService { client, _, _ in
+            for (name, says) in [("wide", "does not fit \(Self.model)"), ("deep", "rank 16, above the limit of 8")] {
+                let native = try await client.post("/video/submit", json: Self.submitBody(#"[{"name":"\#(name)"}]"#))
+                #expect(native.status == .badRequest, "\(String(buffer: native.body))")
+                #expect(native.reason().hasPrefix("LoRA \(name) ") && native.reason().contains(says), "\(native.reason())")
+
+                let openAI = try await client.createVideo(json: [
+                    "prompt": "A dancing cat in the style of Van Gogh", "input_reference": ["image_url": "http://127.0.0.1:9/image.png"],
+                    "loras": [["name": name]],
+                ])
+                #expect(openAI.status == .badRequest)
+                let error = try openAI.openAIError()
+                #expect(error["param"] as? String == "loras" && (error["message"] as? String)?.contains(says) == true, "\(error)")
+            }
+            let form = try await client.createVideo(form: [
+                .text("prompt", "A dancing cat in the style of Van Gogh"), .text("loras", "[{\"name\": oops"),
+                .file("input_reference", fixtureImage, filename: "cat.png", contentType: "image/png"),
+            ])
+            #expect(form.status == .badRequest)
+            #expect(try form.openAIError()["code"] as? String == "invalid_json")
+        }
+    }
+
+    /// The task keeps the LoRAs with their SHA-256, the worker gets each file's path, and both APIs report
+    /// them; an empty list is none.
+    @Test func aTaskRunsWithItsLoRAsAndBothAPIsReportThem() async throws {
+        let worker = FakeWorker()
+        try await withImageServer { base in
+            try await Self.withService(worker) { client, loras, _ in
+                let id = try await client.submit(imageURL: "\(base)/image.png", extra: #","loras":[{"name":"style","scale":0.5},{"name":"soft","scale":0}]"#)
+                let done = try await client.waitFor(id, status: "Succeed")
+                let results = try #require(done["results"] as? [String: Any], "\(done)")
+                let style = LoRAFiles.sha256(try Data(contentsOf: loras.appending(path: "style.safetensors")))
+                let soft = LoRAFiles.sha256(try Data(contentsOf: loras.appending(path: "soft.safetensors")))
+                let reported = try #require(results["loras"] as? [[String: Any]])
+                #expect(reported.map { $0["name"] as? String } == ["style", "soft"])
+                #expect(reported.map { $0["scale"] as? Double } == [0.5, 0])
+                #expect(reported.map { $0["sha256"] as? String } == [style, soft])
+
+                let job = try #require(await worker.jobs.first { $0.taskID == id })
+                #expect(job.loras == [
+                    WorkerLoRA(name: "style", path: loras.appending(path: "style.safetensors").path, scale: 0.5, sha256: style),
+                    WorkerLoRA(name: "soft", path: loras.appending(path: "soft.safetensors").path, scale: 0, sha256: soft),
+                ])
+                let video = try await client.v1(.get, "/v1/videos/video_\(id)").jsonObject()
+                #expect((video["loras"] as? [[String: Any]])?.map { $0["name"] as? String } == ["style", "soft"])
+
+                let plain = try await client.submit(imageURL: "\(base)/image.png", extra: #","loras":[]"#)
+                let plainDone = try await client.waitFor(plain, status: "Succeed")
+                #expect((plainDone["results"] as? [String: Any])?["loras"] == nil, "\(plainDone)")
+                #expect(try #require(await worker.jobs.first { $0.taskID == plain }).loras == nil)
+                #expect(try await client.v1(.get, "/v1/videos/video_\(plain)").jsonObject()["loras"] == nil)
+            }
+        }
+    }
+
+    /// A LoRA file replaced or removed while its task waited fails the task with the reason, before the
+    /// worker is asked; the worker's own refusal (`bad_input`) fails it too, and the worker goes on.
+    @Test func aLoRAChangedWhileQueuedOrRefusedByTheWorkerFailsTheTask() async throws {
+        let worker = FakeWorker(ready: false)
+        try await withImageServer { base in
+            try await Self.withService(worker) { client, loras, _ in
+                let changed = try await client.submit(imageURL: "\(base)/image.png", extra: #","loras":[{"name":"style"}]"#)
+                let removed = try await client.submit(imageURL: "\(base)/image.png", extra: #","loras":[{"name":"soft"}]"#)
+                let file = loras.appending(path: "style.safetensors")
+                try LoRAFiles.lora(rank: 2).write(to: file)
+                try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(5)], ofItemAtPath: file.path)
+                try FileManager.default.removeItem(at: loras.appending(path: "soft.safetensors"))
+                await worker.setReady(true)
+                let failed = try await client.waitFor(changed, status: "Failed")
+                #expect(failed["status"] as? String == "Failed")
+                #expect((failed["reason"] as? String)?.contains("LoRA style changed since the task was submitted") == true, "\(failed)")
+                let gone = try await client.waitFor(removed, status: "Failed")
+                #expect((gone["reason"] as? String)?.contains("LoRA soft is no longer in the LoRA catalog") == true, "\(gone)")
+                #expect(await worker.started.isEmpty, "neither reached the worker")
+
+                await worker.setFailure(.badInput, "LoRA style: sha256 of /x is 00, not 11")
+                let refused = try await client.submit(imageURL: "\(base)/image.png", extra: #","loras":[{"name":"style"}]"#)
+                let refusal = try await client.waitFor(refused, status: "Failed")
+                #expect(refusal["reason"] as? String == "bad input: LoRA style: sha256 of /x is 00, not 11", "\(refusal)")
+                await worker.clearFailure()
+                let next = try await client.submit(imageURL: "\(base)/image.png")
+                #expect(try await client.waitFor(next, status: "Succeed")["status"] as? String == "Succeed")
             }
         }
     }
