@@ -372,3 +372,48 @@ enum LoRAFiles {
         }
     }
 }
+
+/// One run through the real worker: a demo LoRA the worker's own builder writes into the catalog, listed, sent
+/// with a job, and a job without it at the same seed; both succeed, only the first reports it, and it changes
+/// the video.
+@Suite(.serialized, .enabled(if: EndToEnd.python != nil || ProcessInfo.processInfo.environment["I2V_TEST_STRICT"] == "1", "needs the worker's Python environment (make python-env) and ffprobe"))
+struct LoRAEndToEndTests {
+    @Test func aJobWithADemoLoRAMakesADifferentVideoThanOneWithout() async throws {
+        let python = try #require(EndToEnd.python, "the worker's Python environment or ffprobe is missing (make python-env)")
+        let catalog = try TemporaryDirectory()
+        let file = catalog.url.appending(path: "style.safetensors")
+        let (_, status) = try await runTool(
+            python, ["-m", "i2v_worker.demo", "--style-lora", file.path],
+            environment: ["PYTHONPATH": repositoryRoot.appending(path: "worker").path]
+        )
+        try #require(status == 0, "writing the demo LoRA exited with \(status)")
+        let sha256 = LoRAFiles.sha256(try Data(contentsOf: file))
+        try await EndToEnd.withService(["i2v.loraDir": .init(stringLiteral: catalog.url.path), "i2v.maxConcurrent": 2]) { client, dataDir in
+            let listed = try await client.v1(.get, "/loras").jsonObject()["loras"] as? [[String: Any]]
+            #expect(listed?.map { $0["name"] as? String } == ["style"], "\(String(describing: listed))")
+            #expect(listed?.first?["sha256"] as? String == sha256)
+
+            let image = "\(EndToEnd.imageBase)/image.png"
+            let styled = try await client.submit(imageURL: image, extra: #","seed":11,"loras":[{"name":"style","scale":1.5}]"#, frames: 24)
+            let plain = try await client.submit(imageURL: image, extra: #","seed":11"#, frames: 24)
+            var videos: [Data] = []
+            for id in [styled, plain] {
+                let done = try await client.waitFor(id, status: "Succeed", timeout: .seconds(180))
+                try #require(done["status"] as? String == "Succeed", "\(done)")
+                let results = try #require(done["results"] as? [String: Any])
+                let url = try #require(((results["videos"] as? [[String: Any]])?.first?["url"]) as? String)
+                videos.append(try Data(contentsOf: dataDir.appending(path: "videos").appending(path: String(url.split(separator: "/").last ?? ""))))
+                let loras = results["loras"] as? [[String: Any]]
+                if id == styled {
+                    #expect(loras?.count == 1, "\(results)")
+                    #expect(loras?.first?["name"] as? String == "style" && loras?.first?["scale"] as? Double == 1.5)
+                    #expect(loras?.first?["sha256"] as? String == sha256)
+                } else {
+                    #expect(loras == nil, "\(results)")
+                }
+            }
+            #expect(!videos[0].isEmpty && !videos[1].isEmpty)
+            #expect(videos[0] != videos[1], "the LoRA changed nothing")
+        }
+    }
+}
