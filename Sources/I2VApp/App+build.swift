@@ -111,6 +111,8 @@ public func buildNode(
     try FileManager.default.createDirectory(at: configuration.dataDirectory, withIntermediateDirectories: true)
     let media = MediaStore(inputsDirectory: configuration.inputsDirectory, videosDirectory: configuration.videosDirectory)
     try media.createDirectories()
+    try FileManager.default.createDirectory(at: configuration.loraDirectory, withIntermediateDirectories: true)
+    let loras = LoRADirectory(directory: configuration.loraDirectory, logger: logger)
     let signal = DispatchSignal()
     let (store, storeServices) = try await makeTaskStore(
         configuration: configuration,
@@ -144,6 +146,7 @@ public func buildNode(
             Dispatcher(
                 store: store,
                 media: media,
+                loras: loras,
                 pool: node.pool,
                 signal: signal,
                 configuration: dispatcher,
@@ -189,6 +192,7 @@ public func buildNode(
             media: media,
             intake: intake,
             models: catalog,
+            loras: loras,
             queueChanged: signal,
             deviceMemory: {
                 if let workerPool {
@@ -205,6 +209,7 @@ public func buildNode(
             video: VideoController(useCases: useCases, metrics: metrics, configuration: configuration.api),
             openAI: OpenAIVideosController(useCases: useCases, metrics: metrics, configuration: configuration.api, logger: logger),
             operations: operations,
+            loras: LoRAsController(catalog: loras),
             keyring: keyring,
             logger: logger
         )
@@ -245,6 +250,7 @@ func buildRouter(
     video: VideoController,
     openAI: OpenAIVideosController,
     operations: OperationsController,
+    loras: LoRAsController,
     keyring: APIKeyring,
     logger: Logger
 ) throws -> Router<AppRequestContext> {
@@ -262,7 +268,9 @@ func buildRouter(
     docs.addRoutes(to: router)
     PlaygroundController().addRoutes(to: router)
     video.addRoutes(to: router.group("video").add(middleware: APIKeyAuthenticator(keyring: keyring)))
-    openAI.addRoutes(to: router.group("v1").add(middleware: APIKeyAuthenticator(keyring: keyring)))
+    let v1 = router.group("v1").add(middleware: APIKeyAuthenticator(keyring: keyring))
+    openAI.addRoutes(to: v1)
+    loras.addRoutes(native: router.group().add(middleware: APIKeyAuthenticator(keyring: keyring)), openAI: v1)
     return router
 }
 

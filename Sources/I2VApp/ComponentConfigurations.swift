@@ -14,7 +14,8 @@ extension ServiceConfiguration {
             maxQueued: maxQueued,
             submitsPerMinute: submitsPerMinute,
             idempotencyPatience: imageTimeout + .seconds(60),
-            publicURL: publicURL
+            publicURL: publicURL,
+            maxLoRARank: loraMaxRank
         )
     }
 

@@ -80,6 +80,10 @@ public struct ServiceConfiguration: Sendable {
     public var vaeTiling: Bool
     /// How every worker runs the model (`I2V_SPEED` and its knobs).
     public var speed: SpeedSettings
+    /// The LoRA catalog: `.safetensors` files the nodes share (`I2V_LORA_DIR`); by default `loras` in the data dir.
+    public var loraDirectory: URL
+    /// The highest LoRA rank a submit may ask for (`I2V_LORA_MAX_RANK`); the workers are given the same limit.
+    public var loraMaxRank: Int
     public var docsAssetsDirectory: URL
     public var logLevel: String
     /// Webhook signing and delivery (`I2V_WEBHOOK_*`).
@@ -151,6 +155,10 @@ public struct ServiceConfiguration: Sendable {
             fp8: config.string(forKey: "fp8"),
             loraPath: config.string(forKey: "loraPath")
         )
+        self.loraDirectory = config.string(forKey: "loraDir").flatMap { $0.isEmpty ? nil : $0 }
+            .map { URL(fileURLWithPath: $0, isDirectory: true).standardizedFileURL }
+            ?? dataDirectory.appending(path: "loras", directoryHint: .isDirectory)
+        self.loraMaxRank = max(1, config.int(forKey: "loraMaxRank", default: Self.defaultLoRAMaxRank))
         self.docsAssetsDirectory = URL(
             fileURLWithPath: config.string(forKey: "docsAssetsDir", default: ".swagger-ui"),
             isDirectory: true
@@ -167,6 +175,9 @@ public struct ServiceConfiguration: Sendable {
         guard let url = databaseURL?.lowercased() else { return false }
         return url.hasPrefix("postgres://") || url.hasPrefix("postgresql://")
     }
+    /// The worker's own default for `I2V_LORA_MAX_RANK`.
+    public static let defaultLoRAMaxRank = 128
+
     /// The demo model served when there is no checkpoint path and `I2V_MODEL` is unset.
     public static let defaultDemoModel = "wan2.1-i2v-14b-480p-demo"
 

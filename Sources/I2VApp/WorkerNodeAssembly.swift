@@ -107,6 +107,8 @@ func workerLaunch(configuration: ServiceConfiguration, checkpoint: String?, devi
         "I2V_WORKER_SLOTS": String(slots),
         "I2V_VAE_TILING": configuration.vaeTiling ? "1" : "0",
         "PYTHONUNBUFFERED": "1",
+        // The limit the submit checked against, whichever way the server was configured.
+        "I2V_LORA_MAX_RANK": String(configuration.loraMaxRank),
     ]
     environment["I2V_MODEL_PATH"] = checkpoint
     environment["I2V_MODEL"] = configuration.model ?? configuration.demoModel

@@ -62,6 +62,7 @@ public actor Dispatcher: Service {
 
     private let store: any TaskQueue
     private let media: MediaStore
+    private let loras: any LoRACatalog
     private let pool: WorkerPool
     private let signal: DispatchSignal
     private let configuration: Configuration
@@ -73,6 +74,7 @@ public actor Dispatcher: Service {
     public init(
         store: any TaskQueue,
         media: MediaStore,
+        loras: any LoRACatalog = EmptyLoRACatalog(),
         pool: WorkerPool,
         signal: DispatchSignal,
         configuration: Configuration,
@@ -81,6 +83,7 @@ public actor Dispatcher: Service {
     ) {
         self.store = store
         self.media = media
+        self.loras = loras
         self.pool = pool
         self.signal = signal
         self.configuration = configuration
@@ -265,7 +268,7 @@ public actor Dispatcher: Service {
         let videoName = RandomIdentifier.hex128()
         let outputPath = media.videoURL(name: videoName).path
         let p = task.parameters
-        let job = WorkerJob(
+        var job = WorkerJob(
             taskID: task.id,
             imagePath: media.inputURL(key: task.inputKey).path,
             prompt: p.prompt,
@@ -282,11 +285,25 @@ public actor Dispatcher: Service {
         logger.info("task started", metadata: ["attempt": "\(task.attempts)", "size": "\(p.width)x\(p.height)", "frames": "\(p.numFrames)", "steps": "\(p.inferSteps)"])
 
         let end: JobEnd
-        do {
-            let updates = try await member.worker.start(job)
-            end = await follow(updates, task: task, member: member, cancels: cancels, logger: logger)
+        do throws(LoRAResolutionFailure) {
+            // Found again now, not at submit: the nodes may mount the catalog in different places, and a file
+            // replaced or removed while the task waited must not run under its old name.
+            if !task.loras.isEmpty {
+                var resolved: [WorkerLoRA] = []
+                for lora in task.loras {
+                    let entry = try await loras.resolve(lora)
+                    resolved.append(WorkerLoRA(name: lora.name, path: entry.path, scale: lora.scale, sha256: lora.sha256))
+                }
+                job.loras = resolved
+            }
+            do {
+                let updates = try await member.worker.start(job)
+                end = await follow(updates, task: task, member: member, cancels: cancels, logger: logger)
+            } catch {
+                end = .workerLost(reason: "\(error)", restartedByUs: true)
+            }
         } catch {
-            end = .workerLost(reason: "\(error)", restartedByUs: true)
+            end = .failed(kind: .badInput, message: error.reason)
         }
         await record(end, task: task, videoName: videoName, logger: logger)
         running.removeValue(forKey: task.id)

@@ -136,6 +136,7 @@ public struct PostgresTaskStore: TaskStore {
         ),
         (4, "webhook subscriptions, webhook outbox", webhookMigration),
         (5, "last frames", ["ALTER TABLE tasks ADD COLUMN last_input_key TEXT"]),
+        (6, "LoRAs", ["ALTER TABLE tasks ADD COLUMN loras TEXT"]),
     ]
 
     /// The channel every enqueue, requeue and cancel notifies, so idle nodes claim at once and a cancel
@@ -219,12 +220,13 @@ public struct PostgresTaskStore: TaskStore {
                 INSERT INTO tasks (id, owner_key_hash, status, model, prompt, negative_prompt, width, height,
                     num_frames, guidance_scale, infer_steps, seed, input_key, fetch_seconds, decode_seconds,
                     png_seconds, created_at, webhook_url, webhook_events, webhook_started_recorded,
-                    webhook_end_recorded, last_input_key)
+                    webhook_end_recorded, last_input_key, loras)
                 VALUES (\(task.id), \(task.ownerKeyHash), 'InQueue', \(p.model), \(p.prompt), \(p.negativePrompt),
                     \(p.width), \(p.height), \(p.numFrames), \(p.guidanceScale), \(p.inferSteps), \(p.seed),
                     \(task.inputKey), \(task.intake.fetch), \(task.intake.decode), \(task.intake.encode),
                     \(task.createdAt.timeIntervalSince1970), \(task.webhook?.url), \(task.webhook?.storedEvents),
-                    \(!task.webhookWantsStarted), \(!task.webhookWantsEnding), \(task.lastInputKey))
+                    \(!task.webhookWantsStarted), \(!task.webhookWantsEnding), \(task.lastInputKey),
+                    \(TaskLoRA.stored(task.loras)))
                 """,
                 logger: logger
             )
@@ -689,6 +691,7 @@ public struct PostgresTaskStore: TaskStore {
         record.startedAt = try row["started_at"].decode(Double?.self).map(Date.init(timeIntervalSince1970:))
         record.finishedAt = try row["finished_at"].decode(Double?.self).map(Date.init(timeIntervalSince1970:))
         record.lastInputKey = try row["last_input_key"].decode(String?.self)
+        record.loras = TaskLoRA.fromStored(try row["loras"].decode(String?.self))
         record.webhook = WebhookSubscription(
             url: try row["webhook_url"].decode(String?.self),
             storedEvents: try row["webhook_events"].decode(String?.self)

@@ -124,6 +124,9 @@ public struct SQLiteTaskStore: TaskStore {
         migrator.registerMigration("v5: last frames") { db in
             try db.execute(sql: "ALTER TABLE tasks ADD COLUMN last_input_key TEXT")
         }
+        migrator.registerMigration("v6: LoRAs") { db in
+            try db.execute(sql: "ALTER TABLE tasks ADD COLUMN loras TEXT")
+        }
         return migrator
     }
 
@@ -137,15 +140,15 @@ public struct SQLiteTaskStore: TaskStore {
                     INSERT INTO tasks (id, owner_key_hash, status, model, prompt, negative_prompt, width, height,
                         num_frames, guidance_scale, infer_steps, seed, input_key, fetch_seconds, decode_seconds,
                         png_seconds, created_at, webhook_url, webhook_events, webhook_started_recorded,
-                        webhook_end_recorded, last_input_key)
-                    VALUES (?, ?, 'InQueue', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        webhook_end_recorded, last_input_key, loras)
+                    VALUES (?, ?, 'InQueue', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     task.id, task.ownerKeyHash, p.model, p.prompt, p.negativePrompt, p.width, p.height,
                     p.numFrames, p.guidanceScale, p.inferSteps, p.seed, task.inputKey, task.intake.fetch,
                     task.intake.decode, task.intake.encode, task.createdAt.timeIntervalSince1970,
                     task.webhook?.url, task.webhook?.storedEvents, !task.webhookWantsStarted, !task.webhookWantsEnding,
-                    task.lastInputKey,
+                    task.lastInputKey, TaskLoRA.stored(task.loras),
                 ]
             )
         }
@@ -474,6 +477,7 @@ public struct SQLiteTaskStore: TaskStore {
         record.startedAt = (row["started_at"] as Double?).map(Date.init(timeIntervalSince1970:))
         record.finishedAt = (row["finished_at"] as Double?).map(Date.init(timeIntervalSince1970:))
         record.lastInputKey = row["last_input_key"]
+        record.loras = TaskLoRA.fromStored(row["loras"])
         record.webhook = WebhookSubscription(url: row["webhook_url"], storedEvents: row["webhook_events"])
         if let videoName: String = row["video_name"] {
             record.result = TaskResult(

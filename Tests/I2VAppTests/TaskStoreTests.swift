@@ -177,6 +177,10 @@ import Testing
                 intake: IntakeTimings(fetch: 0.125, decode: 0.0625, encode: 1.0 / 3.0),
                 createdAt: Date(timeIntervalSince1970: 1_753_000_000.123_456_7)
             )
+            submitted.loras = [
+                TaskLoRA(name: "style ü", scale: 0.75, sha256: String(repeating: "ab", count: 32)),
+                TaskLoRA(name: "b", scale: 2, sha256: String(repeating: "0f", count: 32)),
+            ]
             try await store.enqueue(submitted, maxQueued: 10)
             #expect(try await store.task(id: "round-trip") == submitted)
 
@@ -205,6 +209,21 @@ import Testing
             submitted.finishedAt = finished.finishedAt
             #expect(finished == submitted)
             #expect(finished.finishedAt != nil)
+        }
+    }
+
+    /// A task's LoRAs come back in order, through every way a task is read; one without any has none.
+    @Test(arguments: StoreKind.allCases)
+    func aTaskKeepsItsLoRAs(_ kind: StoreKind) async throws {
+        try await withStore(kind) { store in
+            var styled = Self.record("styled")
+            styled.loras = [TaskLoRA(name: "b", scale: 0, sha256: "11"), TaskLoRA(name: "a", scale: 1.25, sha256: "22")]
+            try await store.enqueue(styled, maxQueued: 10)
+            try await store.enqueue(Self.record("plain"), maxQueued: 10)
+            #expect(try await store.task(id: "styled")?.loras == styled.loras)
+            #expect(try await store.task(id: "plain")?.loras == [])
+            #expect(try await store.claimNext(node: Self.node, lease: Self.lease)?.loras == styled.loras)
+            #expect(try await store.claimNext(node: Self.node, lease: Self.lease)?.loras == [])
         }
     }
 

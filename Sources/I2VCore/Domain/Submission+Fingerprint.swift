@@ -14,6 +14,8 @@ extension Submission {
                 guard let image = lastImage else { continue }
                 value = image
             }
+            // Likewise no LoRAs.
+            if child.label == "loras", loras.isEmpty { continue }
             hasher.update(data: Data((child.label ?? "").utf8))
             hasher.update(data: [0])
             switch value {

@@ -26,6 +26,8 @@ package struct Submission: Sendable, Equatable {
     package var webhook: WebhookSubscription? = nil
     /// The frame the video ends on, for a model that takes one; prepared to the first frame's size.
     package var lastImage: Image? = nil
+    /// LoRAs from the catalog, applied in this order's set; empty: the base model alone.
+    package var loras: [LoRAChoice] = []
 
     /// The frame count Wan makes for a request: `num_frames // 4 * 4 + 1`.
     package var effectiveFrames: Int { numFrames / 4 * 4 + 1 }

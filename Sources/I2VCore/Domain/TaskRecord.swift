@@ -118,6 +118,8 @@ public struct TaskRecord: Sendable, Equatable {
     public var finishedAt: Date?
     /// Where the task's events are delivered, as the submit asked; nil: no webhook.
     public var webhook: WebhookSubscription?
+    /// The LoRAs it runs with, pinned to the files' SHA-256 at submit; empty: none.
+    public var loras: [TaskLoRA]
 
     public init(
         id: String,
@@ -146,6 +148,7 @@ public struct TaskRecord: Sendable, Equatable {
         self.startedAt = nil
         self.finishedAt = nil
         self.webhook = nil
+        self.loras = []
     }
 }
 

@@ -34,12 +34,15 @@ package struct TaskStatusDocument: Encodable {
         /// What ran, which a speed preset may have changed from what was asked.
         package var inferSteps: Int
         package var guidanceScale: Double
+        /// The LoRAs it was made with; left out when none.
+        package var loras: [TaskLoRA]?
         package enum CodingKeys: String, CodingKey {
             case model, videos, timings, seed, width, height
             case numFrames = "num_frames"
             case fps
             case inferSteps = "infer_steps"
             case guidanceScale = "guidance_scale"
+            case loras
         }
 
         package init(model: String, videos: [Video], timings: Timings, seed: Int, width: Int, height: Int, numFrames: Int, fps: Int, inferSteps: Int, guidanceScale: Double) {
@@ -100,6 +103,7 @@ package struct TaskStatusDocument: Encodable {
                     inferSteps: result.inferSteps ?? task.parameters.inferSteps,
                     guidanceScale: result.guidanceScale ?? task.parameters.guidanceScale
                 )
+                results?.loras = task.loras.isEmpty ? nil : task.loras
                 if task.videoExpired { reason = "video expired" }
             }
         case .failed, .cancelled:

@@ -23,6 +23,8 @@ package enum SubmitFailure: Error, Sendable, Equatable {
     case invalidIdempotencyKey
     /// The webhook URL may not be called (scheme, host, a blocked address, a host that does not resolve).
     case unusableWebhook(OutboundRefusal)
+    /// A LoRA of the catalog that this job cannot use (another model's, a rank above the limit, gone).
+    case unusableLoRA(name: String, reason: String)
 
     package static let noWorkerNodeReason = "no worker node has registered with the task queue yet: start an `i2v-server worker` on the same database"
 
@@ -40,6 +42,8 @@ package struct SubmitTask: Sendable {
         /// How long a submit may take from taking its idempotency key to queuing its task (the image
         /// download is most of it); a reservation older than that belongs to a submit that died.
         package var idempotencyPatience: Duration = .seconds(90)
+        /// The highest LoRA rank the workers load (`I2V_LORA_MAX_RANK`).
+        package var maxLoRARank: Int = 128
     }
 
     /// How long an `Idempotency-Key` names its task.
@@ -56,6 +60,7 @@ package struct SubmitTask: Sendable {
     package let media: MediaStore
     package let intake: ImageIntake
     package let models: ModelCatalogSource
+    package let loras: any LoRACatalog
     package let queueChanged: DispatchSignal
     /// The free device memory and the cost per latent token, where the node can tell them.
     package let deviceMemory: @Sendable () async -> DeviceMemory?
@@ -134,6 +139,8 @@ package struct SubmitTask: Sendable {
             throw known ? SubmitFailure.noWorkerForModel(submission.model.lowercased()) : SubmitFailure.modelNotServed(submission.model)
         }
 
+        let loras = try await pinLoRAs(submission.loras, model: model.id)
+
         var logger = logger
         logger[metadataKey: "requestId"] = "\(id)"
         if let webhook = submission.webhook { try await refuseUnusableWebhook(webhook, logger: logger) }
@@ -208,6 +215,7 @@ package struct SubmitTask: Sendable {
         )
         task.webhook = submission.webhook
         task.lastInputKey = lastInputKey
+        task.loras = loras
         do {
             try await queue.enqueue(task, maxQueued: limits.maxQueued)
         } catch let error as QueueFullError {
@@ -230,6 +238,37 @@ package struct SubmitTask: Sendable {
         return id
     }
 
+    /// Which of `names` the LoRA catalog has.
+    package func knownLoRAs(_ names: [String]) async -> Set<String> {
+        var known = Set<String>()
+        for name in Set(names) {
+            if await loras.entry(named: name) != nil { known.insert(name) }
+        }
+        return known
+    }
+
+    /// The LoRAs as the catalog has them now, each checked against the model and the rank limit from its
+    /// header, so a job the worker would refuse is refused before it waits in the queue.
+    private func pinLoRAs(_ choices: [LoRAChoice], model: String) async throws(SubmitFailure) -> [TaskLoRA] {
+        var pinned: [TaskLoRA] = []
+        for choice in choices {
+            guard let entry = await loras.entry(named: choice.name) else {
+                throw .unusableLoRA(name: choice.name, reason: "is not in the LoRA catalog (GET /loras lists it)")
+            }
+            guard entry.fits(model: model) else {
+                // Only a LoRA whose width is known can fail to fit.
+                let width = entry.innerDimension.map { "\($0)" } ?? "?"
+                let fits = entry.models.isEmpty ? "" : ", made for \(entry.models.joined(separator: ", "))"
+                throw .unusableLoRA(name: choice.name, reason: "does not fit \(model): its layers are \(width) wide\(fits)")
+            }
+            guard entry.rank <= limits.maxLoRARank else {
+                throw .unusableLoRA(name: choice.name, reason: "has rank \(entry.rank), above the limit of \(limits.maxLoRARank) (I2V_LORA_MAX_RANK)")
+            }
+            pinned.append(TaskLoRA(name: entry.name, scale: choice.scale, sha256: entry.sha256))
+        }
+        return pinned
+    }
+
     /// Where the node can tell in advance that a job cannot fit in device memory, it is refused with the
     /// hint an out-of-memory failure gives, instead of being queued to fail.
     private func refuseWhenTooBigForDevice(width: Int, height: Int, frames: Int) async throws(SubmitFailure) {
@@ -240,12 +279,13 @@ package struct SubmitTask: Sendable {
         throw .tooBigForDevice(width: width, height: height, frames: frames, neededBytes: needed, freeBytes: free)
     }
 
-    package init(queue: any TaskQueue, guards: any SubmitGuards, media: MediaStore, intake: ImageIntake, models: ModelCatalogSource, queueChanged: DispatchSignal, deviceMemory: @escaping @Sendable () async -> DeviceMemory?, metrics: ServiceMetrics, limits: Limits) {
+    package init(queue: any TaskQueue, guards: any SubmitGuards, media: MediaStore, intake: ImageIntake, models: ModelCatalogSource, loras: any LoRACatalog = EmptyLoRACatalog(), queueChanged: DispatchSignal, deviceMemory: @escaping @Sendable () async -> DeviceMemory?, metrics: ServiceMetrics, limits: Limits) {
         self.queue = queue
         self.guards = guards
         self.media = media
         self.intake = intake
         self.models = models
+        self.loras = loras
         self.queueChanged = queueChanged
         self.deviceMemory = deviceMemory
         self.metrics = metrics

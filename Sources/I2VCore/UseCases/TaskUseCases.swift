@@ -9,12 +9,14 @@ package struct TaskUseCases: Sendable {
         /// How long a submit waits for an earlier one holding the same idempotency key.
         package var idempotencyPatience: Duration
         package var publicURL: String
+        package var maxLoRARank: Int
 
-        package init(maxQueued: Int, submitsPerMinute: Int, idempotencyPatience: Duration, publicURL: String) {
+        package init(maxQueued: Int, submitsPerMinute: Int, idempotencyPatience: Duration, publicURL: String, maxLoRARank: Int = 128) {
             self.maxQueued = maxQueued
             self.submitsPerMinute = submitsPerMinute
             self.idempotencyPatience = idempotencyPatience
             self.publicURL = publicURL
+            self.maxLoRARank = maxLoRARank
         }
     }
 
@@ -30,6 +32,7 @@ package struct TaskUseCases: Sendable {
         media: MediaStore,
         intake: ImageIntake,
         models: ModelCatalogSource,
+        loras: any LoRACatalog = EmptyLoRACatalog(),
         queueChanged: DispatchSignal,
         deviceMemory: @escaping @Sendable () async -> DeviceMemory?,
         webhookOutbox: (any WebhookOutbox)?,
@@ -42,13 +45,15 @@ package struct TaskUseCases: Sendable {
             media: media,
             intake: intake,
             models: models,
+            loras: loras,
             queueChanged: queueChanged,
             deviceMemory: deviceMemory,
             metrics: metrics,
             limits: .init(
                 maxQueued: configuration.maxQueued,
                 submitsPerMinute: configuration.submitsPerMinute,
-                idempotencyPatience: configuration.idempotencyPatience
+                idempotencyPatience: configuration.idempotencyPatience,
+                maxLoRARank: configuration.maxLoRARank
             )
         )
         read = ReadTask(store: store, estimate: EstimateETA(statistics: store, nodes: nodes))

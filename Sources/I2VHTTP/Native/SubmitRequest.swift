@@ -14,9 +14,10 @@ package enum SubmitRequest {
     ]
 
     /// `served` holds what is known of the models (their sizes, longest clip, last-frame support): a field
-    /// the chosen model cannot use is refused here, naming the model and what it takes.
+    /// the chosen model cannot use is refused here, naming the model and what it takes. `loras` are the names
+    /// in the LoRA catalog.
     package static func validate(
-        _ body: JSONValue, modelIDs: [String], defaultModel: String, served: [ServedModel] = []
+        _ body: JSONValue, modelIDs: [String], defaultModel: String, served: [ServedModel] = [], loras available: Set<String> = []
     ) throws(RequestValidationError) -> Submission {
         guard case .object(let fields) = body else {
             throw RequestValidationError(issues: [
@@ -63,7 +64,10 @@ package enum SubmitRequest {
         let seed = reader.optionalInteger("seed", in: 0...2_147_483_647)
         let negative = reader.string("negative_prompt", minLength: 0, maxLength: 500, default: defaultNegativePrompt)
         let webhook = reader.webhook()
-        guard reader.issues.isEmpty, let imageURL, let prompt, let model, let size, let numFrames, let guidance, let steps, let negative else {
+        let loras = reader.loras(available: available)
+        guard reader.issues.isEmpty, let imageURL, let prompt, let model, let size, let numFrames, let guidance, let steps, let negative,
+            let loras
+        else {
             throw RequestValidationError(issues: reader.issues)
         }
         var submission = Submission(
@@ -79,6 +83,7 @@ package enum SubmitRequest {
             webhook: webhook
         )
         submission.lastImage = lastImageURL.map { .url($0) }
+        submission.loras = loras
         return submission
     }
 

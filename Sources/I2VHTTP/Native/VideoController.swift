@@ -44,7 +44,8 @@ package struct VideoController: Sendable {
             let body = try await request.jsonBody(limit: configuration.maxBodyBytes)
             let catalog = try await submitTask.servedModels()
             let submission = try SubmitRequest.validate(
-                body, modelIDs: submitTask.askableModelIDs(catalog), defaultModel: catalog.defaultModel.id, served: catalog.models
+                body, modelIDs: submitTask.askableModelIDs(catalog), defaultModel: catalog.defaultModel.id, served: catalog.models,
+                loras: await submitTask.knownLoRAs(FieldReader.loraNames(in: body.member("loras")))
             )
             let submitted = try await submitTask(
                 submission, owner: owner, idempotencyKey: request.headers[.idempotencyKey], logger: context.logger
@@ -100,6 +101,8 @@ package struct VideoController: Sendable {
             return APIError(.serviceUnavailable, SubmitFailure.noWorkerForModelReason(model), headers: [.retryAfter: "10"])
         case .unusableWebhook(let refusal):
             return APIError(.badRequest, refusal.reason)
+        case .unusableLoRA(let name, let reason):
+            return APIError(.badRequest, "LoRA \(name) \(reason)")
         }
     }
 

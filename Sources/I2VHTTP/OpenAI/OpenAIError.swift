@@ -131,14 +131,22 @@ extension OpenAIError {
 
     /// One 400 for every problem found, named after the first one's field (OpenAI reports one `param`).
     package static func invalidRequest(_ issues: [ValidationIssue]) -> OpenAIError {
-        func field(_ issue: ValidationIssue) -> String? {
-            let names = issue.loc.dropFirst().compactMap { part -> String? in
-                if case .key(let key) = part { return key }
-                return nil
+        /// Where in the body, as `loras[1].scale`.
+        func path(_ issue: ValidationIssue) -> String? {
+            let text = issue.loc.dropFirst().reduce(into: "") { text, part in
+                switch part {
+                case .key(let key): text += text.isEmpty ? key : "." + key
+                case .index(let index): text += "[\(index)]"
+                }
             }
-            return names.isEmpty ? nil : names.joined(separator: ".")
+            return text.isEmpty ? nil : text
         }
-        let message = issues.map { issue in field(issue).map { "\($0): \(issue.msg)" } ?? issue.msg }.joined(separator: "; ")
+        /// The top-level field: OpenAI's `param` names a request parameter, not a place inside one.
+        func field(_ issue: ValidationIssue) -> String? {
+            guard issue.loc.count > 1, case .key(let key) = issue.loc[1] else { return nil }
+            return key
+        }
+        let message = issues.map { issue in path(issue).map { "\($0): \(issue.msg)" } ?? issue.msg }.joined(separator: "; ")
         return OpenAIError(
             .badRequest,
             message.isEmpty ? "invalid request" : message,

@@ -38,13 +38,15 @@ package struct OpenAIVideosController: Sendable {
         group.get("videos/:video_id/content", use: content)
     }
 
-    private func models() async throws -> VideoCreateRequest.Models {
+    /// `loras` is the request's own value of that field: only the LoRAs it names are looked up.
+    private func models(loras: JSONValue?) async throws -> VideoCreateRequest.Models {
         let catalog = try await useCases.submit.servedModels()
         return VideoCreateRequest.Models(
             ids: useCases.submit.askableModelIDs(catalog),
             defaultModel: catalog.defaultModel.id,
             fps: Dictionary(catalog.models.map { ($0.id, $0.fps) }, uniquingKeysWith: { first, _ in first }),
-            served: catalog.models
+            served: catalog.models,
+            loras: await useCases.submit.knownLoRAs(FieldReader.loraNames(in: loras))
         )
     }
 
@@ -93,7 +95,8 @@ package struct OpenAIVideosController: Sendable {
                 fieldLimit: configuration.maxBodyBytes,
                 spoolingTo: configuration.uploadSpoolDirectory
             )
-            return try VideoCreateRequest.validate(form: form, models: try await models())
+            let loras = form.fields["loras"].flatMap { try? JSONValue.parse(Array($0.utf8)) }
+            return try VideoCreateRequest.validate(form: form, models: try await models(loras: loras))
         }
         let mediaType = contentType.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
         guard mediaType == "application/json" || mediaType.hasSuffix("+json") else {
@@ -107,7 +110,7 @@ package struct OpenAIVideosController: Sendable {
         // the other fields.
         let limit = configuration.maxBodyBytes + 2 * ((configuration.imageMaxBytes + 2) / 3 * 4)
         let body = try await request.jsonBody(limit: limit, spoolingTo: configuration.uploadSpoolDirectory)
-        return try VideoCreateRequest.validate(json: body, models: try await models())
+        return try VideoCreateRequest.validate(json: body, models: try await models(loras: body.member("loras")))
     }
 
     /// Every way a create can fail, as its OpenAI answer.
@@ -137,6 +140,8 @@ package struct OpenAIVideosController: Sendable {
                 return OpenAIError(.serviceUnavailable, reason, code: "no_worker_node", headers: [.retryAfter: "10"])
             case .unusableWebhook:
                 return OpenAIError(.badRequest, reason, param: "webhook_url", code: "invalid_webhook_url")
+            case .unusableLoRA:
+                return OpenAIError(.badRequest, reason, param: "loras", code: "unusable_lora")
             }
         case let failure as VideoFormFailure:
             switch failure {

@@ -29,8 +29,11 @@ package enum VideoCreateRequest {
         package var fps: [String: Int]
         /// What is known of the served models: their sizes and whether they take a last frame.
         package var served: [ServedModel]
+        /// The names in the LoRA catalog.
+        package var loras: Set<String>
 
-        package init(ids: [String], defaultModel: String, fps: [String: Int], served: [ServedModel] = []) {
+        package init(ids: [String], defaultModel: String, fps: [String: Int], served: [ServedModel] = [], loras: Set<String> = []) {
+            self.loras = loras
             self.ids = ids
             self.defaultModel = defaultModel
             self.fps = fps
@@ -90,6 +93,17 @@ package enum VideoCreateRequest {
         var fields: [String: JSONValue] = [:]
         for (name, text) in form.fields {
             fields[name] = numericFields.contains(name) ? number(text) : .string(text)
+        }
+        // `loras` is JSON in a form too: there is no flat spelling of a list of objects.
+        if let text = form.fields["loras"] {
+            do {
+                fields["loras"] = try JSONValue.parse(Array(text.utf8))
+            } catch {
+                throw OpenAIError(
+                    .badRequest, "loras must be a JSON list such as [{\"name\": \"style\", \"scale\": 0.8}]", param: "loras",
+                    code: "invalid_json"
+                )
+            }
         }
         var image: ImageField?
         if let bytes = form.imageBytes {
@@ -187,7 +201,8 @@ package enum VideoCreateRequest {
             frames = 81
         }
         let webhook = reader.webhook()
-        guard reader.issues.isEmpty, let prompt, let model, let size, let frames, let guidance, let steps, let negative else {
+        let loras = reader.loras(available: models.loras)
+        guard reader.issues.isEmpty, let prompt, let model, let size, let frames, let guidance, let steps, let negative, let loras else {
             throw OpenAIError.invalidRequest(reader.issues)
         }
         if let facts, let most = facts.maxFrames, frames / 4 * 4 + 1 > most {
@@ -209,6 +224,7 @@ package enum VideoCreateRequest {
             webhook: webhook
         )
         submission.lastImage = last
+        submission.loras = loras
         return submission
     }
 

@@ -43,6 +43,8 @@ package struct VideoObject: Encodable, Sendable, Equatable {
     package var seed: Int
     package var numFrames: Int
     package var queuePosition: Int?
+    /// The LoRAs it runs with (this service's extension); left out when none.
+    package var loras: [TaskLoRA]?
 
     /// - Parameters:
     ///   - fps: the served model's frame rate, for tasks that have no result yet.
@@ -56,6 +58,7 @@ package struct VideoObject: Encodable, Sendable, Equatable {
         let frames = task.result?.numFrames ?? task.parameters.numFrames
         let rate = task.result?.fps ?? fps
         numFrames = frames
+        loras = task.loras.isEmpty ? nil : task.loras
         size = "\(task.result?.width ?? task.parameters.width)x\(task.result?.height ?? task.parameters.height)"
         seconds = String(format: "%.2f", Double(frames) / Double(max(1, rate)))
         completedAt = task.status.isTerminal ? task.finishedAt.map { Int($0.timeIntervalSince1970) } : nil
@@ -99,6 +102,7 @@ package struct VideoObject: Encodable, Sendable, Equatable {
         case prompt, size, seconds, error, seed
         case numFrames = "num_frames"
         case queuePosition = "queue_position"
+        case loras
     }
 
     // Absent values are null, as OpenAI sends them, so every key is always there.
@@ -119,6 +123,7 @@ package struct VideoObject: Encodable, Sendable, Equatable {
         try container.encode(seed, forKey: .seed)
         try container.encode(numFrames, forKey: .numFrames)
         try container.encode(queuePosition, forKey: .queuePosition)
+        try container.encodeIfPresent(loras, forKey: .loras)
     }
 }
 

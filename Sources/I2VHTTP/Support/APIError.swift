@@ -66,6 +66,14 @@ public struct ValidationIssue: Encodable, Sendable, Equatable {
         self.input = input
     }
 
+    /// An issue of a nested field: `loc` is its place under the body.
+    package init(_ type: String, loc: [LocationPart], _ msg: String, input: JSONValue?) {
+        self.type = type
+        self.loc = [.key("body")] + loc
+        self.msg = msg
+        self.input = input
+    }
+
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.container(keyedBy: CodingKeys.self)
         try container.encode(type, forKey: .type)

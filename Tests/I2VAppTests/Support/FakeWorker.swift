@@ -19,6 +19,8 @@ actor FakeWorker: InferenceWorker {
     private(set) var running: Set<String> = []
     private(set) var maxConcurrent = 0
     private(set) var started: [String] = []
+    /// Every job as the dispatcher sent it.
+    private(set) var jobs: [WorkerJob] = []
     private(set) var cancelled: Set<String> = []
     private var lost: [String: AsyncStream<JobUpdate>.Continuation] = [:]
     /// Which run of a task is the current one: a run cut short by a crash or a restart may still be parked
@@ -62,6 +64,7 @@ actor FakeWorker: InferenceWorker {
         release.removeAll()
     }
     func setFailure(_ kind: WorkerErrorKind, _ message: String) { failure = (kind, message) }
+    func clearFailure() { failure = nil }
     func setMemory(freeBytes: Int, bytesPerToken: Int) { memory = WorkerMemory(freeBytes: freeBytes, bytesPerToken: bytesPerToken) }
 
     func readiness() -> WorkerReady? {
@@ -84,6 +87,7 @@ actor FakeWorker: InferenceWorker {
         let (stream, continuation) = AsyncStream.makeStream(of: JobUpdate.self)
         running.insert(job.taskID)
         started.append(job.taskID)
+        jobs.append(job)
         maxConcurrent = max(maxConcurrent, running.count)
         lost[job.taskID] = continuation
         nextRun += 1

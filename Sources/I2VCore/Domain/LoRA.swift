@@ -1,0 +1,133 @@
+import Foundation
+
+/// A LoRA a submit asks for: a catalog name and how strongly it applies.
+package struct LoRAChoice: Sendable, Equatable {
+    package var name: String
+    package var scale: Double
+
+    package init(name: String, scale: Double) {
+        self.name = name
+        self.scale = scale
+    }
+}
+
+/// A LoRA a task runs with, as it was in the catalog when the task was submitted: the SHA-256 pins the file,
+/// so one replaced in the meantime fails the task instead of making a different video under the same name.
+public struct TaskLoRA: Codable, Sendable, Equatable {
+    public var name: String
+    public var scale: Double
+    public var sha256: String
+
+    public init(name: String, scale: Double, sha256: String) {
+        self.name = name
+        self.scale = scale
+        self.sha256 = sha256
+    }
+}
+
+/// What the catalog knows of one LoRA file, all of it read from the file itself.
+public struct LoRAEntry: Sendable, Equatable {
+    /// The file name without `.safetensors`.
+    public var name: String
+    public var path: String
+    public var sizeBytes: Int
+    /// The largest rank of its layers.
+    public var rank: Int
+    public var sha256: String
+    /// The transformer width its layers read and write (see `LoRAShapes.innerDimension`); nil where no
+    /// width stands out.
+    public var innerDimension: Int?
+    /// The models of the table with that width; empty where it matches none.
+    public var models: [String]
+
+    public init(name: String, path: String, sizeBytes: Int, rank: Int, sha256: String, innerDimension: Int?, models: [String]) {
+        self.name = name
+        self.path = path
+        self.sizeBytes = sizeBytes
+        self.rank = rank
+        self.sha256 = sha256
+        self.innerDimension = innerDimension
+        self.models = models
+    }
+
+    /// Whether the LoRA can apply to `model`. Only a model whose width is known can be ruled out; for any
+    /// other the worker decides when it loads the LoRA.
+    public func fits(model: String) -> Bool {
+        guard let innerDimension, let width = LoRAEntry.innerDimension(ofModel: model) else { return true }
+        return width == innerDimension
+    }
+
+    /// The transformer width of each model of the table: the 14B models and the A14B experts are 5120 wide,
+    /// TI2V-5B 3072, and every demo transformer 24 (2 heads of 12).
+    public static func innerDimension(ofModel model: String) -> Int? {
+        let id = model.lowercased()
+        if id.hasSuffix("-demo") { return ModelCatalog.tableIDs.contains(id) ? 24 : nil }
+        switch id {
+        case "wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p", "wan2.1-flf2v-14b-720p", "wan2.2-i2v-a14b": return 5120
+        case "wan2.2-ti2v-5b": return 3072
+        default: return nil
+        }
+    }
+
+    /// The models of the table a LoRA of this width fits.
+    public static func models(innerDimension: Int?) -> [String] {
+        guard let innerDimension else { return [] }
+        return ModelCatalog.tableIDs.filter { Self.innerDimension(ofModel: $0) == innerDimension }
+    }
+}
+
+/// Why the catalog cannot give a task's LoRA as it was submitted.
+public enum LoRAResolutionFailure: Error, Sendable, Equatable {
+    /// No file of that name in the catalog any more.
+    case missing(name: String)
+    /// The file was replaced: its SHA-256 is not the one the task was submitted with.
+    case changed(name: String, expected: String, found: String)
+
+    public var reason: String {
+        switch self {
+        case .missing(let name):
+            "LoRA \(name) is no longer in the LoRA catalog"
+        case .changed(let name, let expected, let found):
+            "LoRA \(name) changed since the task was submitted (sha256 \(found.prefix(12)), not \(expected.prefix(12)))"
+        }
+    }
+}
+
+/// The LoRA files the nodes share. Reading them is the adapter's business; the core only asks what is there.
+public protocol LoRACatalog: Sendable {
+    /// Every usable LoRA, by name.
+    func entries() async -> [LoRAEntry]
+    func entry(named name: String) async -> LoRAEntry?
+}
+
+extension LoRACatalog {
+    public func entry(named name: String) async -> LoRAEntry? {
+        await entries().first { $0.name == name }
+    }
+
+    /// The file of a task's LoRA as it was submitted.
+    public func resolve(_ lora: TaskLoRA) async throws(LoRAResolutionFailure) -> LoRAEntry {
+        guard let entry = await entry(named: lora.name) else { throw .missing(name: lora.name) }
+        guard entry.sha256 == lora.sha256 else { throw .changed(name: lora.name, expected: lora.sha256, found: entry.sha256) }
+        return entry
+    }
+}
+
+/// A catalog with nothing in it: a node given no LoRA directory.
+public struct EmptyLoRACatalog: LoRACatalog {
+    public init() {}
+    public func entries() async -> [LoRAEntry] { [] }
+}
+
+extension TaskLoRA {
+    /// How the stores keep a task's LoRAs: one JSON column, NULL for none (every row from before LoRAs).
+    package static func stored(_ loras: [TaskLoRA]) -> String? {
+        guard !loras.isEmpty, let data = try? JSONEncoder().encode(loras) else { return nil }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    package static func fromStored(_ text: String?) -> [TaskLoRA] {
+        guard let text, let loras = try? JSONDecoder().decode([TaskLoRA].self, from: Data(text.utf8)) else { return [] }
+        return loras
+    }
+}

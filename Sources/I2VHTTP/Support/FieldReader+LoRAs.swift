@@ -1,0 +1,75 @@
+import I2VCore
+
+extension FieldReader {
+    /// The LoRA names a `loras` value mentions, so only those are looked up in the catalog (a first look at a
+    /// file hashes all of it).
+    package static func loraNames(in value: JSONValue?) -> [String] {
+        guard case .array(let items)? = value else { return [] }
+        return items.prefix(maxLoRAs).compactMap { item in
+            guard case .object(let fields) = item, case .string(let name)? = fields["name"] else { return nil }
+            return name
+        }
+    }
+
+    /// At most this many LoRAs per job: the worker's own limit.
+    package static let maxLoRAs = 4
+    package static let loraScales: ClosedRange<Double> = 0.0...2.0
+
+    /// `loras`: a list of `{"name": …, "scale": …}`, each naming a LoRA of the catalog (`available`) once, with a
+    /// scale from 0 to 2 (1 when left out). Absent, `null` and `[]` are no LoRAs. Each problem is an issue at
+    /// its place in the list (`loras`, `loras[1].scale`), as pydantic reports nested fields.
+    package mutating func loras(available: Set<String>) -> [LoRAChoice]? {
+        let name = "loras"
+        guard let value = fields[name], value != .null else { return [] }
+        guard case .array(let items) = value else {
+            issues.append(ValidationIssue("list_type", field: name, "Input should be a valid list of {\"name\": …, \"scale\": …}", input: value))
+            return nil
+        }
+        guard items.count <= Self.maxLoRAs else {
+            issues.append(ValidationIssue(
+                "too_long", field: name, "List should have at most \(Self.maxLoRAs) items after validation, not \(items.count)", input: value
+            ))
+            return nil
+        }
+        var choices: [LoRAChoice] = []
+        var valid = true
+        for (index, item) in items.enumerated() {
+            let place: [ValidationIssue.LocationPart] = [.key(name), .index(index)]
+            guard case .object(let fields) = item else {
+                issues.append(ValidationIssue("dict_type", loc: place, "Input should be a valid dictionary or object to extract fields from", input: item))
+                valid = false
+                continue
+            }
+            var reader = FieldReader(fields: fields)
+            let loraName = reader.string("name", minLength: 1, maxLength: nil, default: nil)
+            let scale = reader.number("scale", in: Self.loraScales, default: 1.0)
+            if let loraName, !available.contains(loraName) {
+                let listed = available.isEmpty ? "the LoRA catalog is empty" : "GET /loras lists the catalog"
+                reader.issues.append(ValidationIssue("value_error", field: "name", "Unknown LoRA '\(loraName)': \(listed)", input: .string(loraName)))
+            } else if let loraName, choices.contains(where: { $0.name == loraName }) {
+                reader.issues.append(ValidationIssue("value_error", field: "name", "LoRA '\(loraName)' is named twice; give each LoRA once", input: .string(loraName)))
+            }
+            // The item's own issues, placed under its index.
+            let under: [ValidationIssue.LocationPart] = [.key("body")] + place
+            issues += reader.issues.map { issue in
+                var nested = issue
+                nested.loc = under + Array(issue.loc.dropFirst())
+                return nested
+            }
+            guard reader.issues.isEmpty, let loraName, let scale else {
+                valid = false
+                continue
+            }
+            choices.append(LoRAChoice(name: loraName, scale: scale))
+        }
+        return valid ? choices : nil
+    }
+}
+
+extension JSONValue {
+    /// An object's member; nil for a missing one or a value that is not an object.
+    package func member(_ key: String) -> JSONValue? {
+        guard case .object(let fields) = self else { return nil }
+        return fields[key]
+    }
+}
