@@ -126,7 +126,8 @@ import Testing
                 let body = try ready.jsonObject()
                 #expect(body["status"] as? String == "ready")
                 #expect(body["device"] as? String == "cuda:1")
-                #expect(body["slots"] as? Int == 2)
+                // Only the ready worker's share (1 of the node's 2) can run jobs now.
+                #expect(body["slots"] as? Int == 1)
                 let listed = try #require(body["workers"] as? [[String: Any]])
                 #expect(listed.map { $0["index"] as? Int } == [0, 1])
                 #expect(listed.map { $0["device"] as? String } == ["cuda:0", "cuda:1"])
