@@ -26,7 +26,8 @@ extension ServiceConfiguration {
             maxAttempts: maxAttempts,
             cancelGrace: cancelGrace,
             shutdownGrace: shutdownGrace,
-            pollInterval: pollInterval
+            pollInterval: pollInterval,
+            loraSetHold: loraSetHold
         )
     }
 

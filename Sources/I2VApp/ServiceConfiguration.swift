@@ -65,6 +65,8 @@ public struct ServiceConfiguration: Sendable {
     public var maxAttempts: Int
     public var shutdownGrace: Duration
     public var cancelGrace: Duration
+    /// How long a busy worker keeps taking only tasks of the LoRA set it runs (`I2V_LORA_SET_HOLD_SECONDS`).
+    public var loraSetHold: Duration
     public var modelPath: String?
     /// The model the workers serve (`I2V_MODEL`), an id of the worker's model table; nil: the checkpoint's own,
     /// or the default demo model when there is no checkpoint path either.
@@ -138,6 +140,7 @@ public struct ServiceConfiguration: Sendable {
         self.maxAttempts = max(1, config.int(forKey: "maxAttempts", default: 2))
         self.shutdownGrace = .seconds(max(0, config.seconds(forKey: "shutdownGraceSeconds", default: 30)))
         self.cancelGrace = .seconds(max(0.1, config.seconds(forKey: "cancelGraceSeconds", default: 30)))
+        self.loraSetHold = .seconds(max(0, config.seconds(forKey: "loraSetHoldSeconds", default: 60)))
         self.modelPath = config.string(forKey: "modelPath").flatMap { $0.isEmpty ? nil : $0 }
         self.model = config.string(forKey: "model").flatMap { $0.isEmpty ? nil : $0.lowercased() }
         self.devices = DeviceSelection(devices: config.string(forKey: "devices"), device: config.string(forKey: "device"))

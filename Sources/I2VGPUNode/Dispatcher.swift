@@ -26,6 +26,9 @@ public actor Dispatcher: Service {
         public var pollInterval: Duration
         /// The models this node's workers serve now: it claims only their tasks (nil: any task).
         public var models: @Sendable () async -> [String]?
+        /// How long a busy worker's free slots keep to the LoRA set it runs before they take the oldest task
+        /// of any set again (`WorkerPool.claimSet`): the longest another set waits for a busy worker.
+        public var loraSetHold: Duration
 
         public init(
             node: String,
@@ -34,7 +37,8 @@ public actor Dispatcher: Service {
             cancelGrace: Duration,
             shutdownGrace: Duration,
             pollInterval: Duration = .seconds(1),
-            models: @escaping @Sendable () async -> [String]? = { nil }
+            models: @escaping @Sendable () async -> [String]? = { nil },
+            loraSetHold: Duration = .seconds(60)
         ) {
             self.node = node
             self.lease = lease
@@ -43,6 +47,7 @@ public actor Dispatcher: Service {
             self.shutdownGrace = shutdownGrace
             self.pollInterval = pollInterval
             self.models = models
+            self.loraSetHold = loraSetHold
         }
 
         /// Renewed three times a lease, so one late or failed heartbeat never lets a lease run out.
@@ -159,8 +164,12 @@ public actor Dispatcher: Service {
         while accepting, let member = await pool.reserve() {
             let claimed: TaskRecord?
             let started = ContinuousClock.now
+            // A worker's running jobs share its adapters: while it is busy, its free slots take its own set.
+            let set = await pool.claimSet(for: member, hold: configuration.loraSetHold)
             do {
-                claimed = try await store.claimNext(node: configuration.node, lease: configuration.lease, models: await configuration.models())
+                claimed = try await store.claimNext(
+                    node: configuration.node, lease: configuration.lease, models: await configuration.models(), loraSet: set
+                )
                 metrics.claimLatency.record(duration: ContinuousClock.now - started)
                 storeProblem(nil)
             } catch {
@@ -181,7 +190,7 @@ public actor Dispatcher: Service {
                 continue
             }
             metrics.queueWait.recordSeconds(max(0, Date().timeIntervalSince(task.createdAt)))
-            await pool.assign(task.id, to: member)
+            await pool.assign(task.id, loraSet: TaskLoRA.setKey(task.loras), to: member)
             let (cancels, continuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
             running[task.id] = RunningJob(cancels: continuation)
             group.addTask { await self.execute(task, on: member, cancels: cancels) }

@@ -46,6 +46,8 @@ public actor WorkerPool {
     private let metrics: ServiceMetrics
     private var running: [Int]
     private var tasks: [[String]]
+    /// Each busy worker's LoRA set and since when it has run it (see `claimSet`).
+    private var heldSets: [(set: String, since: ContinuousClock.Instant)?]
 
     public init(members: [Member], capacity: Int, metrics: ServiceMetrics) {
         precondition(!members.isEmpty, "a node needs at least one worker")
@@ -54,6 +56,7 @@ public actor WorkerPool {
         self.metrics = metrics
         self.running = Array(repeating: 0, count: members.count)
         self.tasks = Array(repeating: [], count: members.count)
+        self.heldSets = Array(repeating: nil, count: members.count)
         // Every worker shows up in /metrics from the start, not only once it has run or lost something.
         for member in members { metrics.registerWorker(index: member.index, device: member.device) }
     }
@@ -100,9 +103,22 @@ public actor WorkerPool {
         return chosen
     }
 
+    /// The LoRA set a busy worker's free slot should claim, or nil for the oldest task of any set. A
+    /// worker's running jobs share its adapters, so a job of another set would wait inside the worker until
+    /// they end; keeping a busy worker to its set lets it switch sets only when idle. After `hold` of one set
+    /// it takes the oldest task again (which may be of its set still), so no set waits longer than that
+    /// behind a worker that is never idle.
+    package func claimSet(for member: Member, hold: Duration, now: ContinuousClock.Instant = .now) -> String? {
+        guard !tasks[member.index].isEmpty, let held = heldSets[member.index], now - held.since < hold else { return nil }
+        return held.set
+    }
+
     /// Records which task a reserved slot is running. The gauge counts tasks, not reservations: a slot
     /// reserved for a claim that finds the queue empty never ran anything.
-    package func assign(_ taskID: String, to member: Member) {
+    package func assign(_ taskID: String, loraSet: String = "", to member: Member, now: ContinuousClock.Instant = .now) {
+        if tasks[member.index].isEmpty || heldSets[member.index]?.set != loraSet {
+            heldSets[member.index] = (loraSet, now)
+        }
         tasks[member.index].append(taskID)
         metrics.recordWorkerRunning(index: member.index, device: member.device, count: tasks[member.index].count)
     }
@@ -110,6 +126,7 @@ public actor WorkerPool {
     /// Gives back a reserved slot, and forgets its task if one was assigned.
     package func release(_ member: Member, taskID: String? = nil) {
         if let taskID { tasks[member.index].removeAll { $0 == taskID } }
+        if tasks[member.index].isEmpty { heldSets[member.index] = nil }
         running[member.index] = max(0, running[member.index] - 1)
         metrics.recordWorkerRunning(index: member.index, device: member.device, count: tasks[member.index].count)
     }

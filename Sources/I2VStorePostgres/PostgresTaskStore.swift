@@ -136,7 +136,12 @@ public struct PostgresTaskStore: TaskStore {
         ),
         (4, "webhook subscriptions, webhook outbox", webhookMigration),
         (5, "last frames", ["ALTER TABLE tasks ADD COLUMN last_input_key TEXT"]),
-        (6, "LoRAs", ["ALTER TABLE tasks ADD COLUMN loras TEXT"]),
+        (6, "LoRAs", [
+            "ALTER TABLE tasks ADD COLUMN loras TEXT",
+            // The set's key, so that a claim for one set finds its oldest task by index.
+            "ALTER TABLE tasks ADD COLUMN lora_set TEXT NOT NULL DEFAULT ''",
+            "CREATE INDEX tasks_queued_lora_set ON tasks (lora_set, seq) WHERE status = 'InQueue'",
+        ]),
     ]
 
     /// The channel every enqueue, requeue and cancel notifies, so idle nodes claim at once and a cancel
@@ -220,13 +225,13 @@ public struct PostgresTaskStore: TaskStore {
                 INSERT INTO tasks (id, owner_key_hash, status, model, prompt, negative_prompt, width, height,
                     num_frames, guidance_scale, infer_steps, seed, input_key, fetch_seconds, decode_seconds,
                     png_seconds, created_at, webhook_url, webhook_events, webhook_started_recorded,
-                    webhook_end_recorded, last_input_key, loras)
+                    webhook_end_recorded, last_input_key, loras, lora_set)
                 VALUES (\(task.id), \(task.ownerKeyHash), 'InQueue', \(p.model), \(p.prompt), \(p.negativePrompt),
                     \(p.width), \(p.height), \(p.numFrames), \(p.guidanceScale), \(p.inferSteps), \(p.seed),
                     \(task.inputKey), \(task.intake.fetch), \(task.intake.decode), \(task.intake.encode),
                     \(task.createdAt.timeIntervalSince1970), \(task.webhook?.url), \(task.webhook?.storedEvents),
                     \(!task.webhookWantsStarted), \(!task.webhookWantsEnding), \(task.lastInputKey),
-                    \(TaskLoRA.stored(task.loras)))
+                    \(TaskLoRA.stored(task.loras)), \(TaskLoRA.setKey(task.loras)))
                 """,
                 logger: logger
             )
@@ -312,10 +317,12 @@ public struct PostgresTaskStore: TaskStore {
     /// `TaskStateMachine.claim` as one statement: the claim is the queue's hot path, and a transaction that
     /// reads the row first would take three more round trips. The store contract suite checks that it
     /// leaves the row as the state machine's plan does.
-    public func claimNext(node: String, lease: Duration, models: [String]?) async throws -> TaskRecord? {
+    public func claimNext(node: String, lease: Duration, models: [String]?, loraSet: String?) async throws -> TaskRecord? {
         let now = Date()
         let anyModel = models == nil
         let wanted = (models ?? []).map { $0.lowercased() }
+        let anySet = loraSet == nil
+        let set = loraSet ?? ""
         return try await withDeadline {
         try await Self.records(
             client.query(
@@ -326,6 +333,7 @@ public struct PostgresTaskStore: TaskStore {
                     lease_expires_at = \(now.addingTimeInterval(lease.seconds).timeIntervalSince1970)
                 WHERE status = 'InQueue' AND seq = (
                     SELECT seq FROM tasks WHERE status = 'InQueue' AND (\(anyModel) OR lower(model) = ANY(\(wanted)))
+                        AND (\(anySet) OR lora_set = \(set))
                     ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED
                 )
                 RETURNING *

@@ -126,6 +126,9 @@ public struct SQLiteTaskStore: TaskStore {
         }
         migrator.registerMigration("v6: LoRAs") { db in
             try db.execute(sql: "ALTER TABLE tasks ADD COLUMN loras TEXT")
+            // The set's key, so that a claim for one set finds its oldest task by index.
+            try db.execute(sql: "ALTER TABLE tasks ADD COLUMN lora_set TEXT NOT NULL DEFAULT ''")
+            try db.execute(sql: "CREATE INDEX tasks_queued_lora_set ON tasks(lora_set, seq) WHERE status = 'InQueue'")
         }
         return migrator
     }
@@ -140,15 +143,15 @@ public struct SQLiteTaskStore: TaskStore {
                     INSERT INTO tasks (id, owner_key_hash, status, model, prompt, negative_prompt, width, height,
                         num_frames, guidance_scale, infer_steps, seed, input_key, fetch_seconds, decode_seconds,
                         png_seconds, created_at, webhook_url, webhook_events, webhook_started_recorded,
-                        webhook_end_recorded, last_input_key, loras)
-                    VALUES (?, ?, 'InQueue', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        webhook_end_recorded, last_input_key, loras, lora_set)
+                    VALUES (?, ?, 'InQueue', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     task.id, task.ownerKeyHash, p.model, p.prompt, p.negativePrompt, p.width, p.height,
                     p.numFrames, p.guidanceScale, p.inferSteps, p.seed, task.inputKey, task.intake.fetch,
                     task.intake.decode, task.intake.encode, task.createdAt.timeIntervalSince1970,
                     task.webhook?.url, task.webhook?.storedEvents, !task.webhookWantsStarted, !task.webhookWantsEnding,
-                    task.lastInputKey, TaskLoRA.stored(task.loras),
+                    task.lastInputKey, TaskLoRA.stored(task.loras), TaskLoRA.setKey(task.loras),
                 ]
             )
         }
@@ -213,14 +216,14 @@ public struct SQLiteTaskStore: TaskStore {
         }
     }
 
-    public func claimNext(node: String, lease: Duration, models: [String]?) async throws -> TaskRecord? {
+    public func claimNext(node: String, lease: Duration, models: [String]?, loraSet: String?) async throws -> TaskRecord? {
         try await database.write { db in
-            let filter = models.map { "AND lower(model) IN (\(databaseQuestionMarks(count: $0.count)))" } ?? ""
+            let filter = (models.map { "AND lower(model) IN (\(databaseQuestionMarks(count: $0.count)))" } ?? "") + (loraSet == nil ? "" : " AND lora_set = ?")
             guard
                 let row = try Row.fetchOne(
                     db,
                     sql: "SELECT id, infer_steps, \(Self.stateColumns) FROM tasks WHERE status = 'InQueue' \(filter) ORDER BY seq LIMIT 1",
-                    arguments: StatementArguments((models ?? []).map { $0.lowercased() })
+                    arguments: StatementArguments((models ?? []).map { $0.lowercased() }) + StatementArguments(loraSet.map { [$0] } ?? [])
                 )
             else { return nil }
             let id: String = row["id"]

@@ -54,6 +54,29 @@ import Testing
         }
     }
 
+    /// A claim for one LoRA set takes the oldest task of that set only, the same set in any order of its
+    /// LoRAs; the set of no LoRAs is the empty key.
+    @Test(arguments: QueueKind.allCases)
+    func claimsForALoRASetTakeOnlyThatSet(_ kind: QueueKind) async throws {
+        try await withQueue(kind) { store in
+            let a = TaskLoRA(name: "a", scale: 1, sha256: "aa")
+            let b = TaskLoRA(name: "b", scale: 0.5, sha256: "bb")
+            for (id, loras) in [("plain", []), ("ab", [a, b]), ("a", [a]), ("ba", [b, a]), ("plain2", [])] as [(String, [TaskLoRA])] {
+                var record = Self.record(id)
+                record.loras = loras
+                try await store.enqueue(record, maxQueued: 10)
+            }
+            let ab = TaskLoRA.setKey([a, b])
+            #expect(ab == TaskLoRA.setKey([b, a]) && ab != TaskLoRA.setKey([a]) && TaskLoRA.setKey([]) == "")
+            #expect(try await store.claimNext(node: Self.node, lease: Self.lease, models: nil, loraSet: ab)?.id == "ab")
+            #expect(try await store.claimNext(node: Self.node, lease: Self.lease, models: ["m"], loraSet: ab)?.id == "ba")
+            #expect(try await store.claimNext(node: Self.node, lease: Self.lease, models: nil, loraSet: ab) == nil)
+            #expect(try await store.claimNext(node: Self.node, lease: Self.lease, models: ["other"], loraSet: "") == nil)
+            #expect(try await store.claimNext(node: Self.node, lease: Self.lease, models: nil, loraSet: "")?.id == "plain")
+            #expect(try await store.claimNext(node: Self.node, lease: Self.lease)?.id == "a")
+        }
+    }
+
     @Test(arguments: QueueKind.allCases)
     func fifoClaimsPositionsAndTheQueueCap(_ kind: QueueKind) async throws {
         try await withQueue(kind) { store in

@@ -121,6 +121,12 @@ public struct EmptyLoRACatalog: LoRACatalog {
 
 extension TaskLoRA {
     /// How the stores keep a task's LoRAs: one JSON column, NULL for none (every row from before LoRAs).
+    /// The key of a LoRA set: the same files at the same scales are the same set in any order, as the worker
+    /// sees it (it makes adapters from the SHA-256). The empty string is the set of no LoRAs.
+    package static func setKey(_ loras: [TaskLoRA]) -> String {
+        loras.map { "\($0.sha256.lowercased())@\($0.scale)" }.sorted().joined(separator: ",")
+    }
+
     package static func stored(_ loras: [TaskLoRA]) -> String? {
         guard !loras.isEmpty, let data = try? JSONEncoder().encode(loras) else { return nil }
         return String(decoding: data, as: UTF8.self)

@@ -47,9 +47,12 @@ package actor InMemoryTaskQueue: TaskQueue {
         )
     }
 
-    package func claimNext(node: String, lease: Duration, models: [String]?) async throws -> TaskRecord? {
+    package func claimNext(node: String, lease: Duration, models: [String]?, loraSet: String?) async throws -> TaskRecord? {
         let wanted = models.map { Set($0.map { $0.lowercased() }) }
-        let queued = entries.filter { $0.value.state.status == .inQueue && wanted?.contains($0.value.record.parameters.model.lowercased()) != false }
+        let queued = entries.filter { entry in
+            entry.value.state.status == .inQueue && wanted?.contains(entry.value.record.parameters.model.lowercased()) != false
+                && loraSet.map { TaskLoRA.setKey(entry.value.record.loras) == $0 } != false
+        }
         guard let (id, entry) = queued.min(by: { $0.value.seq < $1.value.seq }) else { return nil }
         let now = Date()
         let plan = TaskStateMachine.claim(

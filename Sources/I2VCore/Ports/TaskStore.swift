@@ -37,8 +37,9 @@ public protocol TaskQueue: Sendable {
     func counts() async throws -> QueueCounts
     /// Moves the oldest queued task of one of `models` (any model when nil; ids compared without case) to
     /// InProgress under `node`'s lease and counts the attempt. Each model's tasks are FIFO on their own, so a
-    /// long queue for one model never holds up a node serving another.
-    func claimNext(node: String, lease: Duration, models: [String]?) async throws -> TaskRecord?
+    /// long queue for one model never holds up a node serving another. With `loraSet`, only tasks of that
+    /// LoRA set (`TaskLoRA.setKey`) are taken: a worker that runs one set keeps to it while it is busy.
+    func claimNext(node: String, lease: Duration, models: [String]?, loraSet: String?) async throws -> TaskRecord?
     /// The node's heartbeat: extends its leases on these tasks and returns the ones it still holds.
     func renewLeases(node: String, ids: [String], lease: Duration) async throws -> Set<String>
     func recordProgress(id: String, node: String, step: Int, total: Int) async throws
@@ -62,7 +63,11 @@ public protocol TaskQueue: Sendable {
 extension TaskQueue {
     /// The oldest queued task of any model.
     public func claimNext(node: String, lease: Duration) async throws -> TaskRecord? {
-        try await claimNext(node: node, lease: lease, models: nil)
+        try await claimNext(node: node, lease: lease, models: nil, loraSet: nil)
+    }
+
+    public func claimNext(node: String, lease: Duration, models: [String]?) async throws -> TaskRecord? {
+        try await claimNext(node: node, lease: lease, models: models, loraSet: nil)
     }
 }
 

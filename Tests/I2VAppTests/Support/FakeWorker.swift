@@ -18,6 +18,8 @@ actor FakeWorker: InferenceWorker {
     var memory: WorkerMemory?
     private(set) var running: Set<String> = []
     private(set) var maxConcurrent = 0
+    /// The most LoRA sets its running jobs held at once (a real worker would make all but one wait).
+    private(set) var maxConcurrentLoRASets = 0
     private(set) var started: [String] = []
     /// Every job as the dispatcher sent it.
     private(set) var jobs: [WorkerJob] = []
@@ -89,6 +91,8 @@ actor FakeWorker: InferenceWorker {
         started.append(job.taskID)
         jobs.append(job)
         maxConcurrent = max(maxConcurrent, running.count)
+        let sets = Set(jobs.filter { running.contains($0.taskID) }.map { ($0.loras ?? []).map { "\($0.sha256)@\($0.scale)" }.sorted() })
+        maxConcurrentLoRASets = max(maxConcurrentLoRASets, sets.count)
         lost[job.taskID] = continuation
         nextRun += 1
         runs[job.taskID] = nextRun
