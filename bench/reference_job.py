@@ -1,11 +1,18 @@
 """The "plain script" side of benchmark B1: one image-to-video job done the way the reference FastAPI service does it.
 
 The model is loaded once (as that service does at start-up) with diffusers' `WanImageToVideoPipeline.from_pretrained`,
-with the same settings as the worker (`worker/i2v_worker/pipeline.py`) on the CPU: float32, UniPC flow-matching
-scheduler with flow_shift 3.0 (5.0 for 720P-area models), `torch.set_num_threads(1)`, progress bars off, and the same
-warm-up run (32x32, 5 frames, 2 steps). Each job then does what the reference service does per request: download the
-image over HTTP, open it with PIL, resize it to the job's size, call the pipeline, and write the MP4 with
-`diffusers.utils.export_to_video(frames, path, fps=16)`. Only the jobs are timed.
+with the same settings as the worker (`worker/i2v_worker/pipeline.py`) on the CPU: float32, the UniPC flow-matching
+scheduler with the model's flow shift (`--flow-shift`; without it, the one in the checkpoint's scheduler config),
+`torch.set_num_threads(1)`, progress bars off, and the same warm-up run (a square of `--warm-size`, 2 x the model's
+size multiple, 5 frames, 2 steps, guidance 3.0 on both experts of a two-expert model, the same image as last frame
+where the model needs one: `--warm-last-image`). Each job then does what the reference service does per request:
+download the image (and the last image, where the job has one) over HTTP, open it with PIL, resize it to the job's
+size, call the pipeline (with `last_image` and `guidance_scale_2` where the job gives them), and write the MP4 with
+`diffusers.utils.export_to_video(frames, path, fps=fps)` at the model's frame rate (`--fps`). Only the jobs are timed.
+
+Every demo model loads through the same call: Wan2.1 I2V and FLF2V (CLIP image encoder), Wan2.2 I2V-A14B
+(`transformer_2` and `boundary_ratio` from its model_index.json) and Wan2.2 TI2V-5B (saved as `WanPipeline`, loaded
+into the image-to-video pipeline with its `expand_timesteps`), as the worker loads them.
 
 `export_to_video` needs `imageio` + `imageio-ffmpeg`. Where they are missing (they are not in the worker's lock
 file), `bench/run.py` installs them into `bench/results/cache/pydeps` and puts that on PYTHONPATH; failing that, this
@@ -17,10 +24,11 @@ Two ways to run it:
     python bench/reference_job.py --model DIR --image-url URL --output out.mp4      # one job, prints JSON
     python bench/reference_job.py --model DIR --serve                               # JSON jobs on stdin, one a line
 
-In `--serve` mode it prints `{"ready": true, ...}` once loaded, then one JSON answer per job line:
+In `--serve` mode it prints `{"ready": true, ...}` once loaded (with what it loaded: pipeline class, scheduler,
+flow shift, experts, expand_timesteps, fps), then one JSON answer per job line:
 job line: {"image_url", "prompt", "negative_prompt", "width", "height", "num_frames", "infer_steps",
-"guidance_scale", "seed", "output"}; answer: {"ok", "seconds", "fetch_s", "prepare_s", "inference_s", "export_s",
-"frames", "bytes"} or {"ok": false, "error"}.
+"guidance_scale", "seed", "output"} and optionally "last_image_url", "guidance_scale_2"; answer: {"ok", "seconds",
+"fetch_s", "prepare_s", "inference_s", "export_s", "frames", "bytes"} or {"ok": false, "error"}.
 """
 
 from __future__ import annotations
@@ -41,8 +49,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-AREA_720P = 1280 * 720
-FPS = 16
+WARM_UP_FRAMES = 5  # the worker's warm-up clip
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,8 @@ class Job:
     guidance_scale: float
     seed: int
     output: str
+    last_image_url: str | None = None
+    guidance_scale_2: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
@@ -71,17 +80,12 @@ class Job:
             guidance_scale=float(data.get("guidance_scale", 3.0)),
             seed=int(data["seed"]),
             output=str(data["output"]),
+            last_image_url=str(data["last_image_url"]) if data.get("last_image_url") else None,
+            guidance_scale_2=float(data["guidance_scale_2"]) if data.get("guidance_scale_2") is not None else None,
         )
 
 
-def _native_area(model_path: str) -> int:
-    info = Path(model_path) / "i2v_model.json"
-    if info.is_file():
-        return int(json.loads(info.read_text(encoding="utf-8"))["native_area"])
-    return 832 * 480
-
-
-def load(model_path: str, threads: int) -> Any:
+def load(model_path: str, threads: int, flow_shift: float | None, warm_size: int, warm_last_image: bool) -> Any:
     """The pipeline, loaded as the worker loads it on the CPU, then warmed up as the worker warms it up."""
     from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -91,19 +95,46 @@ def load(model_path: str, threads: int) -> Any:
     transformers_logging.disable_progress_bar()
     torch.set_num_threads(threads)
     pipe = WanImageToVideoPipeline.from_pretrained(model_path, dtype=torch.float32)
-    flow_shift = 5.0 if _native_area(model_path) >= AREA_720P else 3.0
+    if flow_shift is None:
+        flow_shift = float(pipe.scheduler.config.get("flow_shift", 1.0))
     pipe.scheduler = UniPCMultistepScheduler.from_config(
         pipe.scheduler.config, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift
     )
     pipe.to("cpu")
     pipe.set_progress_bar_config(disable=True)
-    # The worker's warm-up: 2 x size_multiple square, 5 frames, 2 steps.
-    image = Image.new("RGB", (32, 32), (127, 127, 127))
+    # The worker's warm-up: a square of 2 x the size multiple, 5 frames, 2 steps (with two experts, one on each).
+    image = Image.new("RGB", (warm_size, warm_size), (127, 127, 127))
+    extra: dict[str, Any] = {}
+    if _experts(pipe) > 1:
+        extra["guidance_scale_2"] = 3.0
+    if warm_last_image:
+        extra["last_image"] = image
     pipe(
-        image=image, prompt="warm-up", negative_prompt="", height=32, width=32, num_frames=5,
-        num_inference_steps=2, guidance_scale=3.0, generator=torch.Generator("cpu").manual_seed(0), output_type="np",
+        image=image, prompt="warm-up", negative_prompt="", height=warm_size, width=warm_size,
+        num_frames=WARM_UP_FRAMES, num_inference_steps=2, guidance_scale=3.0,
+        generator=torch.Generator("cpu").manual_seed(0), output_type="np", **extra,
     )  # fmt: skip
     return pipe
+
+
+def _experts(pipe: Any) -> int:
+    return 2 if getattr(pipe, "transformer_2", None) is not None else 1
+
+
+def describe(pipe: Any, fps: int) -> dict[str, Any]:
+    """What was loaded, for the benchmark's record (and to check it is the model the worker serves)."""
+    return {
+        "pipeline": type(pipe).__name__,
+        "scheduler": type(pipe.scheduler).__name__,
+        "flow_shift": float(pipe.scheduler.config.flow_shift),
+        "experts": _experts(pipe),
+        "boundary_ratio": pipe.config.get("boundary_ratio"),
+        "expand_timesteps": bool(pipe.config.get("expand_timesteps", False)),
+        "image_encoder": getattr(pipe, "image_encoder", None) is not None,
+        "dtype": str(pipe.transformer.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "fps": fps,
+    }
 
 
 def _has_imageio() -> bool:
@@ -127,12 +158,22 @@ def _export_ffmpeg_cli(frames: np.ndarray, path: str, fps: int) -> None:
     subprocess.run(command, input=uint8.tobytes(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def run_job(pipe: Any, job: Job, exporter: str) -> dict[str, Any]:
+def _fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return bytes(response.read())
+
+
+def run_job(pipe: Any, job: Job, exporter: str, fps: int) -> dict[str, Any]:
     started = time.perf_counter()
-    with urllib.request.urlopen(job.image_url, timeout=60) as response:
-        data = response.read()
+    data = _fetch(job.image_url)
+    last_data = _fetch(job.last_image_url) if job.last_image_url else None
     fetched = time.perf_counter()
     image = Image.open(io.BytesIO(data)).convert("RGB").resize((job.width, job.height))
+    extra: dict[str, Any] = {}
+    if last_data is not None:
+        extra["last_image"] = Image.open(io.BytesIO(last_data)).convert("RGB").resize((job.width, job.height))
+    if job.guidance_scale_2 is not None:
+        extra["guidance_scale_2"] = job.guidance_scale_2
     prepared = time.perf_counter()
     output = pipe(
         image=image,
@@ -145,14 +186,15 @@ def run_job(pipe: Any, job: Job, exporter: str) -> dict[str, Any]:
         guidance_scale=job.guidance_scale,
         generator=torch.Generator("cpu").manual_seed(job.seed),
         output_type="np",
+        **extra,
     ).frames[0]
     inferred = time.perf_counter()
     if exporter == "export_to_video":
         from diffusers.utils import export_to_video
 
-        export_to_video(list(output), job.output, fps=FPS)
+        export_to_video(list(output), job.output, fps=fps)
     else:
-        _export_ffmpeg_cli(output, job.output, FPS)
+        _export_ffmpeg_cli(output, job.output, fps)
     finished = time.perf_counter()
     return {
         "ok": True,
@@ -171,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="diffusers checkpoint directory")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the worker uses 1 per job on the CPU)")
     parser.add_argument("--serve", action="store_true", help="read JSON jobs from stdin, one a line")
+    parser.add_argument("--flow-shift", type=float, help="the scheduler's flow shift (default: the checkpoint's)")
+    parser.add_argument("--fps", type=int, default=16, help="the MP4's frame rate: the model's (16; TI2V-5B 24)")
+    parser.add_argument("--warm-size", type=int, default=32, help="warm-up frame side: 2 x the size multiple (32)")
+    parser.add_argument("--warm-last-image", action="store_true", help="warm up with a last image (FLF2V needs one)")
     parser.add_argument("--image-url")
     parser.add_argument("--output", default="reference.mp4")
     parser.add_argument("--width", type=int, default=160)
@@ -183,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
 
     exporter = "export_to_video" if _has_imageio() else "ffmpeg-cli"
     started = time.perf_counter()
-    pipe = load(args.model, args.threads)
+    pipe = load(args.model, args.threads, args.flow_shift, args.warm_size, args.warm_last_image)
     load_s = time.perf_counter() - started
     if not args.serve:
         if not args.image_url:
@@ -193,18 +239,18 @@ def main(argv: list[str] | None = None) -> int:
             width=args.width, height=args.height, num_frames=args.num_frames, infer_steps=args.steps,
             guidance_scale=3.0, seed=args.seed, output=args.output,
         )  # fmt: skip
-        print(json.dumps({"load_s": load_s, "export": exporter, **run_job(pipe, job, exporter)}))
+        print(json.dumps({"load_s": load_s, "export": exporter, **run_job(pipe, job, exporter, args.fps)}))
         return 0
 
     print(
-        json.dumps({"ready": True, "load_s": load_s, "export": exporter, "threads": torch.get_num_threads()}),
+        json.dumps({"ready": True, "load_s": load_s, "export": exporter, **describe(pipe, args.fps)}),
         flush=True,
     )
     for line in sys.stdin:
         if not line.strip():
             continue
         try:
-            answer = run_job(pipe, Job.from_dict(json.loads(line)), exporter)
+            answer = run_job(pipe, Job.from_dict(json.loads(line)), exporter, args.fps)
         except Exception as exc:  # noqa: BLE001 (one bad job must not end the session; run.py reports it)
             answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         print(json.dumps(answer), flush=True)

@@ -26,7 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from harness.core import DEFAULT_SERVER, REPO, RESULTS, BenchError, Context, Settings, say
+from harness.core import DEFAULT_SERVER, DEMO_MODELS, REPO, RESULTS, BenchError, Context, Settings, say
 from harness.report import cpu_busy, load_average, machine, table
 from suites import NAMES, SERVER_SUITES, all_suites
 
@@ -61,6 +61,8 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--quick", action="store_true", help="short smoke run: fewer jobs, shorter wrk runs")
     parser.add_argument("--only", default=",".join(NAMES), help=f"comma-separated subset of {','.join(NAMES)}")
     parser.add_argument("--jobs", type=int, help="B1 jobs per side (default 5; --quick 2)")
+    parser.add_argument("--models", default=",".join(DEMO_MODELS),
+                        help=f"B1's demo models, comma-separated (default all: {','.join(DEMO_MODELS)})")  # fmt: skip
     parser.add_argument("--workers", default="1,2,4,8", help="B5 worker counts (default 1,2,4,8; must include 1)")
     parser.add_argument("--hold", type=float, default=2.0, help="B5 seconds the stub worker holds each job (2)")
     parser.add_argument("--jobs-per-worker", type=int, help="B5 jobs per worker (default 6; --quick 3)")
@@ -78,6 +80,9 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         parser.error(f"no server binary at {server} (build it: swift build -c release --scratch-path .build-release)")
     if not Path(args.python).exists():
         parser.error(f"no Python at {args.python} (make python-env)")
+    models = list(dict.fromkeys(part.strip().lower() for part in args.models.split(",") if part.strip()))
+    if not models or not set(models) <= set(DEMO_MODELS):
+        parser.error(f"--models takes some of {','.join(DEMO_MODELS)}, not {args.models}")
     jobs = args.jobs if args.jobs is not None else (2 if args.quick else 5)
     if not 1 <= jobs <= 50:
         parser.error("--jobs must be 1..50")
@@ -96,7 +101,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         intake_submits=3 if args.quick else 10, gpu_steps=2 if args.quick else 3, gpu_smoke_cpu=args.gpu_smoke_cpu,
         keep=args.keep, scale_workers=workers, scale_hold_s=args.hold,
         scale_jobs_per_worker=args.jobs_per_worker or (3 if args.quick else 6), depth=depth,
-        build=args.build or build_label(server),
+        build=args.build or build_label(server), models=models,
     )  # fmt: skip
 
 

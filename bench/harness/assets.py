@@ -14,7 +14,11 @@ from harness.core import CACHE, REPO, say
 
 IMAGEIO_PINS = ("imageio==2.38.1", "imageio-ffmpeg==0.6.0")
 IMAGES_VERSION = "v1"  # bump when the generated images change
-B1_SOURCE = (800, 480)  # B1's input image: a 5:3 JPEG (the demo model makes 160x96 of it)
+B1_SOURCE = (800, 480)  # B1's input image: a 5:3 JPEG (the 480P demo models make 160x96 of it)
+# B1's input images per native demo size (W, H): 5x the size, so the service's cover resize and the script's plain
+# resize make the same frame; the "-last" one is the last frame for models that take one (FLF2V).
+B1_IMAGES = {(160, 96): "b1-800x480.jpg", (224, 128): "b1-1120x640.jpg"}
+B1_LAST_IMAGES = {(160, 96): "b1-800x480-last.jpg", (224, 128): "b1-1120x640-last.jpg"}
 
 
 def demo_model(python: str) -> Path:
@@ -74,6 +78,10 @@ def images() -> Path:
         ("small-320x192.png", 320, 192, 0.0),
         ("photo-4000x3000.jpg", 4000, 3000, 10.0),
         ("photo-3840x2160.png", 3840, 2160, 3.0),
+        # Added later: new files get new seeds, the ones above keep theirs.
+        ("b1-1120x640.jpg", 1120, 640, 8.0),
+        ("b1-800x480-last.jpg", *B1_SOURCE, 8.0),
+        ("b1-1120x640-last.jpg", 1120, 640, 8.0),
     ]
     directory.mkdir(parents=True, exist_ok=True)
     for index, (name, width, height, noise) in enumerate(specs):

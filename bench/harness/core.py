@@ -19,6 +19,14 @@ DEFAULT_SERVER = REPO / ".build-release" / "release" / "i2v-server"
 HOST = "127.0.0.1"  # the only address anything here binds to or connects to
 KEY = "benchkey"
 READY_TIMEOUT_S = 600.0
+# The demo models B1 measures by default, the 480P one (whose server B2 reuses) first.
+DEMO_MODELS = (
+    "wan2.1-i2v-14b-480p-demo",
+    "wan2.1-i2v-14b-720p-demo",
+    "wan2.1-flf2v-14b-720p-demo",
+    "wan2.2-i2v-a14b-demo",
+    "wan2.2-ti2v-5b-demo",
+)
 JOB_TIMEOUT_S = 600.0
 
 T = TypeVar("T")
@@ -54,6 +62,7 @@ class Settings:
     scale_jobs_per_worker: int
     depth: int
     build: str  # how the server binary was built, for the table's notes ("release", "debug", …)
+    models: list[str] = field(default_factory=list)  # B1's demo models, in the order they run
 
 
 @dataclass

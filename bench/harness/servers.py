@@ -42,14 +42,16 @@ class ImageServer:
 
 class Server:
     """One `i2v-server <role>` (serve, api or worker) with its own port and log file, and a data directory of its
-    own unless `data` is given (nodes of one cluster share theirs)."""
+    own unless `data` is given (nodes of one cluster share theirs). `model` is the checkpoint (`I2V_MODEL_PATH`);
+    None leaves the choice to `I2V_MODEL` in `extra`: a `-demo` id is built by the server into
+    `<data>/models/<id>` on start (`demo_checkpoint`)."""
 
     def __init__(
         self,
         ctx: Context,
         name: str,
         *,
-        model: Path,
+        model: Path | None,
         python: str,
         log_level: str = "warning",
         role: str = "serve",
@@ -71,12 +73,13 @@ class Server:
             "I2V_ALLOW_PRIVATE_IMAGE_HOSTS": "true",
             "I2V_PUBLIC_URL": f"http://{HOST}:{self.port}",
             "I2V_PYTHON": python,
-            "I2V_MODEL_PATH": str(model),
             "I2V_DEVICE": "cpu",
             "I2V_SUBMITS_PER_MINUTE": "0",
             "I2V_MAX_QUEUED": "1000000",
             "I2V_LOG_LEVEL": log_level,
         })  # fmt: skip
+        if model is not None:  # else the server serves I2V_MODEL (in `extra`), building a demo in its data dir
+            env["I2V_MODEL_PATH"] = str(model)
         env.update(extra or {})
         self.env = {k: v for k, v in env.items() if k.startswith("I2V_") and k != "I2V_DATABASE_URL"}
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
@@ -103,6 +106,10 @@ class Server:
                     conn.close()
             time.sleep(0.1)
         raise BenchError(f"server {self.name} not ready within {timeout_s:.0f} s: {self.log_tail()}")
+
+    def demo_checkpoint(self, model: str) -> Path:
+        """Where the server builds the demo checkpoint of `model` when it serves it without I2V_MODEL_PATH."""
+        return self.data / "models" / model
 
     def log_tail(self, lines: int = 15) -> str:
         with contextlib.suppress(OSError):
