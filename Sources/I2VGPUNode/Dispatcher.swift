@@ -289,7 +289,8 @@ public actor Dispatcher: Service {
             guidanceScale: p.guidanceScale,
             seed: p.seed,
             outputPath: outputPath,
-            lastImagePath: task.lastInputKey.map { media.inputURL(key: $0).path }
+            lastImagePath: task.lastInputKey.map { media.inputURL(key: $0).path },
+            guidanceScale2: p.guidanceScale2
         )
         logger.info("task started", metadata: ["attempt": "\(task.attempts)", "size": "\(p.width)x\(p.height)", "frames": "\(p.numFrames)", "steps": "\(p.inferSteps)"])
 

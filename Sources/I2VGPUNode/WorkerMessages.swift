@@ -297,7 +297,7 @@ extension ServedModel {
     package init(_ info: WorkerModelInfo) {
         self.init(
             id: info.id, nativeArea: info.nativeArea, sizeMultiple: info.sizeMultiple, fps: info.fps, sizes: info.sizes,
-            maxFrames: info.maxFrames, lastImage: info.lastImage
+            maxFrames: info.maxFrames, lastImage: info.lastImage, experts: info.experts
         )
     }
 }

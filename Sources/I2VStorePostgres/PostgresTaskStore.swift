@@ -141,6 +141,7 @@ public struct PostgresTaskStore: TaskStore {
             // The set's key, so that a claim for one set finds its oldest task by index.
             "ALTER TABLE tasks ADD COLUMN lora_set TEXT NOT NULL DEFAULT ''",
             "CREATE INDEX tasks_queued_lora_set ON tasks (lora_set, seq) WHERE status = 'InQueue'",
+            "ALTER TABLE tasks ADD COLUMN guidance_scale_2 DOUBLE PRECISION",
         ]),
     ]
 
@@ -225,13 +226,13 @@ public struct PostgresTaskStore: TaskStore {
                 INSERT INTO tasks (id, owner_key_hash, status, model, prompt, negative_prompt, width, height,
                     num_frames, guidance_scale, infer_steps, seed, input_key, fetch_seconds, decode_seconds,
                     png_seconds, created_at, webhook_url, webhook_events, webhook_started_recorded,
-                    webhook_end_recorded, last_input_key, loras, lora_set)
+                    webhook_end_recorded, last_input_key, loras, lora_set, guidance_scale_2)
                 VALUES (\(task.id), \(task.ownerKeyHash), 'InQueue', \(p.model), \(p.prompt), \(p.negativePrompt),
                     \(p.width), \(p.height), \(p.numFrames), \(p.guidanceScale), \(p.inferSteps), \(p.seed),
                     \(task.inputKey), \(task.intake.fetch), \(task.intake.decode), \(task.intake.encode),
                     \(task.createdAt.timeIntervalSince1970), \(task.webhook?.url), \(task.webhook?.storedEvents),
                     \(!task.webhookWantsStarted), \(!task.webhookWantsEnding), \(task.lastInputKey),
-                    \(TaskLoRA.stored(task.loras)), \(TaskLoRA.setKey(task.loras)))
+                    \(TaskLoRA.stored(task.loras)), \(TaskLoRA.setKey(task.loras)), \(p.guidanceScale2))
                 """,
                 logger: logger
             )
@@ -670,7 +671,8 @@ public struct PostgresTaskStore: TaskStore {
             numFrames: try row["num_frames"].decode(Int.self),
             guidanceScale: try row["guidance_scale"].decode(Double.self),
             inferSteps: try row["infer_steps"].decode(Int.self),
-            seed: try row["seed"].decode(Int.self)
+            seed: try row["seed"].decode(Int.self),
+            guidanceScale2: try row["guidance_scale_2"].decode(Double?.self)
         )
         var record = TaskRecord(
             id: try row["id"].decode(String.self),

@@ -129,6 +129,7 @@ public struct SQLiteTaskStore: TaskStore {
             // The set's key, so that a claim for one set finds its oldest task by index.
             try db.execute(sql: "ALTER TABLE tasks ADD COLUMN lora_set TEXT NOT NULL DEFAULT ''")
             try db.execute(sql: "CREATE INDEX tasks_queued_lora_set ON tasks(lora_set, seq) WHERE status = 'InQueue'")
+            try db.execute(sql: "ALTER TABLE tasks ADD COLUMN guidance_scale_2 REAL")
         }
         return migrator
     }
@@ -143,15 +144,15 @@ public struct SQLiteTaskStore: TaskStore {
                     INSERT INTO tasks (id, owner_key_hash, status, model, prompt, negative_prompt, width, height,
                         num_frames, guidance_scale, infer_steps, seed, input_key, fetch_seconds, decode_seconds,
                         png_seconds, created_at, webhook_url, webhook_events, webhook_started_recorded,
-                        webhook_end_recorded, last_input_key, loras, lora_set)
-                    VALUES (?, ?, 'InQueue', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        webhook_end_recorded, last_input_key, loras, lora_set, guidance_scale_2)
+                    VALUES (?, ?, 'InQueue', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
                     task.id, task.ownerKeyHash, p.model, p.prompt, p.negativePrompt, p.width, p.height,
                     p.numFrames, p.guidanceScale, p.inferSteps, p.seed, task.inputKey, task.intake.fetch,
                     task.intake.decode, task.intake.encode, task.createdAt.timeIntervalSince1970,
                     task.webhook?.url, task.webhook?.storedEvents, !task.webhookWantsStarted, !task.webhookWantsEnding,
-                    task.lastInputKey, TaskLoRA.stored(task.loras), TaskLoRA.setKey(task.loras),
+                    task.lastInputKey, TaskLoRA.stored(task.loras), TaskLoRA.setKey(task.loras), p.guidanceScale2,
                 ]
             )
         }
@@ -457,7 +458,8 @@ public struct SQLiteTaskStore: TaskStore {
             numFrames: row["num_frames"],
             guidanceScale: row["guidance_scale"],
             inferSteps: row["infer_steps"],
-            seed: row["seed"]
+            seed: row["seed"],
+            guidanceScale2: row["guidance_scale_2"]
         )
         var record = TaskRecord(
             id: row["id"],

@@ -158,6 +158,12 @@ struct ModelEndToEndTests {
                 "/video/submit", json: #"{"image_url":"\#(base)/image.png","image_size":"640x640","prompt":"A dancing cat in the style of Van Gogh"}"#
             )
             #expect(badSize.status == .unprocessableContent && String(buffer: badSize.body).contains(size))
+            // One transformer: no second expert to guide.
+            #expect(listed["experts"] as? Int == 1)
+            let second = try await client.post(
+                "/video/submit", json: #"{"image_url":"\#(base)/image.png","guidance_scale_2":4,"prompt":"A dancing cat in the style of Van Gogh"}"#
+            )
+            #expect(second.status == .unprocessableContent && String(buffer: second.body).contains("guidance_scale_2"))
         }
     }
 
@@ -211,6 +217,17 @@ struct ModelEndToEndTests {
             let (_, openAIBytes) = try await Self.video(done, dataDir: dataDir)
             // Same job, seed and frames through the other API: the same video.
             #expect(openAIBytes == endingBytes)
+
+            // The low-noise expert's own guidance: reported back, and it changes the video.
+            #expect(try await Self.listed(client, model)["experts"] as? Int == 2)
+            let guided = try await client.submit(
+                imageURL: "\(base)/image.png", extra: #","seed":11,"last_image_url":"\#(base)/last.png","guidance_scale_2":6.5"#, frames: 24
+            )
+            let guidedDone = try await client.waitFor(guided, status: "Succeed", timeout: .seconds(300))
+            #expect((guidedDone["results"] as? [String: Any])?["guidance_scale_2"] as? Double == 6.5, "\(guidedDone)")
+            #expect((endingDone["results"] as? [String: Any])?["guidance_scale_2"] == nil)
+            let (_, guidedBytes) = try await Self.video(guidedDone, dataDir: dataDir)
+            #expect(guidedBytes != endingBytes, "guidance_scale_2 changed nothing")
         }
     }
 }

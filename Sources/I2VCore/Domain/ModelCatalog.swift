@@ -17,6 +17,9 @@ public struct ServedModel: Codable, Sendable, Equatable {
     /// The most frames a job may ask for; nil where not said.
     public var maxFrames: Int?
     public var lastImage: LastImageSupport
+    /// Transformers that share the denoising (Wan2.2 A14B: 2, a high-noise and a low-noise expert, each with
+    /// its own guidance); 1 where not said.
+    public var experts: Int
 
     package enum CodingKeys: String, CodingKey {
         case id
@@ -25,6 +28,7 @@ public struct ServedModel: Codable, Sendable, Equatable {
         case fps, sizes
         case maxFrames = "max_frames"
         case lastImage = "last_image"
+        case experts
     }
 
     /// Wan2.1's frame rate.
@@ -32,7 +36,7 @@ public struct ServedModel: Codable, Sendable, Equatable {
 
     public init(
         id: String, nativeArea: Int, sizeMultiple: Int = 16, fps: Int = defaultFPS, sizes: [String] = [], maxFrames: Int? = nil,
-        lastImage: LastImageSupport = .none
+        lastImage: LastImageSupport = .none, experts: Int = 1
     ) {
         self.id = id
         self.nativeArea = nativeArea
@@ -41,6 +45,7 @@ public struct ServedModel: Codable, Sendable, Equatable {
         self.sizes = sizes
         self.maxFrames = maxFrames
         self.lastImage = lastImage
+        self.experts = experts
     }
 
     /// Rows and files from before the model table carry only the first four fields.
@@ -53,6 +58,7 @@ public struct ServedModel: Codable, Sendable, Equatable {
         sizes = try container.decodeIfPresent([String].self, forKey: .sizes) ?? []
         maxFrames = try container.decodeIfPresent(Int.self, forKey: .maxFrames)
         lastImage = try container.decodeIfPresent(LastImageSupport.self, forKey: .lastImage) ?? .none
+        experts = try container.decodeIfPresent(Int.self, forKey: .experts) ?? 1
     }
 
     /// The `(width, height)` of each of `sizes`.

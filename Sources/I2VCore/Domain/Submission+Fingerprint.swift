@@ -14,8 +14,9 @@ extension Submission {
                 guard let image = lastImage else { continue }
                 value = image
             }
-            // Likewise no LoRAs.
+            // Likewise no LoRAs, and no second expert's guidance.
             if child.label == "loras", loras.isEmpty { continue }
+            if child.label == "guidanceScale2", guidanceScale2 == nil { continue }
             hasher.update(data: Data((child.label ?? "").utf8))
             hasher.update(data: [0])
             switch value {

@@ -18,6 +18,8 @@ package struct Submission: Sendable, Equatable {
     package var imageSize: ImageSizeRequest
     package var numFrames: Int
     package var guidanceScale: Double
+    /// The low-noise expert's guidance, for a model with two experts; nil: `guidanceScale` for both.
+    package var guidanceScale2: Double? = nil
     package var inferSteps: Int
     /// nil: a random seed, reported back with the result.
     package var seed: Int?

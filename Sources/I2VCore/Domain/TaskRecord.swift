@@ -27,8 +27,13 @@ public struct TaskParameters: Codable, Sendable, Equatable {
     public var guidanceScale: Double
     public var inferSteps: Int
     public var seed: Int
+    /// The low-noise expert's guidance, for a model with two experts; nil: `guidanceScale` for both.
+    public var guidanceScale2: Double?
 
-    package init(model: String, prompt: String, negativePrompt: String, width: Int, height: Int, numFrames: Int, guidanceScale: Double, inferSteps: Int, seed: Int) {
+    package init(
+        model: String, prompt: String, negativePrompt: String, width: Int, height: Int, numFrames: Int, guidanceScale: Double, inferSteps: Int, seed: Int,
+        guidanceScale2: Double? = nil
+    ) {
         self.model = model
         self.prompt = prompt
         self.negativePrompt = negativePrompt
@@ -38,6 +43,7 @@ public struct TaskParameters: Codable, Sendable, Equatable {
         self.guidanceScale = guidanceScale
         self.inferSteps = inferSteps
         self.seed = seed
+        self.guidanceScale2 = guidanceScale2
     }
 }
 

@@ -34,6 +34,8 @@ package struct TaskStatusDocument: Encodable {
         /// What ran, which a speed preset may have changed from what was asked.
         package var inferSteps: Int
         package var guidanceScale: Double
+        /// The low-noise expert's guidance where the job gave one (a model with two experts).
+        package var guidanceScale2: Double?
         /// The LoRAs it was made with; left out when none.
         package var loras: [TaskLoRA]?
         package enum CodingKeys: String, CodingKey {
@@ -42,6 +44,7 @@ package struct TaskStatusDocument: Encodable {
             case fps
             case inferSteps = "infer_steps"
             case guidanceScale = "guidance_scale"
+            case guidanceScale2 = "guidance_scale_2"
             case loras
         }
 
@@ -104,6 +107,7 @@ package struct TaskStatusDocument: Encodable {
                     guidanceScale: result.guidanceScale ?? task.parameters.guidanceScale
                 )
                 results?.loras = task.loras.isEmpty ? nil : task.loras
+                results?.guidanceScale2 = task.parameters.guidanceScale2
                 if task.videoExpired { reason = "video expired" }
             }
         case .failed, .cancelled:

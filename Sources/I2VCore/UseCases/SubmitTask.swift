@@ -204,7 +204,8 @@ package struct SubmitTask: Sendable {
                 numFrames: frames,
                 guidanceScale: submission.guidanceScale,
                 inferSteps: submission.inferSteps,
-                seed: submission.seed ?? Int.random(in: 0...2_147_483_647, using: &seedGenerator)
+                seed: submission.seed ?? Int.random(in: 0...2_147_483_647, using: &seedGenerator),
+                guidanceScale2: submission.guidanceScale2
             ),
             inputKey: inputKey,
             intake: IntakeTimings(

@@ -60,6 +60,13 @@ package enum SubmitRequest {
             }
         }
         let guidance = reader.number("guidance_scale", in: 1.0...20.0, default: 3.0)
+        let guidance2 = reader.optionalNumber("guidance_scale_2", in: 1.0...20.0)
+        if guidance2 != nil, let facts, facts.experts < 2 {
+            reader.issues.append(ValidationIssue(
+                "value_error", field: "guidance_scale_2", "\(facts.id) has one transformer; guidance_scale_2 is for a model with two experts",
+                input: fields["guidance_scale_2"]
+            ))
+        }
         let steps = reader.integer("infer_steps", in: 20...100, default: 30)
         let seed = reader.optionalInteger("seed", in: 0...2_147_483_647)
         let negative = reader.string("negative_prompt", minLength: 0, maxLength: 500, default: defaultNegativePrompt)
@@ -84,6 +91,7 @@ package enum SubmitRequest {
         )
         submission.lastImage = lastImageURL.map { .url($0) }
         submission.loras = loras
+        submission.guidanceScale2 = guidance2
         return submission
     }
 
@@ -223,6 +231,12 @@ package struct FieldReader {
         guard let number = numeric(name, value, integer: true) else { return nil }
         let ok = bounded(name, number, Double(range.lowerBound)...Double(range.upperBound), value) { String(Int($0)) }
         return ok ? .some(Int(number)) : nil
+    }
+
+    /// An optional number: absent or `null` is nil without an issue.
+    package mutating func optionalNumber(_ name: String, in range: ClosedRange<Double>) -> Double? {
+        guard let value = fields[name], value != .null else { return nil }
+        return number(name, in: range, default: range.lowerBound)
     }
 
     package mutating func number(_ name: String, in range: ClosedRange<Double>, default defaultValue: Double) -> Double? {

@@ -20,7 +20,7 @@ package enum VideoCreateRequest {
     package static let sizes: [String: ImageSizeRequest] = SubmitRequest.imageSizes
 
     /// Multipart fields arrive as text; these are read as the numbers they stand for.
-    package static let numericFields: Set<String> = ["seconds", "num_frames", "guidance_scale", "num_inference_steps", "seed"]
+    package static let numericFields: Set<String> = ["seconds", "num_frames", "guidance_scale", "guidance_scale_2", "num_inference_steps", "seed"]
 
     package struct Models: Sendable {
         package var ids: [String]
@@ -189,6 +189,13 @@ package enum VideoCreateRequest {
             }
         }
         let guidance = reader.number("guidance_scale", in: 1.0...20.0, default: 3.0)
+        let guidance2 = reader.optionalNumber("guidance_scale_2", in: 1.0...20.0)
+        if guidance2 != nil, let facts, facts.experts < 2 {
+            throw OpenAIError(
+                .badRequest, "\(facts.id) has one transformer; guidance_scale_2 is for a model with two experts", param: "guidance_scale_2",
+                code: "unsupported_parameter"
+            )
+        }
         let steps = reader.integer("num_inference_steps", in: 20...100, default: 30)
         let seed = reader.optionalInteger("seed", in: 0...2_147_483_647)
         let negative = reader.string("negative_prompt", minLength: 0, maxLength: 500, default: defaultNegativePrompt)
@@ -225,6 +232,7 @@ package enum VideoCreateRequest {
         )
         submission.lastImage = last
         submission.loras = loras
+        submission.guidanceScale2 = guidance2
         return submission
     }
 

@@ -135,7 +135,7 @@ package struct OperationsController: Sendable {
         let models = served.map {
             ModelBody(
                 id: $0.id, default: $0.id == defaultID, nativeArea: $0.nativeArea, sizeMultiple: $0.sizeMultiple, fps: $0.fps,
-                sizes: $0.sizes, maxFrames: $0.maxFrames, lastImage: $0.lastImage, speed: speed
+                sizes: $0.sizes, maxFrames: $0.maxFrames, lastImage: $0.lastImage, experts: $0.experts, speed: speed
             )
         }
         return JSONBody.response(status: .ok, value: ["models": models])
@@ -241,6 +241,8 @@ package struct OperationsController: Sendable {
         package var sizes: [String]
         package var maxFrames: Int?
         package var lastImage: LastImageSupport
+        /// 2 for a model whose denoising two experts share, each with its own guidance (`guidance_scale_2`).
+        package var experts: Int
         /// The speed preset it is served with, as a ready worker reports it; left out while none is ready.
         package var speed: WorkerSpeed?
         package enum CodingKeys: String, CodingKey {
@@ -250,6 +252,7 @@ package struct OperationsController: Sendable {
             case fps, sizes
             case maxFrames = "max_frames"
             case lastImage = "last_image"
+            case experts
             case speed
         }
 
@@ -263,6 +266,7 @@ package struct OperationsController: Sendable {
             try container.encode(sizes, forKey: .sizes)
             try container.encode(maxFrames, forKey: .maxFrames)
             try container.encode(lastImage, forKey: .lastImage)
+            try container.encode(experts, forKey: .experts)
             try container.encodeIfPresent(speed, forKey: .speed)
         }
     }
