@@ -49,7 +49,8 @@ package struct NodeHeartbeat: Service {
                 freeMemoryBytes: memory?.freeBytes,
                 bytesPerToken: memory?.bytesPerToken,
                 startedAt: startedAt,
-                heartbeatAt: now
+                heartbeatAt: now,
+                devices: workers.map(\.device)
             ))
             return true
         } catch {

@@ -9,13 +9,14 @@ extension PostgresTaskStore {
         try await transaction { connection in
             try await connection.query(
                 """
-                INSERT INTO nodes (id, models, slots, running, free_memory_bytes, bytes_per_token, started_at, heartbeat_at)
+                INSERT INTO nodes (id, models, slots, running, free_memory_bytes, bytes_per_token, started_at, heartbeat_at, devices)
                 VALUES (\(node.id), \(models), \(node.slots), \(node.running), \(node.freeMemoryBytes),
-                    \(node.bytesPerToken), \(node.startedAt.timeIntervalSince1970), \(heartbeat))
+                    \(node.bytesPerToken), \(node.startedAt.timeIntervalSince1970), \(heartbeat),
+                    \(WorkerNodeColumns.encodeDevices(node.devices)))
                 ON CONFLICT (id) DO UPDATE SET models = excluded.models, slots = excluded.slots,
                     running = excluded.running, free_memory_bytes = excluded.free_memory_bytes,
                     bytes_per_token = excluded.bytes_per_token, started_at = excluded.started_at,
-                    heartbeat_at = excluded.heartbeat_at
+                    heartbeat_at = excluded.heartbeat_at, devices = excluded.devices
                 """,
                 logger: logger
             )
@@ -30,14 +31,14 @@ extension PostgresTaskStore {
         try await withDeadline {
             let rows = try await client.query(
                 """
-                SELECT id, models, slots, running, free_memory_bytes, bytes_per_token, started_at, heartbeat_at
+                SELECT id, models, slots, running, free_memory_bytes, bytes_per_token, started_at, heartbeat_at, devices
                 FROM nodes ORDER BY heartbeat_at DESC, id
                 """,
                 logger: logger
             )
             var nodes: [WorkerNode] = []
-            for try await (id, models, slots, running, free, perToken, started, heartbeat)
-                in rows.decode((String, String, Int, Int, Int?, Int?, Double, Double).self)
+            for try await (id, models, slots, running, free, perToken, started, heartbeat, devices)
+                in rows.decode((String, String, Int, Int, Int?, Int?, Double, Double, String?).self)
             {
                 nodes.append(WorkerNode(
                     id: id,
@@ -47,7 +48,8 @@ extension PostgresTaskStore {
                     freeMemoryBytes: free,
                     bytesPerToken: perToken,
                     startedAt: Date(timeIntervalSince1970: started),
-                    heartbeatAt: Date(timeIntervalSince1970: heartbeat)
+                    heartbeatAt: Date(timeIntervalSince1970: heartbeat),
+                    devices: WorkerNodeColumns.decodeDevices(devices)
                 ))
             }
             return nodes

@@ -142,6 +142,7 @@ public struct PostgresTaskStore: TaskStore {
             "ALTER TABLE tasks ADD COLUMN lora_set TEXT NOT NULL DEFAULT ''",
             "CREATE INDEX tasks_queued_lora_set ON tasks (lora_set, seq) WHERE status = 'InQueue'",
             "ALTER TABLE tasks ADD COLUMN guidance_scale_2 DOUBLE PRECISION",
+            "ALTER TABLE nodes ADD COLUMN devices TEXT",
         ]),
     ]
 

@@ -8,16 +8,17 @@ extension SQLiteTaskStore {
         try await database.write { db in
             try db.execute(
                 sql: """
-                    INSERT INTO nodes (id, models, slots, running, free_memory_bytes, bytes_per_token, started_at, heartbeat_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                    INSERT INTO nodes (id, models, slots, running, free_memory_bytes, bytes_per_token, started_at, heartbeat_at, devices)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                     ON CONFLICT (id) DO UPDATE SET models = excluded.models, slots = excluded.slots,
                         running = excluded.running, free_memory_bytes = excluded.free_memory_bytes,
                         bytes_per_token = excluded.bytes_per_token, started_at = excluded.started_at,
-                        heartbeat_at = excluded.heartbeat_at
+                        heartbeat_at = excluded.heartbeat_at, devices = excluded.devices
                     """,
                 arguments: [
                     node.id, models, node.slots, node.running, node.freeMemoryBytes, node.bytesPerToken,
                     node.startedAt.timeIntervalSince1970, node.heartbeatAt.timeIntervalSince1970,
+                    WorkerNodeColumns.encodeDevices(node.devices),
                 ]
             )
             try db.execute(
@@ -38,7 +39,8 @@ extension SQLiteTaskStore {
                     freeMemoryBytes: row["free_memory_bytes"],
                     bytesPerToken: row["bytes_per_token"],
                     startedAt: Date(timeIntervalSince1970: row["started_at"]),
-                    heartbeatAt: Date(timeIntervalSince1970: row["heartbeat_at"])
+                    heartbeatAt: Date(timeIntervalSince1970: row["heartbeat_at"]),
+                    devices: WorkerNodeColumns.decodeDevices(row["devices"])
                 )
             }
         }

@@ -130,6 +130,7 @@ public struct SQLiteTaskStore: TaskStore {
             try db.execute(sql: "ALTER TABLE tasks ADD COLUMN lora_set TEXT NOT NULL DEFAULT ''")
             try db.execute(sql: "CREATE INDEX tasks_queued_lora_set ON tasks(lora_set, seq) WHERE status = 'InQueue'")
             try db.execute(sql: "ALTER TABLE tasks ADD COLUMN guidance_scale_2 REAL")
+            try db.execute(sql: "ALTER TABLE nodes ADD COLUMN devices TEXT")
         }
         return migrator
     }

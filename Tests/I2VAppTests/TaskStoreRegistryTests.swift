@@ -13,7 +13,10 @@ import Testing
     static let model = ServedModel(id: "wan-test", nativeArea: 15_360)
 
     static func node(_ id: String, at heartbeat: Date, slots: Int = 2, free: Int? = nil) -> WorkerNode {
-        WorkerNode(id: id, models: [model], slots: slots, running: 1, freeMemoryBytes: free, bytesPerToken: free.map { _ in 4096 }, startedAt: heartbeat.addingTimeInterval(-5), heartbeatAt: heartbeat)
+        WorkerNode(
+            id: id, models: [model], slots: slots, running: 1, freeMemoryBytes: free, bytesPerToken: free.map { _ in 4096 },
+            startedAt: heartbeat.addingTimeInterval(-5), heartbeatAt: heartbeat, devices: ["cuda:0+cuda:1", "cuda:2"]
+        )
     }
 
     @Test(arguments: StoreKind.allCases)

@@ -15,10 +15,13 @@ public struct WorkerNode: Sendable, Equatable {
     public var bytesPerToken: Int?
     public var startedAt: Date
     public var heartbeatAt: Date
+    /// Its workers' devices, a group's joined with `+` (`cuda:0+cuda:1`): what an operator of the fleet
+    /// reads on an API node's `/ready`.
+    public var devices: [String]
 
     public init(
         id: String, models: [ServedModel], slots: Int, running: Int, freeMemoryBytes: Int? = nil,
-        bytesPerToken: Int? = nil, startedAt: Date, heartbeatAt: Date
+        bytesPerToken: Int? = nil, startedAt: Date, heartbeatAt: Date, devices: [String] = []
     ) {
         self.id = id
         self.models = models
@@ -28,6 +31,7 @@ public struct WorkerNode: Sendable, Equatable {
         self.bytesPerToken = bytesPerToken
         self.startedAt = startedAt
         self.heartbeatAt = heartbeatAt
+        self.devices = devices
     }
 
     /// Alive while its heartbeat is younger than a lease: the same bound after which its tasks are taken back.

@@ -180,6 +180,16 @@ package enum WorkerNodeColumns {
     package static func decodeModels(_ text: String) throws -> [ServedModel] {
         try JSONDecoder().decode([ServedModel].self, from: Data(text.utf8))
     }
+
+    /// Devices never hold a comma (it separates workers in `I2V_DEVICES`), so a node's list is one text.
+    package static func encodeDevices(_ devices: [String]) -> String {
+        devices.joined(separator: ",")
+    }
+
+    /// Rows from before devices were recorded have none.
+    package static func decodeDevices(_ text: String?) -> [String] {
+        (text ?? "").split(separator: ",").map(String.init)
+    }
 }
 
 /// Reasons the stores record when they take a task from a node, worded alike whichever store it is.

@@ -102,7 +102,8 @@ package struct OperationsController: Sendable {
                         models: $0.models.map(\.id),
                         slots: $0.slots,
                         running: $0.running,
-                        heartbeatAgeSeconds: (now.timeIntervalSince($0.heartbeatAt) * 10).rounded() / 10
+                        heartbeatAgeSeconds: (now.timeIntervalSince($0.heartbeatAt) * 10).rounded() / 10,
+                        devices: $0.devices
                     )
                 }
             )
@@ -192,12 +193,15 @@ package struct OperationsController: Sendable {
         package var slots: Int
         package var running: Int
         package var heartbeatAgeSeconds: Double
+        /// Its workers' devices; a group's joined with `+`.
+        package var devices: [String]
         package enum CodingKeys: String, CodingKey {
-            case id, models, slots, running
+            case id, models, slots, running, devices
             case heartbeatAgeSeconds = "heartbeat_age_seconds"
         }
 
-        package init(id: String, models: [String], slots: Int, running: Int, heartbeatAgeSeconds: Double) {
+        package init(id: String, models: [String], slots: Int, running: Int, heartbeatAgeSeconds: Double, devices: [String] = []) {
+            self.devices = devices
             self.id = id
             self.models = models
             self.slots = slots
