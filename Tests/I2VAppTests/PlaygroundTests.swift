@@ -58,7 +58,7 @@ import Testing
             #expect(!text.contains("http://") && !text.contains("https://") && !text.contains("url("))
         }
         let fetched = try Self.matches(#"fetch\(\s*[`"']([^`"']*)"#, in: PlaygroundPage.script).map { $0[1] }
-        #expect(Set(fetched) == ["/models", "/v1/videos", "/video/stream/${job.requestId}", "/video/status", "/video/cancel"])
+        #expect(Set(fetched) == ["/models", "/loras", "/v1/videos", "/video/stream/${job.requestId}", "/video/status", "/video/cancel"])
         #expect(!html.contains("<script src") && !html.contains("<link rel=\"stylesheet\""))
     }
 
@@ -79,6 +79,17 @@ import Testing
         }
         // Status changes are announced.
         #expect(html.contains("role=\"status\" aria-live=\"polite\""))
+    }
+
+    /// The LoRA rows are made by the script from `GET /loras` (tested in a browser); the page carries their
+    /// place, with the hint shown until there is a key.
+    @Test func hasALoRAsFieldsetForTheScriptToFill() async throws {
+        let (html, _) = try await Self.page()
+        #expect(html.contains("<legend>LoRAs</legend>"))
+        for id in ["lora-hint", "lora-list", "lora-count"] {
+            #expect(html.contains("id=\"\(id)\""), "no #\(id)")
+        }
+        #expect(PlaygroundPage.script.contains(#"data.append("loras", "#))
     }
 
     @Test func contentSecurityPolicyAllowsOnlyThisPagesOwnScriptAndStyle() async throws {

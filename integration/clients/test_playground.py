@@ -8,9 +8,12 @@ small demo job takes from seconds to about a minute.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import shutil
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +28,9 @@ PROMPT = "A dancing cat in the style of Van Gogh"
 # A job ends within this on the busy CPU machine; it bounds a hang, not the speed.
 JOB_TIMEOUT_MS = 240_000
 PHONE = {"width": 390, "height": 844}
+# Demo LoRAs, one more than a job takes, and one whose width fits no model.
+LORAS = [f"style-{index}" for index in range(1, 6)]
+MISFIT = "too-wide"
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +275,113 @@ def test_a_last_frame_is_sent_for_a_model_that_takes_one(browser: Browser, a14b_
         sent = page.evaluate("window.sent")
         assert len(sent) == 1, sent
         assert ["model", "wan2.2-i2v-a14b-demo"] in sent[0] and ["last_image", "last.png"] in sent[0], sent
+
+
+@pytest.fixture(scope="module")
+def lora_catalog(service: Service) -> Path:
+    """Writes the demo LoRAs into the service's catalog (`I2V_LORA_DIR` is not set, so `<data dir>/loras`) with
+    the worker's own builder, in the worker's interpreter (the test venv has no torch). The catalog is read at
+    each listing, so no restart is needed."""
+    catalog = service.data_dir / "loras"
+    python = os.environ.get("I2V_TEST_PYTHON", str(REPO / ".venv/bin/python"))
+    script = (
+        "import sys; from pathlib import Path; from i2v_worker import demo\n"
+        "catalog = Path(sys.argv[1])\n"
+        "for index, name in enumerate(sys.argv[3:]):\n"
+        "    demo.build_style_lora(catalog / f'{name}.safetensors', seed=10 + index)\n"
+        "demo.build_style_lora(catalog / f'{sys.argv[2]}.safetensors', dim=32, ffn_dim=64)\n"
+    )
+    subprocess.run(
+        [python, "-c", script, str(catalog), MISFIT, *LORAS],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "worker")},
+        timeout=300,
+    )
+    return catalog
+
+
+def test_loras_that_fit_the_model_are_listed_and_a_fifth_cannot_be_chosen(
+    page: Page, service: Service, lora_catalog: Path
+) -> None:
+    hint = page.locator("#lora-hint")
+    expect(hint).to_contain_text("Enter the API key")
+    page.get_by_label("API key", exact=True).fill(service.api_key)
+    boxes = page.locator("#lora-list").get_by_role("checkbox")
+    expect(boxes).to_have_count(len(LORAS))
+    # The LoRA no demo model is as wide as is in the catalog, but not offered for the chosen model.
+    with urllib.request.urlopen(
+        urllib.request.Request(service.base_url + "/loras", headers={"Authorization": f"Bearer {service.api_key}"}),
+        timeout=30,
+    ) as response:
+        assert MISFIT in [lora["name"] for lora in json.load(response)["loras"]]
+    expect(page.get_by_label(MISFIT, exact=True)).to_have_count(0)
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+
+    # By keyboard: Space chooses a LoRA, and its scale (disabled until then) is the next stop.
+    first = page.get_by_label(LORAS[0], exact=True)
+    scale = page.get_by_label(f"Scale of {LORAS[0]}")
+    expect(scale).to_be_disabled()
+    first.focus()
+    page.keyboard.press("Space")
+    expect(first).to_be_checked()
+    page.keyboard.press("Tab")
+    expect(scale).to_be_focused()
+    expect(scale).to_have_value("1")
+
+    for name in LORAS[1:4]:
+        page.get_by_label(name, exact=True).check()
+    count = page.locator("#lora-count")
+    expect(count).to_contain_text("4 of 4 chosen")
+    fifth = page.get_by_label(LORAS[4], exact=True)
+    expect(fifth).to_be_disabled()
+    expect(page.get_by_role("status")).to_contain_text("clear one to choose another")
+    page.get_by_label(LORAS[1], exact=True).uncheck()
+    expect(fifth).to_be_enabled()
+    expect(count).to_contain_text("3 of 4 chosen")
+
+    # A key the server refuses: a hint instead of the list, and no choice is sent from it.
+    page.get_by_label("API key", exact=True).fill("not-the-key")
+    expect(hint).to_contain_text("Could not list the LoRAs: invalid API key")
+    expect(boxes).to_have_count(0)
+
+
+def test_a_job_made_with_a_lora_sends_it_and_reports_it(page: Page, service: Service, lora_catalog: Path) -> None:
+    page.evaluate(
+        """() => {
+            const send = window.fetch;
+            window.sent = [];
+            window.fetch = (url, init) => {
+                if (init?.body instanceof FormData) {
+                    window.sent.push([...init.body.entries()].map(([k, v]) => [k, typeof v === "string" ? v : v.name]));
+                }
+                return send(url, init);
+            };
+        }"""
+    )
+    name = LORAS[0]
+    page.get_by_label("API key", exact=True).fill(service.api_key)
+    page.get_by_label(name, exact=True).check()
+    page.get_by_label(f"Scale of {name}").fill("1.5")
+    page.get_by_label("Image file").set_input_files(
+        {"name": "picture.png", "mimeType": "image/png", "buffer": png_bytes()}
+    )
+    page.get_by_label("Prompt", exact=True).fill(PROMPT)
+    page.get_by_label("Frames").fill("24")
+    page.get_by_text("More options").click()
+    page.get_by_label("Steps").fill("20")
+    page.get_by_role("button", name="Generate video").click()
+
+    job = page.get_by_role("article", name="Job 1", exact=True)
+    expect(job.get_by_text("Finished", exact=True)).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    expect(job.locator(".job-facts")).to_contain_text(f"LoRA {name} at 1.5")
+    sent = page.evaluate("window.sent")
+    assert len(sent) == 1, sent
+    fields = dict(sent[0])
+    assert json.loads(fields["loras"]) == [{"name": name, "scale": 1.5}], sent
+
+    request_id = job.locator(".job-id").inner_text().removeprefix("video_")
+    status, body = service.native("/video/status", {"requestId": request_id})
+    assert (status, body["status"]) == (200, "Succeed"), body
+    digest = hashlib.sha256((lora_catalog / f"{name}.safetensors").read_bytes()).hexdigest()
+    results = body["results"]
+    assert isinstance(results, dict) and results.get("loras") == [{"name": name, "scale": 1.5, "sha256": digest}], body

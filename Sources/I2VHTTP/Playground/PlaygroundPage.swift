@@ -7,7 +7,7 @@ import I2VGPUNode
 /// The playground at `GET /`: one self-contained page (HTML, CSS and JavaScript, nothing fetched from
 /// elsewhere) from which a person tries the service with their key: upload an image or give its URL, follow
 /// the job live, watch and download the video, cancel. The model picker and what depends on it (sizes, the
-/// longest clip, a last frame) come from `GET /models`.
+/// longest clip, a last frame) come from `GET /models`; the LoRAs that fit the chosen model from `GET /loras`.
 package enum PlaygroundPage {
     package static let html = """
         <!doctype html>
@@ -88,6 +88,13 @@ package enum PlaygroundPage {
                 <input id="last-image-file" type="file" accept="image/png,image/jpeg,image/webp" disabled aria-describedby="last-image-hint">
                 <p id="last-image-hint" class="hint">The picture the video ends on. It is cropped to the first image's size.</p>
               </div>
+
+              <fieldset id="lora-field" aria-describedby="lora-hint">
+                <legend>LoRAs</legend>
+                <p id="lora-hint" class="hint">Enter the API key to see the LoRAs for this model.</p>
+                <ul id="lora-list" class="loras" hidden></ul>
+                <p id="lora-count" class="hint" hidden></p>
+              </fieldset>
 
               <details>
                 <summary>More options</summary>

@@ -23,7 +23,12 @@ extension PlaygroundPage {
   const announcer = $("announcer");
   const jobList = $("jobs");
   const noJobs = $("no-jobs");
+  const loraHint = $("lora-hint");
+  const loraList = $("lora-list");
+  const loraCount = $("lora-count");
   const KEY_NAME = "i2v-api-key";
+  // What the API takes per job; a 5th choice would only be refused on submit.
+  const MAX_LORAS = 4;
   const TERMINAL = new Set(["Succeed", "Failed", "Cancelled"]);
   const STATUS_TEXT = {
     InQueue: "In queue", InProgress: "Generating", Succeed: "Finished", Failed: "Failed", Cancelled: "Cancelled",
@@ -115,7 +120,148 @@ extension PlaygroundPage {
       : "Optional: the picture the video ends on, cropped to the first image's size.";
   }
   modelSelect.addEventListener("change", showModel);
-  loadModels();
+
+  // The catalog is behind the key, so it is listed once a key is there and again whenever the key or the
+  // model changes. Choices are kept by name (name -> scale text) so that listing again (a new key, a file
+  // added to the catalog) keeps what is still listed; a failed listing forgets nothing.
+  const loraChoices = new Map();
+  let loraTicket = 0;
+  let loraKeyTimer = null;
+
+  function showLoraHint(text) {
+    loraHint.textContent = text;
+    loraList.hidden = true;
+    loraList.replaceChildren();
+    showLoraCount(false);
+  }
+
+  async function loadLoras() {
+    // Only the latest listing is shown: a slower answer for an older key or model must not replace it.
+    const ticket = ++loraTicket;
+    const key = keyInput.value.trim();
+    if (!key) return showLoraHint("Enter the API key to see the LoRAs for this model.");
+    let listed;
+    try {
+      const response = await fetch("/loras", { headers: { Authorization: `Bearer ${key}` }, cache: "no-store" });
+      const body = await readJSON(response);
+      if (!response.ok) throw new Error(errorMessage(body, response));
+      listed = Array.isArray(body?.loras) ? body.loras : [];
+    } catch (error) {
+      if (ticket === loraTicket) showLoraHint(`Could not list the LoRAs: ${error.message}`);
+      return;
+    }
+    if (ticket !== loraTicket) return;
+    // No model listed (no worker ready): which one the server uses is not known here, so every LoRA is shown
+    // and the server refuses one that does not fit.
+    const model = modelSelect.disabled ? null : modelSelect.value;
+    const fitting = model ? listed.filter((lora) => Array.isArray(lora.models) && lora.models.includes(model)) : listed;
+    if (fitting.length === 0) {
+      loraChoices.clear();
+      return showLoraHint(listed.length === 0
+        ? "This server's LoRA catalog is empty."
+        : `None of this server's LoRAs fits ${model}.`);
+    }
+    const names = new Set(fitting.map((lora) => lora.name));
+    for (const name of loraChoices.keys()) if (!names.has(name)) loraChoices.delete(name);
+    loraHint.textContent = `Up to ${MAX_LORAS} per job, each at a scale from 0 to 2 (1 is as trained).`;
+    loraList.replaceChildren(...fitting.map(loraItem));
+    loraList.hidden = false;
+    showLoraCount(false);
+  }
+
+  function formatBytes(bytes) {
+    if (bytes < 1000) return `${bytes} B`;
+    if (bytes < 1e6) return `${(bytes / 1e3).toFixed(1)} kB`;
+    if (bytes < 1e9) return `${(bytes / 1e6).toFixed(1)} MB`;
+    return `${(bytes / 1e9).toFixed(2)} GB`;
+  }
+
+  function loraItem(lora, index) {
+    const id = `lora-${index}`;
+    const item = document.createElement("li");
+    item.className = "lora";
+    const name = document.createElement("div");
+    const check = document.createElement("div");
+    check.className = "check";
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.id = id;
+    box.value = lora.name;
+    box.setAttribute("aria-describedby", `${id}-facts lora-count`);
+    const label = document.createElement("label");
+    label.htmlFor = id;
+    label.textContent = lora.name;
+    check.append(box, label);
+    const facts = document.createElement("p");
+    facts.className = "hint";
+    facts.id = `${id}-facts`;
+    facts.textContent = `rank ${lora.rank} · ${formatBytes(lora.size_bytes)}`;
+    name.append(check, facts);
+
+    const scaleField = document.createElement("div");
+    scaleField.className = "lora-scale";
+    const scaleLabel = document.createElement("label");
+    scaleLabel.htmlFor = `${id}-scale`;
+    // Every row has a "Scale": the hidden words tell a screen reader whose scale it is.
+    const whose = document.createElement("span");
+    whose.className = "visually-hidden";
+    whose.textContent = ` of ${lora.name}`;
+    scaleLabel.append("Scale", whose);
+    const scale = document.createElement("input");
+    scale.type = "number";
+    scale.id = `${id}-scale`;
+    scale.inputMode = "decimal";
+    scale.min = "0";
+    scale.max = "2";
+    scale.step = "0.05";
+    scale.value = loraChoices.get(lora.name) ?? "1";
+    scaleField.append(scaleLabel, scale);
+
+    // Unchosen, the scale is disabled, so the browser's checks (0 to 2, steps of 0.05) apply only to what is sent.
+    box.checked = loraChoices.has(lora.name);
+    scale.disabled = !box.checked;
+    box.addEventListener("change", () => {
+      scale.disabled = !box.checked;
+      if (box.checked) loraChoices.set(lora.name, scale.value);
+      else loraChoices.delete(lora.name);
+      showLoraCount(true);
+    });
+    scale.addEventListener("input", () => {
+      if (box.checked) loraChoices.set(lora.name, scale.value);
+    });
+    item.append(name, scaleField);
+    return item;
+  }
+
+  function chosenLoraBoxes() {
+    return [...loraList.querySelectorAll('input[type="checkbox"]')].filter((box) => box.checked);
+  }
+
+  // At the limit the other boxes are disabled rather than refused after the fact, and the count says why.
+  function showLoraCount(byUser) {
+    const count = chosenLoraBoxes().length;
+    const full = count >= MAX_LORAS;
+    for (const box of loraList.querySelectorAll('input[type="checkbox"]')) box.disabled = full && !box.checked;
+    loraCount.hidden = count === 0;
+    loraCount.textContent = full
+      ? `${count} of ${MAX_LORAS} chosen, the most a job takes: clear one to choose another.`
+      : `${count} of ${MAX_LORAS} chosen.`;
+    if (byUser && full) announce(loraCount.textContent);
+  }
+
+  function chosenLoras() {
+    return chosenLoraBoxes().map((box) => {
+      const scale = $(`${box.id}-scale`).value.trim();
+      return { name: box.value, scale: scale === "" ? 1 : Number(scale) };
+    });
+  }
+
+  keyInput.addEventListener("input", () => {
+    clearTimeout(loraKeyTimer);
+    loraKeyTimer = setTimeout(loadLoras, 400);
+  });
+  modelSelect.addEventListener("change", loadLoras);
+  loadModels().then(loadLoras);
 
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -146,6 +292,8 @@ extension PlaygroundPage {
     if (!modelSelect.disabled && modelSelect.value) data.append("model", modelSelect.value);
     if (sizeSelect.value !== "auto") data.append("size", sizeSelect.value);
     if (!lastInput.disabled && lastInput.files[0]) data.append("last_image", lastInput.files[0]);
+    const loras = chosenLoras();
+    if (loras.length) data.append("loras", JSON.stringify(loras));
     const optional = {
       num_frames: "num-frames", negative_prompt: "negative-prompt", seed: "seed",
       num_inference_steps: "steps", guidance_scale: "guidance",
@@ -244,6 +392,10 @@ extension PlaygroundPage {
     download.href = src;
     download.download = `${job.requestId}.mp4`;
     const facts = [`${results.width}×${results.height}`, `${results.num_frames} frames at ${results.fps} fps`, `seed ${results.seed}`];
+    if (results.loras?.length) {
+      const used = results.loras.map((lora) => `${lora.name} at ${lora.scale}`).join(", ");
+      facts.push(`${results.loras.length === 1 ? "LoRA" : "LoRAs"} ${used}`);
+    }
     if (results.timings?.inference != null) facts.push(`made in ${results.timings.inference.toFixed(1)} s`);
     job.part("facts").textContent = facts.join(" · ");
     job.part("result").hidden = false;

@@ -40,6 +40,12 @@ input[type="file"] { display: block; width: 100%; font: inherit; padding: .4rem 
 textarea { resize: vertical; }
 .hint { color: var(--muted); font-size: .875rem; margin: .25rem 0 0; }
 .grid { display: grid; gap: 0 1rem; grid-template-columns: repeat(auto-fit, minmax(10rem, 1fr)); }
+.loras { list-style: none; margin: .5rem 0 0; padding: 0; display: grid; gap: .75rem; }
+.lora { display: grid; grid-template-columns: minmax(0, 1fr) 6.5rem; gap: 0 .75rem; align-items: center; }
+.lora .check { margin: 0; }
+.lora .check label { overflow-wrap: anywhere; }
+.lora-scale label { font-weight: normal; margin: 0 0 .25rem; }
+input:disabled, input:disabled + label { opacity: .6; }
 details { border: 1px solid var(--border); border-radius: .5rem; margin: 1rem 0; padding: 0 1rem; }
 details[open] { padding-bottom: 1rem; }
 summary { cursor: pointer; font-weight: 600; padding: .6rem 0; }
