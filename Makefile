@@ -5,7 +5,7 @@ SWIFT_BUILD_FLAGS ?=
 RELEASE_FLAGS := -c release --scratch-path .build-release
 RELEASE_BIN := .build-release/release/i2v-server
 
-.PHONY: run test test-python lint-python test-clients clients-env build build-release python-env swagger-ui system-deps system-deps-test system-deps-bench bench clean-data image-binary image test-image
+.PHONY: run test test-python lint-swift lint-python test-clients clients-env build build-release python-env swagger-ui system-deps system-deps-test system-deps-bench bench clean-data image-binary image test-image
 
 # The worker's venv (network and disk) is built while Swift compiles (CPU): started first, waited for last.
 # Its log goes to .build-logs/python-env.log and is shown when it fails.
@@ -24,7 +24,7 @@ run: swagger-ui
 
 ## make test: the whole suite (Swift and Python); the store tests get a throwaway PostgreSQL cluster,
 ## started before `swift test` and always stopped after it (scripts/test-postgres.sh run)
-test: swagger-ui
+test: swagger-ui lint-swift
 	$(call WITH_PYTHON_ENV,scripts/install-system-deps.sh test && swift build --build-tests $(SWIFT_BUILD_FLAGS))
 	I2V_TEST_STRICT=1 I2V_TEST_PYTHON=$(CURDIR)/.venv/bin/python scripts/test-postgres.sh run swift test --skip-build $(SWIFT_BUILD_FLAGS) 2>&1 | tee .build/swift-test.log; test $${PIPESTATUS[0]} -eq 0
 	$(MAKE) test-python
@@ -33,6 +33,12 @@ test: swagger-ui
 ## make test-python: the worker's tests, after lint-python (so `make test` checks the format and the lint rules too)
 test-python: python-env lint-python
 	.venv/bin/python -m pytest worker/tests -q
+
+## make lint-swift: swift-format (the toolchain's `swift format`, configured in .swift-format) on the Swift tree, warnings
+## as errors. `swift format format --in-place --recursive --parallel $(SWIFT_TREE)` applies it.
+SWIFT_TREE := Sources Tests Package.swift
+lint-swift:
+	swift format lint --strict --recursive --parallel $(SWIFT_TREE)
 
 ## make lint-python: ruff (pinned in worker/requirements.lock, configured in ruff.toml) on the Python tree: the format
 ## as `ruff format` writes it, and the lint rules. `.venv/bin/ruff format $(PYTHON_TREE) && .venv/bin/ruff check --fix

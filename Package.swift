@@ -13,7 +13,7 @@ let package = Package(
     name: "i2v-server",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "i2v-server", targets: ["I2VServer"]),
+        .executable(name: "i2v-server", targets: ["I2VServer"])
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),

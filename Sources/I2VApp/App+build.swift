@@ -1,17 +1,17 @@
 import Configuration
 import Foundation
 import Hummingbird
+import I2VCore
+import I2VGPUNode
+import I2VHTTP
 import I2VOpenAPI
+import I2VStorePostgres
+import I2VStoreSQLite
+import I2VWebhooks
 import ImageIntake
 import Logging
 import ServiceLifecycle
 import Subprocess
-import I2VCore
-import I2VGPUNode
-import I2VHTTP
-import I2VStorePostgres
-import I2VStoreSQLite
-import I2VWebhooks
 
 #if canImport(System)
 import System

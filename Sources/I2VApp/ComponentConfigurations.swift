@@ -1,5 +1,5 @@
-import Foundation
 import Configuration
+import Foundation
 import I2VCore
 import I2VGPUNode
 import I2VHTTP

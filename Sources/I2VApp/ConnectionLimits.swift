@@ -1,16 +1,16 @@
 import Foundation
 import HTTPTypes
 import HummingbirdCore
-import NIOCore
-import NIOHTTP1
-import NIOHTTPTypes
-import Synchronization
 import I2VCore
 import I2VGPUNode
 import I2VHTTP
 import I2VStorePostgres
 import I2VStoreSQLite
 import I2VWebhooks
+import NIOCore
+import NIOHTTP1
+import NIOHTTPTypes
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -551,12 +551,13 @@ final class RequestHeadClock: ChannelDuplexHandler, RemovableChannelHandler {
     ) {
         answered = true
         cancelScheduled()
-        let body: Data = switch style {
-        case .native:
-            (try? JSONBody.encoder.encode(ErrorBody(detail: .init(reason: reason)))) ?? Data()
-        case .openAI(let code):
-            (try? JSONBody.encoder.encode(OpenAIErrorBody(error: .init(message: reason, code: code)))) ?? Data()
-        }
+        let body: Data =
+            switch style {
+            case .native:
+                (try? JSONBody.encoder.encode(ErrorBody(detail: .init(reason: reason)))) ?? Data()
+            case .openAI(let code):
+                (try? JSONBody.encoder.encode(OpenAIErrorBody(error: .init(message: reason, code: code)))) ?? Data()
+            }
         var buffer = context.channel.allocator.buffer(capacity: 160 + body.count)
         buffer.writeString(
             "HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\ncontent-type: application/json\r\ncontent-length: \(body.count)\r\nconnection: close\r\n\r\n"

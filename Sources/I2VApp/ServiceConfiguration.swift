@@ -101,10 +101,11 @@ public struct ServiceConfiguration: Sendable {
             .split(separator: ",")
             .map { $0.trimmingCharacters(in: .whitespaces) }
             .filter { !$0.isEmpty }
-        self.dataDirectory = URL(
-            fileURLWithPath: config.string(forKey: "dataDir", default: "./data"),
-            isDirectory: true
-        ).standardizedFileURL
+        self.dataDirectory =
+            URL(
+                fileURLWithPath: config.string(forKey: "dataDir", default: "./data"),
+                isDirectory: true
+            ).standardizedFileURL
         self.databaseURL = config.string(forKey: "databaseUrl", isSecret: true).flatMap { $0.isEmpty ? nil : $0 }
         self.databaseTimeout = .seconds(max(0.1, config.seconds(forKey: "databaseTimeoutSeconds", default: 10)))
         self.lease = .seconds(max(1, config.seconds(forKey: "leaseSeconds", default: 30)))
@@ -132,7 +133,8 @@ public struct ServiceConfiguration: Sendable {
         self.bodyTimeout = .seconds(max(0.1, config.seconds(forKey: "bodyTimeoutSeconds", default: 300)))
         self.bodyMinBytesPerSecond = max(0, config.int(forKey: "bodyMinBytesPerSecond", default: 1024))
         self.bodyRateWindow = .seconds(max(0.1, config.seconds(forKey: "bodyRateWindowSeconds", default: 10)))
-        self.uploadSpoolDirectory = config.string(forKey: "uploadSpoolDir").flatMap { $0.isEmpty ? nil : $0 }
+        self.uploadSpoolDirectory =
+            config.string(forKey: "uploadSpoolDir").flatMap { $0.isEmpty ? nil : $0 }
             .map { URL(fileURLWithPath: $0, isDirectory: true).standardizedFileURL }
             ?? dataDirectory.appending(path: "uploads", directoryHint: .isDirectory)
         self.submitsPerMinute = max(0, config.int(forKey: "submitsPerMinute", default: 120))
@@ -145,10 +147,11 @@ public struct ServiceConfiguration: Sendable {
         self.model = config.string(forKey: "model").flatMap { $0.isEmpty ? nil : $0.lowercased() }
         self.devices = DeviceSelection(devices: config.string(forKey: "devices"), device: config.string(forKey: "device"))
         self.pythonExecutable = config.string(forKey: "python", default: ".venv/bin/python")
-        self.workerDirectory = URL(
-            fileURLWithPath: config.string(forKey: "workerDir", default: "worker"),
-            isDirectory: true
-        ).standardizedFileURL
+        self.workerDirectory =
+            URL(
+                fileURLWithPath: config.string(forKey: "workerDir", default: "worker"),
+                isDirectory: true
+            ).standardizedFileURL
         self.cpuOffload = config.string(forKey: "cpuOffload").flatMap(Self.offloadSetting)
         self.vaeTiling = config.bool(forKey: "vaeTiling", default: false)
         self.speed = SpeedSettings(
@@ -158,14 +161,16 @@ public struct ServiceConfiguration: Sendable {
             fp8: config.string(forKey: "fp8"),
             loraPath: config.string(forKey: "loraPath")
         )
-        self.loraDirectory = config.string(forKey: "loraDir").flatMap { $0.isEmpty ? nil : $0 }
+        self.loraDirectory =
+            config.string(forKey: "loraDir").flatMap { $0.isEmpty ? nil : $0 }
             .map { URL(fileURLWithPath: $0, isDirectory: true).standardizedFileURL }
             ?? dataDirectory.appending(path: "loras", directoryHint: .isDirectory)
         self.loraMaxRank = max(1, config.int(forKey: "loraMaxRank", default: Self.defaultLoRAMaxRank))
-        self.docsAssetsDirectory = URL(
-            fileURLWithPath: config.string(forKey: "docsAssetsDir", default: ".swagger-ui"),
-            isDirectory: true
-        ).standardizedFileURL
+        self.docsAssetsDirectory =
+            URL(
+                fileURLWithPath: config.string(forKey: "docsAssetsDir", default: ".swagger-ui"),
+                isDirectory: true
+            ).standardizedFileURL
         self.logLevel = config.string(forKey: "logLevel", default: "info")
         self.webhooks = WebhookSettings(config: config)
     }

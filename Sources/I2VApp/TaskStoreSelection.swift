@@ -1,12 +1,12 @@
 import Foundation
-import Logging
-import ServiceLifecycle
 import I2VCore
 import I2VGPUNode
 import I2VHTTP
 import I2VStorePostgres
 import I2VStoreSQLite
 import I2VWebhooks
+import Logging
+import ServiceLifecycle
 
 /// The store `I2V_DATABASE_URL` selects: SQLite in the data dir unless it is a `postgres://` URL. A
 /// PostgreSQL store comes with the services the application must run: its connection pool and, where

@@ -1,8 +1,8 @@
 import Foundation
-import Logging
-import Subprocess
 import I2VCore
 import I2VGPUNode
+import Logging
+import Subprocess
 
 #if canImport(System)
 import System
@@ -21,8 +21,10 @@ func buildWorkerNode(
     let doubles = overrides.workers.isEmpty ? overrides.worker.map { [$0] } ?? [] : overrides.workers
     if !doubles.isEmpty {
         // Doubles stand in for the configured devices' workers, or for CPU workers where no list matches them.
-        let labels: [String] = if case .list(let devices) = configuration.devices, devices.count == doubles.count { devices }
-            else { Array(repeating: "cpu", count: doubles.count) }
+        let labels: [String] =
+            if case .list(let devices) = configuration.devices, devices.count == doubles.count { devices } else {
+                Array(repeating: "cpu", count: doubles.count)
+            }
         let capacity = configuration.maxConcurrent ?? WorkerPool.defaultCapacity(workers: doubles.count)
         let slots = WorkerPool.slotsPerWorker(total: capacity, workers: doubles.count)
         let pool = WorkerPool(
@@ -52,7 +54,8 @@ func buildWorkerNode(
         metrics: metrics
     )
     logger.info("inference workers", metadata: ["devices": "\(devices.joined(separator: ","))", "slots_each": "\(slots)", "total": "\(capacity)"])
-    let catalog = overrides.catalog
+    let catalog =
+        overrides.catalog
         ?? checkpoint.map { ModelCatalog.load(checkpoint: $0) }
         ?? ModelCatalog.load(checkpoint: configuration.model ?? ServiceConfiguration.defaultDemoModel)
     return (pool, supervisors, catalog)
@@ -85,7 +88,7 @@ func resolveCheckpoint(configuration: ServiceConfiguration, logger: Logger) asyn
     }
     do {
         try FileManager.default.moveItem(at: staging, to: demo)
-    } catch where FileManager.default.fileExists(atPath: demo.appending(path: "i2v_model.json").path) {
+    } catch  where FileManager.default.fileExists(atPath: demo.appending(path: "i2v_model.json").path) {
         // Another node finished first; its checkpoint is the same demo model.
     }
     return demo.path

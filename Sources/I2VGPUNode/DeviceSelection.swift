@@ -1,7 +1,7 @@
 import Foundation
+import I2VCore
 import Logging
 import Subprocess
-import I2VCore
 
 /// Where the node's inference workers run: one worker per entry. An entry joins devices with `+` into a
 /// group (`cuda:0+cuda:1`, `cpu+cpu`): one worker whose processes run each job together, split by context

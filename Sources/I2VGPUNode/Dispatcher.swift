@@ -1,10 +1,10 @@
-import Foundation
 import CoreMetrics
+import Foundation
+import I2VCore
 import Logging
 import Metrics
 import ServiceLifecycle
 import Synchronization
-import I2VCore
 
 /// The GPU node's dispatcher: moves tasks from the store's queue to the pool's workers, FIFO, each to the least
 /// busy ready worker and never more than the pool's capacity at once, and records how each one ends. Everything
@@ -266,7 +266,8 @@ public actor Dispatcher: Service {
             try? await Task.sleep(for: .milliseconds(50))
         }
         for id in running.keys {
-            _ = try? await store.requeue(id: id, node: configuration.node, maxAttempts: configuration.maxAttempts, reason: "service shutdown", countAttempt: false)
+            _ = try? await store.requeue(
+                id: id, node: configuration.node, maxAttempts: configuration.maxAttempts, reason: "service shutdown", countAttempt: false)
         }
     }
 
@@ -292,7 +293,8 @@ public actor Dispatcher: Service {
             lastImagePath: task.lastInputKey.map { media.inputURL(key: $0).path },
             guidanceScale2: p.guidanceScale2
         )
-        logger.info("task started", metadata: ["attempt": "\(task.attempts)", "size": "\(p.width)x\(p.height)", "frames": "\(p.numFrames)", "steps": "\(p.inferSteps)"])
+        logger.info(
+            "task started", metadata: ["attempt": "\(task.attempts)", "size": "\(p.width)x\(p.height)", "frames": "\(p.numFrames)", "steps": "\(p.inferSteps)"])
 
         let end: JobEnd
         do throws(LoRAResolutionFailure) {
@@ -500,11 +502,13 @@ public actor Dispatcher: Service {
             logger.info("task cancelled while running")
             media.removeInput(key: task.inputKey)
         case .failed(let kind, let message):
-            let reason = switch kind {
-            case .oom: message.lowercased().contains("out of memory") ? message : "out of memory: \(message); lower the resolution (image_size) or num_frames"
-            case .badInput: "bad input: \(message)"
-            default: "inference failed: \(message)"
-            }
+            let reason =
+                switch kind {
+                case .oom:
+                    message.lowercased().contains("out of memory") ? message : "out of memory: \(message); lower the resolution (image_size) or num_frames"
+                case .badInput: "bad input: \(message)"
+                default: "inference failed: \(message)"
+                }
             guard try await store.finish(id: task.id, node: node, outcome: .failed(reason: reason)) != .notRunning else {
                 logger.warning("a failure arrived for a task that was no longer running", metadata: ["reason": "\(reason)"])
                 return

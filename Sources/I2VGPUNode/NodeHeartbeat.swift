@@ -1,7 +1,7 @@
 import Foundation
+import I2VCore
 import Logging
 import ServiceLifecycle
-import I2VCore
 
 /// Announces this node in the store's registry while at least one of its workers is ready: the models it
 /// serves, its slots, what it runs and its free device memory. API nodes load no model, so this is what
@@ -41,17 +41,18 @@ package struct NodeHeartbeat: Service {
         let memory = await pool.largestFreeMemory()
         do {
             guard let models = try await catalog.current()?.models else { return false }
-            try await store.recordHeartbeat(WorkerNode(
-                id: node,
-                models: models,
-                slots: await pool.readySlots(),
-                running: workers.reduce(0) { $0 + $1.running },
-                freeMemoryBytes: memory?.freeBytes,
-                bytesPerToken: memory?.bytesPerToken,
-                startedAt: startedAt,
-                heartbeatAt: now,
-                devices: workers.map(\.device)
-            ))
+            try await store.recordHeartbeat(
+                WorkerNode(
+                    id: node,
+                    models: models,
+                    slots: await pool.readySlots(),
+                    running: workers.reduce(0) { $0 + $1.running },
+                    freeMemoryBytes: memory?.freeBytes,
+                    bytesPerToken: memory?.bytesPerToken,
+                    startedAt: startedAt,
+                    heartbeatAt: now,
+                    devices: workers.map(\.device)
+                ))
             return true
         } catch {
             // The dispatcher reports the store being away; this only repeats it.

@@ -277,7 +277,10 @@ public struct WorkerDone: Codable, Sendable, Equatable {
         case loras
     }
 
-    package init(taskID: String, path: String, width: Int, height: Int, numFrames: Int, fps: Int, seed: Int, inferenceSeconds: Double, encodeSeconds: Double? = nil, inferSteps: Int? = nil, guidanceScale: Double? = nil) {
+    package init(
+        taskID: String, path: String, width: Int, height: Int, numFrames: Int, fps: Int, seed: Int, inferenceSeconds: Double, encodeSeconds: Double? = nil,
+        inferSteps: Int? = nil, guidanceScale: Double? = nil
+    ) {
         self.taskID = taskID
         self.path = path
         self.width = width

@@ -141,14 +141,15 @@ public actor WorkerPool {
         for member in members {
             let status = await member.worker.status()
             let ready = await member.worker.readiness()
-            snapshots.append(Snapshot(
-                index: member.index,
-                device: member.device,
-                status: status,
-                running: running[member.index],
-                tasks: tasks[member.index],
-                ready: ready
-            ))
+            snapshots.append(
+                Snapshot(
+                    index: member.index,
+                    device: member.device,
+                    status: status,
+                    running: running[member.index],
+                    tasks: tasks[member.index],
+                    ready: ready
+                ))
         }
         return snapshots
     }

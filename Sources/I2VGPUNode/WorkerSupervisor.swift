@@ -1,8 +1,8 @@
 import Foundation
+import I2VCore
 import Logging
 import ServiceLifecycle
 import Subprocess
-import I2VCore
 
 #if canImport(System)
 import System
@@ -89,10 +89,7 @@ public actor WorkerSupervisor: InferenceWorker, Service {
 
     public func status() -> WorkerStatus {
         let state: WorkerState =
-            if ready != nil { .ready }
-            else if failedStarts > 0 || reportedFatal { .failed }
-            else if restarts > 0 { .restarting }
-            else { .starting }
+            if ready != nil { .ready } else if failedStarts > 0 || reportedFatal { .failed } else if restarts > 0 { .restarting } else { .starting }
         return WorkerStatus(state: state, restarts: restarts, pid: processID, problem: ready == nil ? unavailableReason() : nil)
     }
 
@@ -273,7 +270,8 @@ public actor WorkerSupervisor: InferenceWorker, Service {
 
     private func workerExited(status: String) {
         let restartedByUs = restartReason != nil
-        let reason = restartReason.map { "the inference worker was restarted: \($0)" }
+        let reason =
+            restartReason.map { "the inference worker was restarted: \($0)" }
             ?? "the inference worker exited (\(status))"
         if !shuttingDown {
             logger.error("inference worker exited", metadata: ["status": "\(status)", "jobs": "\(jobs.count)"])

@@ -1,8 +1,8 @@
 import Foundation
+import I2VCore
 import Logging
 import PostgresNIO
 import ServiceLifecycle
-import I2VCore
 
 /// Listens on the store's notification channel on a connection of its own and wakes the dispatcher for
 /// each notification: a submit on any API node starts an idle worker node at once, and a cancel reaches

@@ -1,6 +1,6 @@
 import Foundation
-import PostgresNIO
 import I2VCore
+import PostgresNIO
 
 extension PostgresTaskStore {
     public func jobProfile(width: Int, height: Int, frames: Int) async throws -> JobProfile? {

@@ -1,6 +1,6 @@
 import Foundation
-import PostgresNIO
 import I2VCore
+import PostgresNIO
 
 extension PostgresTaskStore {
     public func reserveIdempotencyKey(_ key: IdempotencyKey, taskID: String, validAfter: Date, now: Date) async throws -> IdempotencyReservation {

@@ -1,6 +1,6 @@
 import Foundation
-import PostgresNIO
 import I2VCore
+import PostgresNIO
 
 extension PostgresTaskStore: TaskListing {
     public func listTasks(ownerKeyHash: String, after: String?, limit: Int, order: TaskListOrder) async throws -> TaskListingResult {

@@ -1,6 +1,6 @@
 import Foundation
-import PostgresNIO
 import I2VCore
+import PostgresNIO
 
 extension PostgresTaskStore {
     public func recordHeartbeat(_ node: WorkerNode) async throws {
@@ -40,17 +40,18 @@ extension PostgresTaskStore {
             for try await (id, models, slots, running, free, perToken, started, heartbeat, devices)
                 in rows.decode((String, String, Int, Int, Int?, Int?, Double, Double, String?).self)
             {
-                nodes.append(WorkerNode(
-                    id: id,
-                    models: try WorkerNodeColumns.decodeModels(models),
-                    slots: slots,
-                    running: running,
-                    freeMemoryBytes: free,
-                    bytesPerToken: perToken,
-                    startedAt: Date(timeIntervalSince1970: started),
-                    heartbeatAt: Date(timeIntervalSince1970: heartbeat),
-                    devices: WorkerNodeColumns.decodeDevices(devices)
-                ))
+                nodes.append(
+                    WorkerNode(
+                        id: id,
+                        models: try WorkerNodeColumns.decodeModels(models),
+                        slots: slots,
+                        running: running,
+                        freeMemoryBytes: free,
+                        bytesPerToken: perToken,
+                        startedAt: Date(timeIntervalSince1970: started),
+                        heartbeatAt: Date(timeIntervalSince1970: heartbeat),
+                        devices: WorkerNodeColumns.decodeDevices(devices)
+                    ))
             }
             return nodes
         }

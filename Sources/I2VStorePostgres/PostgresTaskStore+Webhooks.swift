@@ -1,7 +1,7 @@
 import Foundation
+import I2VCore
 import Logging
 import PostgresNIO
-import I2VCore
 
 extension PostgresTaskStore: WebhookOutbox {
     /// Migration v4: the same schema as SQLite's (see `SQLiteTaskStore.webhookMigration`).

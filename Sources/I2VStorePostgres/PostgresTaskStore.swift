@@ -1,9 +1,9 @@
 import Foundation
+import I2VCore
 import Logging
 import PostgresNIO
 import ServiceLifecycle
 import Synchronization
-import I2VCore
 
 /// The shared task store for several nodes: one PostgreSQL database, the same semantics as the SQLite store.
 ///
@@ -136,14 +136,17 @@ public struct PostgresTaskStore: TaskStore {
         ),
         (4, "webhook subscriptions, webhook outbox", webhookMigration),
         (5, "last frames", ["ALTER TABLE tasks ADD COLUMN last_input_key TEXT"]),
-        (6, "LoRAs", [
-            "ALTER TABLE tasks ADD COLUMN loras TEXT",
-            // The set's key, so that a claim for one set finds its oldest task by index.
-            "ALTER TABLE tasks ADD COLUMN lora_set TEXT NOT NULL DEFAULT ''",
-            "CREATE INDEX tasks_queued_lora_set ON tasks (lora_set, seq) WHERE status = 'InQueue'",
-            "ALTER TABLE tasks ADD COLUMN guidance_scale_2 DOUBLE PRECISION",
-            "ALTER TABLE nodes ADD COLUMN devices TEXT",
-        ]),
+        (
+            6, "LoRAs",
+            [
+                "ALTER TABLE tasks ADD COLUMN loras TEXT",
+                // The set's key, so that a claim for one set finds its oldest task by index.
+                "ALTER TABLE tasks ADD COLUMN lora_set TEXT NOT NULL DEFAULT ''",
+                "CREATE INDEX tasks_queued_lora_set ON tasks (lora_set, seq) WHERE status = 'InQueue'",
+                "ALTER TABLE tasks ADD COLUMN guidance_scale_2 DOUBLE PRECISION",
+                "ALTER TABLE nodes ADD COLUMN devices TEXT",
+            ]
+        ),
     ]
 
     /// The channel every enqueue, requeue and cancel notifies, so idle nodes claim at once and a cancel
@@ -216,10 +219,11 @@ public struct PostgresTaskStore: TaskStore {
             try await connection.query("SELECT pg_advisory_xact_lock(\(Self.enqueueLockKey))", logger: logger)
             // Read committed: this statement's snapshot is taken after the lock, so it sees the rows of
             // every enqueue that held the lock before.
-            let queued = try await Self.single(
-                Int.self,
-                connection.query("SELECT count(*) FROM tasks WHERE status = 'InQueue'", logger: logger)
-            ) ?? 0
+            let queued =
+                try await Self.single(
+                    Int.self,
+                    connection.query("SELECT count(*) FROM tasks WHERE status = 'InQueue'", logger: logger)
+                ) ?? 0
             guard queued < maxQueued else { throw QueueFullError(queued: queued) }
             let p = task.parameters
             try await connection.query(
@@ -282,34 +286,34 @@ public struct PostgresTaskStore: TaskStore {
 
     public func queuePosition(id: String) async throws -> Int? {
         try await withDeadline {
-        try await Self.single(
-            Int.self,
-            client.query(
-                """
-                SELECT (SELECT count(*) FROM tasks AS ahead
-                        WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq AND lower(ahead.model) = lower(t.model))
-                FROM tasks AS t WHERE t.id = \(id) AND t.status = 'InQueue'
-                """,
-                logger: logger
+            try await Self.single(
+                Int.self,
+                client.query(
+                    """
+                    SELECT (SELECT count(*) FROM tasks AS ahead
+                            WHERE ahead.status = 'InQueue' AND ahead.seq <= t.seq AND lower(ahead.model) = lower(t.model))
+                    FROM tasks AS t WHERE t.id = \(id) AND t.status = 'InQueue'
+                    """,
+                    logger: logger
+                )
             )
-        )
         }
     }
 
     public func counts() async throws -> QueueCounts {
         try await withDeadline {
-        let rows = try await client.query(
-            """
-            SELECT count(*) FILTER (WHERE status = 'InQueue'), count(*) FILTER (WHERE status = 'InProgress')
-            FROM tasks WHERE status IN ('InQueue', 'InProgress')
-            """,
-            logger: logger
-        )
-        var counts = QueueCounts(queued: 0, running: 0)
-        for try await (queued, running) in rows.decode((Int, Int).self) {
-            counts = QueueCounts(queued: queued, running: running)
-        }
-        return counts
+            let rows = try await client.query(
+                """
+                SELECT count(*) FILTER (WHERE status = 'InQueue'), count(*) FILTER (WHERE status = 'InProgress')
+                FROM tasks WHERE status IN ('InQueue', 'InProgress')
+                """,
+                logger: logger
+            )
+            var counts = QueueCounts(queued: 0, running: 0)
+            for try await (queued, running) in rows.decode((Int, Int).self) {
+                counts = QueueCounts(queued: queued, running: running)
+            }
+            return counts
         }
     }
 
@@ -326,23 +330,23 @@ public struct PostgresTaskStore: TaskStore {
         let anySet = loraSet == nil
         let set = loraSet ?? ""
         return try await withDeadline {
-        try await Self.records(
-            client.query(
-                """
-                UPDATE tasks SET status = 'InProgress', attempts = attempts + 1,
-                    started_at = \(now.timeIntervalSince1970), progress_step = 0, progress_total = infer_steps,
-                    reason = NULL, lease_node = \(node),
-                    lease_expires_at = \(now.addingTimeInterval(lease.seconds).timeIntervalSince1970)
-                WHERE status = 'InQueue' AND seq = (
-                    SELECT seq FROM tasks WHERE status = 'InQueue' AND (\(anyModel) OR lower(model) = ANY(\(wanted)))
-                        AND (\(anySet) OR lora_set = \(set))
-                    ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED
+            try await Self.records(
+                client.query(
+                    """
+                    UPDATE tasks SET status = 'InProgress', attempts = attempts + 1,
+                        started_at = \(now.timeIntervalSince1970), progress_step = 0, progress_total = infer_steps,
+                        reason = NULL, lease_node = \(node),
+                        lease_expires_at = \(now.addingTimeInterval(lease.seconds).timeIntervalSince1970)
+                    WHERE status = 'InQueue' AND seq = (
+                        SELECT seq FROM tasks WHERE status = 'InQueue' AND (\(anyModel) OR lower(model) = ANY(\(wanted)))
+                            AND (\(anySet) OR lora_set = \(set))
+                        ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED
+                    )
+                    RETURNING *
+                    """,
+                    logger: logger
                 )
-                RETURNING *
-                """,
-                logger: logger
-            )
-        ).first
+            ).first
         }
     }
 
@@ -391,7 +395,9 @@ public struct PostgresTaskStore: TaskStore {
         }
     }
 
-    public func requeue(id: String, node: String, maxAttempts: Int, reason: String, countAttempt: Bool) async throws
+    public func requeue(
+        id: String, node: String, maxAttempts: Int, reason: String, countAttempt: Bool
+    ) async throws
         -> RequeueOutcome
     {
         try await transition(id: id) { state in
@@ -532,16 +538,16 @@ public struct PostgresTaskStore: TaskStore {
 
     public func tasksWithVideosFinished(before: Date) async throws -> [TaskRecord] {
         try await withDeadline {
-        try await Self.records(
-            client.query(
-                """
-                SELECT * FROM tasks
-                WHERE status = 'Succeed' AND NOT video_expired AND finished_at < \(before.timeIntervalSince1970)
-                ORDER BY finished_at
-                """,
-                logger: logger
+            try await Self.records(
+                client.query(
+                    """
+                    SELECT * FROM tasks
+                    WHERE status = 'Succeed' AND NOT video_expired AND finished_at < \(before.timeIntervalSince1970)
+                    ORDER BY finished_at
+                    """,
+                    logger: logger
+                )
             )
-        )
         }
     }
 
@@ -552,16 +558,16 @@ public struct PostgresTaskStore: TaskStore {
 
     public func deleteTasks(finishedBefore: Date) async throws -> [TaskRecord] {
         try await withDeadline {
-        try await Self.records(
-            client.query(
-                """
-                DELETE FROM tasks
-                WHERE status IN ('Succeed', 'Failed', 'Cancelled') AND finished_at < \(finishedBefore.timeIntervalSince1970)
-                RETURNING *
-                """,
-                logger: logger
+            try await Self.records(
+                client.query(
+                    """
+                    DELETE FROM tasks
+                    WHERE status IN ('Succeed', 'Failed', 'Cancelled') AND finished_at < \(finishedBefore.timeIntervalSince1970)
+                    RETURNING *
+                    """,
+                    logger: logger
+                )
             )
-        )
         }
     }
 

@@ -243,7 +243,9 @@ public struct SQLiteTaskStore: TaskStore {
         return try await database.write { db in
             let now = Date()
             var held = Set<String>()
-            for (id, state) in try Self.states(db, where: "lease_node = ? AND id IN (\(databaseQuestionMarks(count: ids.count)))", StatementArguments([node]) + StatementArguments(ids)) {
+            for (id, state) in try Self.states(
+                db, where: "lease_node = ? AND id IN (\(databaseQuestionMarks(count: ids.count)))", StatementArguments([node]) + StatementArguments(ids))
+            {
                 let plan = TaskStateMachine.renew(state, node: node, leaseUntil: now.addingTimeInterval(lease.seconds), now: now)
                 if try Self.apply(plan, id: id, db) { held.insert(id) }
             }
@@ -282,7 +284,9 @@ public struct SQLiteTaskStore: TaskStore {
         }
     }
 
-    public func requeue(id: String, node: String, maxAttempts: Int, reason: String, countAttempt: Bool) async throws
+    public func requeue(
+        id: String, node: String, maxAttempts: Int, reason: String, countAttempt: Bool
+    ) async throws
         -> RequeueOutcome
     {
         try await transition(id: id) { state in

@@ -1,10 +1,9 @@
 import Foundation
+import I2VCore
 import ImageIntake
 import Logging
 import ServiceLifecycle
 import Synchronization
-import I2VCore
-
 
 /// Delivers the webhook outbox, on every node that serves the API. Each tick, in its own service so a slow or
 /// dead receiver never holds a submit or the scheduler:
@@ -38,7 +37,8 @@ public struct WebhookDeliveryService: Service {
     package let metrics: ServiceMetrics
     package let logger: Logger
 
-    package init(outbox: any WebhookOutbox, sender: WebhookSender, configuration: Configuration, wakeup: WebhookWakeup, metrics: ServiceMetrics, logger: Logger) {
+    package init(outbox: any WebhookOutbox, sender: WebhookSender, configuration: Configuration, wakeup: WebhookWakeup, metrics: ServiceMetrics, logger: Logger)
+    {
         self.outbox = outbox
         self.sender = sender
         self.configuration = configuration
@@ -93,7 +93,9 @@ public struct WebhookDeliveryService: Service {
             do {
                 let added = try await outbox.collectWebhookEvents(limit: configuration.collectBatch, now: now, render: render)
                 for message in added {
-                    logger.debug("webhook event recorded", metadata: ["requestId": "\(message.taskID)", "event": "\(message.event.rawValue)", "webhook_id": "\(message.id)"])
+                    logger.debug(
+                        "webhook event recorded",
+                        metadata: ["requestId": "\(message.taskID)", "event": "\(message.event.rawValue)", "webhook_id": "\(message.id)"])
                 }
                 if added.count < configuration.collectBatch { return }
             } catch {
@@ -125,10 +127,12 @@ public struct WebhookDeliveryService: Service {
         case .delivered(let status):
             logger.info("webhook delivered", metadata: ["event": "\(message.event.type)", "status": "\(status)", "attempt": "\(message.attempts)"])
         case .retry(let at, let error, _):
-            logger.info("webhook attempt failed; will retry", metadata: [
-                "event": "\(message.event.type)", "attempt": "\(message.attempts)", "error": "\(error)",
-                "retry_in_s": "\(Int(at.timeIntervalSince(now).rounded()))",
-            ])
+            logger.info(
+                "webhook attempt failed; will retry",
+                metadata: [
+                    "event": "\(message.event.type)", "attempt": "\(message.attempts)", "error": "\(error)",
+                    "retry_in_s": "\(Int(at.timeIntervalSince(now).rounded()))",
+                ])
         case .gaveUp(let error, _):
             logger.warning("webhook given up", metadata: ["event": "\(message.event.type)", "attempts": "\(message.attempts)", "error": "\(error)"])
         }
@@ -180,7 +184,6 @@ package final class WebhookWakeup: Sendable {
 
     private let state = Mutex(State())
     package init() {}
-
 
     package func wake() {
         let waiter: CheckedContinuation<Void, Never>? = state.withLock { state in

@@ -1,11 +1,11 @@
 import AsyncHTTPClient
 import Foundation
+import I2VCore
 import ImageIntake
 import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import I2VCore
 
 #if canImport(Glibc)
 import Glibc
@@ -62,7 +62,8 @@ package struct WebhookSender: Sendable {
             case .invalidURL(let reason), .blockedAddress(let reason, _, _): return .refused(reason: reason)
             }
         }
-        let deadline = NIODeadline.now() + TimeAmount.nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000)
+        let deadline =
+            NIODeadline.now() + TimeAmount.nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000)
         var lastFailure = WebhookAttemptResult.failed(reason: "no address to connect to for \(destination.host)", status: nil)
         for address in destination.addresses.prefix(maxAddresses) {
             switch await post(message, timestamp: timestamp, to: destination, address: address, deadline: deadline, logger: logger) {
@@ -140,7 +141,8 @@ package struct WebhookSender: Sendable {
         return "\(error)"
     }
 
-    package init(urlGuard: OutboundGuard, signer: WebhookSigner, timeout: Duration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+    package init(urlGuard: OutboundGuard, signer: WebhookSigner, timeout: Duration, eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton)
+    {
         self.urlGuard = urlGuard
         self.signer = signer
         self.timeout = timeout

@@ -1,7 +1,7 @@
 import Crypto
 import Foundation
-import Logging
 import I2VCore
+import Logging
 
 #if canImport(Glibc)
 import Glibc
@@ -93,21 +93,23 @@ package enum WebhookSecret {
             if let stored = try? String(contentsOf: file, encoding: .utf8), let signer = try? WebhookSigner(secret: stored) {
                 return signer
             }
-            throw ConfigurationProblem("\(file.path) holds no usable webhook secret (whsec_…); delete it to have a new one generated, or set I2V_WEBHOOK_SECRET")
+            throw ConfigurationProblem(
+                "\(file.path) holds no usable webhook secret (whsec_…); delete it to have a new one generated, or set I2V_WEBHOOK_SECRET")
         }
         // Straight to stdout, as the generated API key: shown at once, kept out of log aggregation.
-        FileHandle.standardOutput.write(Data(
-            """
-            ============================================================
-            Generated a webhook signing secret (shown once; kept in \(file.path)):
+        FileHandle.standardOutput.write(
+            Data(
+                """
+                ============================================================
+                Generated a webhook signing secret (shown once; kept in \(file.path)):
 
-                \(secret)
+                    \(secret)
 
-            Receivers verify deliveries with it (Standard Webhooks).
-            Set I2V_WEBHOOK_SECRET to choose your own instead.
-            ============================================================
+                Receivers verify deliveries with it (Standard Webhooks).
+                Set I2V_WEBHOOK_SECRET to choose your own instead.
+                ============================================================
 
-            """.utf8))
+                """.utf8))
         logger.notice("generated a webhook signing secret; it was printed once on stdout", metadata: ["file": "\(file.path)"])
         return WebhookSigner(keyBytes: key)
     }

@@ -1,3 +1,7 @@
+import NIOCore
+import NIOPosix
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -5,9 +9,6 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import NIOCore
-import NIOPosix
-import Synchronization
 
 /// Turns a host name into addresses. The intake resolves every name itself, checks every address, and
 /// then makes the HTTP client connect to the checked address (see `ImageFetcher`), so a second lookup

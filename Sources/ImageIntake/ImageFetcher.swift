@@ -69,10 +69,11 @@ struct ImageFetcher: Sendable {
         self.eventLoopGroup = eventLoopGroup
         self.resolver = resolver
         let allowPrivate = configuration.allowPrivateHosts
-        self.addressPolicy = addressPolicy ?? { address in
-            guard let range = address.blockedRange else { return nil }
-            return allowPrivate && range.isOpenedByPrivateHostAllowance ? nil : range
-        }
+        self.addressPolicy =
+            addressPolicy ?? { address in
+                guard let range = address.blockedRange else { return nil }
+                return allowPrivate && range.isOpenedByPrivateHostAllowance ? nil : range
+            }
     }
 
     // MARK: - fetch

@@ -268,7 +268,8 @@ struct VipsProcessor: Sendable {
     private static func normalise(_ image: consuming VipsRef) throws(VipsFailure) -> VipsRef {
         var current = image
         if current.hasAlpha {
-            let sixteenBit = current.format == VIPS_FORMAT_USHORT || current.interpretation == VIPS_INTERPRETATION_RGB16
+            let sixteenBit =
+                current.format == VIPS_FORMAT_USHORT || current.interpretation == VIPS_INTERPRETATION_RGB16
                 || current.interpretation == VIPS_INTERPRETATION_GREY16
             let maxAlpha: Double = sixteenBit ? 65535 : 255
             current = try current.apply("flatten") { i2v_flatten_white($0, $1, maxAlpha) }

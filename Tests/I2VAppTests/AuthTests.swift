@@ -1,12 +1,13 @@
-import Foundation
 import Configuration
-import Logging
-import ImageIntake
+import Foundation
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
+import ImageIntake
+import Logging
 import NIOCore
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode

@@ -4,6 +4,7 @@ import Hummingbird
 import HummingbirdTesting
 import NIOCore
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode
@@ -192,7 +193,9 @@ import Testing
                 #expect(try Self.events(String(buffer: done.body)).events.isEmpty)
 
                 #expect(try await client.execute(uri: "/video/stream/\(id)", method: .get, headers: Self.headers(key: TestKeys.bob)).status == .notFound)
-                #expect(try await client.execute(uri: "/video/stream/\(String(repeating: "0", count: 32))", method: .get, headers: Self.headers()).status == .notFound)
+                #expect(
+                    try await client.execute(uri: "/video/stream/\(String(repeating: "0", count: 32))", method: .get, headers: Self.headers()).status
+                        == .notFound)
                 #expect(try await client.execute(uri: "/video/stream/\(id)", method: .get).status == .unauthorized)
             }
         }

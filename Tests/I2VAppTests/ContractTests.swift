@@ -1,12 +1,13 @@
-import Foundation
 import Configuration
-import Logging
-import ImageIntake
+import Foundation
 import Hummingbird
 import HummingbirdTesting
 import I2VOpenAPI
+import ImageIntake
+import Logging
 import NIOCore
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode
@@ -22,16 +23,18 @@ import Testing
         let directory = try TemporaryDirectory()
         let parts = try await buildNode(
             configuration: testConfiguration(dataDir: directory.url),
-            overrides: AppOverrides(worker: FakeWorker(model: ServedModel(id: "m", nativeArea: 15_360)), catalog: ModelCatalog(models: [ServedModel(id: "m", nativeArea: 15_360)]))
+            overrides: AppOverrides(
+                worker: FakeWorker(model: ServedModel(id: "m", nativeArea: 15_360)), catalog: ModelCatalog(models: [ServedModel(id: "m", nativeArea: 15_360)]))
         )
         let router = parts.router
-        var routes = Set(router.routes.map { route in
-            let path = route.path.components.map { component -> String in
-                let text = "\(component)"
-                return text.hasPrefix(":") ? "{\(text.dropFirst())}" : text
-            }.joined(separator: "/")
-            return "\(route.method.rawValue) /\(path)"
-        })
+        var routes = Set(
+            router.routes.map { route in
+                let path = route.path.components.map { component -> String in
+                    let text = "\(component)"
+                    return text.hasPrefix(":") ? "{\(text.dropFirst())}" : text
+                }.joined(separator: "/")
+                return "\(route.method.rawValue) /\(path)"
+            })
         // Served by the file middlewares rather than routes.
         routes.formUnion(["GET /videos/{file}", "HEAD /videos/{file}", "GET /docs/{asset}"])
         // Our own initializer script is one of the docs assets.

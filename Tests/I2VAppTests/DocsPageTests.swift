@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import HummingbirdTesting
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode
@@ -50,10 +51,12 @@ enum DocsPage {
         let browser = try #require(browser, "Chromium is not installed")
         let profile = FileManager.default.temporaryDirectory.appending(path: "i2v-chromium-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: profile) }
-        let (data, _) = try await runTool(browser, [
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-            "--user-data-dir=\(profile.path)", "--virtual-time-budget=15000",
-        ] + arguments)
+        let (data, _) = try await runTool(
+            browser,
+            [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--user-data-dir=\(profile.path)", "--virtual-time-budget=15000",
+            ] + arguments)
         return String(decoding: data, as: UTF8.self)
     }
 }

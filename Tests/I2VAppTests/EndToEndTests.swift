@@ -1,12 +1,13 @@
 import AsyncHTTPClient
-import Foundation
 import Configuration
-import Logging
-import ImageIntake
+import Foundation
 import Hummingbird
 import HummingbirdTesting
+import ImageIntake
+import Logging
 import NIOCore
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode
@@ -17,7 +18,11 @@ import Testing
 
 /// The real thing: the service over real HTTP, the supervised Python worker running the diffusers
 /// pipeline on the demo checkpoint, real ffmpeg, checked with ffprobe.
-@Suite(.serialized, .enabled(if: EndToEnd.python != nil || ProcessInfo.processInfo.environment["I2V_TEST_STRICT"] == "1", "needs the worker's Python environment (make python-env) and ffprobe"))
+@Suite(
+    .serialized,
+    .enabled(
+        if: EndToEnd.python != nil || ProcessInfo.processInfo.environment["I2V_TEST_STRICT"] == "1",
+        "needs the worker's Python environment (make python-env) and ffprobe"))
 struct EndToEndTests {
     @Test func submitSucceedsAndTheVideoIsARealMP4() async throws {
         try await EndToEnd.withService { client, _ in
@@ -105,19 +110,21 @@ struct EndToEndTests {
     @Test func twoCPUWorkersRunAJobEachAndKillingOneRequeuesOnlyItsJob() async throws {
         try await EndToEnd.withService(["i2v.devices": "cpu,cpu", "i2v.maxConcurrent": 2, "i2v.maxAttempts": 2]) { client, dataDir in
             var pids: [Int] = []
-            try #require(await eventually("both workers ready") {
-                let workers = try await client.execute(uri: "/ready", method: .get).jsonObject()["workers"] as? [[String: Any]] ?? []
-                pids = workers.compactMap { $0["pid"] as? Int }
-                return workers.count == 2 && workers.allSatisfy { $0["state"] as? String == "ready" }
-            })
+            try #require(
+                await eventually("both workers ready") {
+                    let workers = try await client.execute(uri: "/ready", method: .get).jsonObject()["workers"] as? [[String: Any]] ?? []
+                    pids = workers.compactMap { $0["pid"] as? Int }
+                    return workers.count == 2 && workers.allSatisfy { $0["state"] as? String == "ready" }
+                })
             #expect(Set(pids).count == 2, "each worker is its own process: \(pids)")
             // The first goes to worker 0; the second to worker 1, the one without a job.
             let first = try await client.submit(imageURL: "\(EndToEnd.imageBase)/image.png", extra: #","infer_steps":40"#, frames: 64)
             let second = try await client.submit(imageURL: "\(EndToEnd.imageBase)/image.png", extra: #","infer_steps":40"#, frames: 64)
-            try #require(await eventually("both jobs in progress at once") {
-                let a = try await client.status(first), b = try await client.status(second)
-                return EndToEnd.step(a) >= 1 && EndToEnd.step(b) >= 2
-            })
+            try #require(
+                await eventually("both jobs in progress at once") {
+                    let a = try await client.status(first), b = try await client.status(second)
+                    return EndToEnd.step(a) >= 1 && EndToEnd.step(b) >= 2
+                })
             let busy = try await client.execute(uri: "/ready", method: .get).jsonObject()["workers"] as? [[String: Any]]
             #expect(busy?.map { $0["running"] as? Int } == [1, 1])
 
@@ -130,10 +137,11 @@ struct EndToEndTests {
             #expect(try await store.task(id: first)?.attempts == 1, "the other worker's job ran once")
             #expect(try await store.task(id: second)?.attempts == 2, "the killed worker's job ran again")
 
-            try #require(await eventually("the killed worker back") {
-                let workers = try await client.execute(uri: "/ready", method: .get).jsonObject()["workers"] as? [[String: Any]] ?? []
-                return workers.count == 2 && workers[1]["state"] as? String == "ready"
-            })
+            try #require(
+                await eventually("the killed worker back") {
+                    let workers = try await client.execute(uri: "/ready", method: .get).jsonObject()["workers"] as? [[String: Any]] ?? []
+                    return workers.count == 2 && workers[1]["state"] as? String == "ready"
+                })
             let after = try #require(try await client.execute(uri: "/ready", method: .get).jsonObject()["workers"] as? [[String: Any]])
             #expect(after[0]["pid"] as? Int == pids[0] && after[0]["restarts"] as? Int == 0)
             #expect(after[1]["pid"] as? Int != pids[1] && after[1]["restarts"] as? Int == 1)
@@ -144,7 +152,8 @@ struct EndToEndTests {
 enum EndToEnd {
     /// The worker's interpreter: `I2V_TEST_PYTHON` (set by `make test`) or the repo's `.venv`.
     static let python: String? = {
-        let candidates: [String] = [ProcessInfo.processInfo.environment["I2V_TEST_PYTHON"], repositoryRoot.appending(path: ".venv/bin/python").path].compactMap { $0 }
+        let candidates: [String] = [ProcessInfo.processInfo.environment["I2V_TEST_PYTHON"], repositoryRoot.appending(path: ".venv/bin/python").path].compactMap
+        { $0 }
         let ffprobe = ["/usr/bin/ffprobe", "/usr/local/bin/ffprobe"].contains { FileManager.default.isExecutableFile(atPath: $0) }
         guard ffprobe else { return nil }
         return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
@@ -228,10 +237,12 @@ enum EndToEnd {
     }
 
     static func ffprobe(_ file: URL) async throws -> Probe {
-        let (data, _) = try await runTool("/usr/bin/ffprobe", [
-            "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
-            "stream=width,height,nb_read_frames,r_frame_rate,codec_name,pix_fmt", "-of", "json", file.path,
-        ])
+        let (data, _) = try await runTool(
+            "/usr/bin/ffprobe",
+            [
+                "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
+                "stream=width,height,nb_read_frames,r_frame_rate,codec_name,pix_fmt", "-of", "json", file.path,
+            ])
         let stream = ((try JSONSerialization.jsonObject(with: data) as? [String: Any])?["streams"] as? [[String: Any]])?.first ?? [:]
         return Probe(
             width: stream["width"] as? Int,

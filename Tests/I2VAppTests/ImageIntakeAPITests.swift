@@ -3,11 +3,12 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
+import I2VTestSupport
 import NIOCore
 import NIOPosix
 import Synchronization
 import Testing
-import I2VTestSupport
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode
@@ -554,13 +555,20 @@ enum IntakeAPI {
         // 240×180: sqrt(11520) = 107.3 → 107 → 96; sqrt(20480) = 143.1 → 143 → 128.
         Picture(name: "GIF 240×180", path: "red-blue.gif", contentType: "image/gif", bytes: gif, planned: [128, 96], layout: .leftRight(red, blue)),
         // 256×128: sqrt(7680) = 87.6 → 88 → 80; sqrt(30720) = 175.3 → 175 → 160.
-        Picture(name: "RGBA PNG 256×128", path: "rgba.png", contentType: "image/png", bytes: rgbaPNG.bytes, planned: [160, 80], layout: .leftRight(white, blue)),
+        Picture(
+            name: "RGBA PNG 256×128", path: "rgba.png", contentType: "image/png", bytes: rgbaPNG.bytes, planned: [160, 80], layout: .leftRight(white, blue)),
         // 300×100: sqrt(5120) = 71.6 → 72 → 64; sqrt(46080) = 214.7 → 215 → 208.
-        Picture(name: "grey PNG 300×100", path: "grey.png", contentType: "image/png", bytes: greyPNG.bytes, planned: [208, 64], layout: .leftRight([30, 30, 30], [220, 220, 220])),
+        Picture(
+            name: "grey PNG 300×100", path: "grey.png", contentType: "image/png", bytes: greyPNG.bytes, planned: [208, 64],
+            layout: .leftRight([30, 30, 30], [220, 220, 220])),
         // 64×48 has 240×180's aspect ratio: scaled up to 128×96. Served with a generic type: sniffed by its bytes.
-        Picture(name: "palette PNG 64×48", path: "palette.png", contentType: "application/octet-stream", bytes: palettePNG.bytes, planned: [128, 96], layout: .leftRight(red, blue)),
+        Picture(
+            name: "palette PNG 64×48", path: "palette.png", contentType: "application/octet-stream", bytes: palettePNG.bytes, planned: [128, 96],
+            layout: .leftRight(red, blue)),
         // Upright it is 180×320, so the frame is portrait.
-        Picture(name: "JPEG with EXIF orientation 6", path: "orientation-6.jpg", contentType: "image/jpeg", bytes: jpegOrientation6, planned: [80, 160], layout: .topBottom(red, blue)),
+        Picture(
+            name: "JPEG with EXIF orientation 6", path: "orientation-6.jpg", contentType: "image/jpeg", bytes: jpegOrientation6, planned: [80, 160],
+            layout: .topBottom(red, blue)),
     ]
 
     /// Routes of the loopback image server (it also serves `/image.png`, the 320×180 PNG fixture).

@@ -4,6 +4,7 @@ import HummingbirdTesting
 import Logging
 import PostgresNIO
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode

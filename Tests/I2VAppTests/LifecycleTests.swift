@@ -1,12 +1,13 @@
-import Foundation
 import Configuration
-import Logging
-import ImageIntake
+import Foundation
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
+import ImageIntake
+import Logging
 import NIOCore
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode
@@ -198,10 +199,11 @@ import Testing
                 #expect(status["status"] as? String == "Cancelled", "\(status)")
                 #expect(status["reason"] as? String == "cancelled by the client")
                 #expect(status["results"] == nil)
-                try #require(await eventually("the discarded video being removed") {
-                    let videos = (try? FileManager.default.contentsOfDirectory(atPath: directory.url.appending(path: "videos").path)) ?? []
-                    return videos.isEmpty
-                })
+                try #require(
+                    await eventually("the discarded video being removed") {
+                        let videos = (try? FileManager.default.contentsOfDirectory(atPath: directory.url.appending(path: "videos").path)) ?? []
+                        return videos.isEmpty
+                    })
                 // Once it has ended, a second cancel is still fine; a finished task's cancel is not.
                 #expect(try await client.post("/video/cancel", json: #"{"requestId":"\#(id)"}"#).status == .ok)
                 let metrics = String(buffer: try await client.execute(uri: "/metrics", method: .get).body)
@@ -236,10 +238,11 @@ import Testing
                 #expect(done["status"] as? String == "Succeed", "\(done)")
                 #expect(await worker.started.filter { $0 == b }.count == 1)
                 // The cancelled job's video, made after all, is discarded; its task stays Cancelled.
-                try #require(await eventually("the cancelled job's video removed") {
-                    let videos = (try? FileManager.default.contentsOfDirectory(atPath: directory.url.appending(path: "videos").path)) ?? []
-                    return videos.count == 1
-                })
+                try #require(
+                    await eventually("the cancelled job's video removed") {
+                        let videos = (try? FileManager.default.contentsOfDirectory(atPath: directory.url.appending(path: "videos").path)) ?? []
+                        return videos.count == 1
+                    })
                 #expect(try await client.status(a)["status"] as? String == "Cancelled")
             }
         }
@@ -273,11 +276,12 @@ import Testing
                 try #require(await eventually("the first attempt starting") { await worker.running.contains(id) })
                 await worker.crash()
                 // Requeued and claimed again: a second attempt is running on the worker.
-                try #require(await eventually("a second attempt starting") {
-                    let attempts = await worker.started.count
-                    let running = await worker.running.contains(id)
-                    return attempts == 2 && running
-                })
+                try #require(
+                    await eventually("a second attempt starting") {
+                        let attempts = await worker.started.count
+                        let running = await worker.running.contains(id)
+                        return attempts == 2 && running
+                    })
                 await worker.crash()
                 let failed = try await client.waitFor(id, status: "Failed")
                 #expect(failed["status"] as? String == "Failed")
@@ -349,7 +353,9 @@ import Testing
         let app = try await makeTestApp(dataDir: directory.url, worker: FakeWorker(ready: false), ["i2v.allowPrivateImageHosts": false])
         try await withImageServer { base in
             try await app.test(.router) { client in
-                for url in ["\(base)/image.png", "http://localhost/image.png", "http://169.254.169.254/latest/meta-data", "http://2130706433/", "http://[::1]/x.png"] {
+                for url in [
+                    "\(base)/image.png", "http://localhost/image.png", "http://169.254.169.254/latest/meta-data", "http://2130706433/", "http://[::1]/x.png",
+                ] {
                     let response = try await client.post("/video/submit", json: SubmitValidationTests.body([:], imageURL: url))
                     #expect(response.status == .badRequest, "\(url)")
                     #expect(response.failureReason?.contains("blocked") == true, "\(url): \(response.failureReason ?? "")")

@@ -4,6 +4,7 @@ import HummingbirdTesting
 import I2VTestSupport
 import Metrics
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode

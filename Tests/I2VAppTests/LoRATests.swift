@@ -1,10 +1,11 @@
+import Configuration
 import Crypto
 import Foundation
-import Configuration
 import Hummingbird
 import HummingbirdTesting
 import NIOCore
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode
@@ -97,7 +98,9 @@ enum LoRAFiles {
         let header = LoRAFiles.safetensors([("transformer.x.lora_A.weight", "F32", [4, 24])])
         return [
             // A pickled state dict (torch.save) renamed to .safetensors: its first 8 bytes read as a huge length.
-            BadFile(label: "pickle bytes", bytes: Data([0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19]) + Data(count: 64), reason: "more than"),
+            BadFile(
+                label: "pickle bytes", bytes: Data([0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19]) + Data(count: 64),
+                reason: "more than"),
             BadFile(label: "header length past the end", bytes: LoRAFiles.lengthPrefix(4096) + Data("{}".utf8), reason: "past the end"),
             BadFile(label: "huge claimed header", bytes: LoRAFiles.lengthPrefix(1 << 40) + Data(count: 64), reason: "more than"),
             BadFile(label: "truncated data", bytes: good.prefix(good.count - 100), reason: "bytes of data"),
@@ -223,7 +226,10 @@ enum LoRAFiles {
             let data = try #require(page["data"] as? [[String: Any]])
             #expect(data.map { $0["id"] as? String } == ["deep", "soft", "style", "wide"])
             #expect(data.allSatisfy { $0["object"] as? String == "lora" && $0["name"] as? String == $0["id"] as? String })
-            #expect((data.first { $0["id"] as? String == "wide" })?["models"] as? [String] == ["wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p", "wan2.1-flf2v-14b-720p", "wan2.2-i2v-a14b"])
+            #expect(
+                (data.first { $0["id"] as? String == "wide" })?["models"] as? [String] == [
+                    "wan2.1-i2v-14b-480p", "wan2.1-i2v-14b-720p", "wan2.1-flf2v-14b-720p", "wan2.2-i2v-a14b",
+                ])
 
             for path in ["/loras", "/v1/loras"] {
                 #expect(try await client.execute(uri: path, method: .get).status == .unauthorized, "\(path)")
@@ -325,10 +331,11 @@ enum LoRAFiles {
                 #expect(reported.map { $0["sha256"] as? String } == [style, soft])
 
                 let job = try #require(await worker.jobs.first { $0.taskID == id })
-                #expect(job.loras == [
-                    WorkerLoRA(name: "style", path: loras.appending(path: "style.safetensors").path, scale: 0.5, sha256: style),
-                    WorkerLoRA(name: "soft", path: loras.appending(path: "soft.safetensors").path, scale: 0, sha256: soft),
-                ])
+                #expect(
+                    job.loras == [
+                        WorkerLoRA(name: "style", path: loras.appending(path: "style.safetensors").path, scale: 0.5, sha256: style),
+                        WorkerLoRA(name: "soft", path: loras.appending(path: "soft.safetensors").path, scale: 0, sha256: soft),
+                    ])
                 let video = try await client.v1(.get, "/v1/videos/video_\(id)").jsonObject()
                 #expect((video["loras"] as? [[String: Any]])?.map { $0["name"] as? String } == ["style", "soft"])
 
@@ -376,7 +383,11 @@ enum LoRAFiles {
 /// One run through the real worker: a demo LoRA the worker's own builder writes into the catalog, listed, sent
 /// with a job, and a job without it at the same seed; both succeed, only the first reports it, and it changes
 /// the video.
-@Suite(.serialized, .enabled(if: EndToEnd.python != nil || ProcessInfo.processInfo.environment["I2V_TEST_STRICT"] == "1", "needs the worker's Python environment (make python-env) and ffprobe"))
+@Suite(
+    .serialized,
+    .enabled(
+        if: EndToEnd.python != nil || ProcessInfo.processInfo.environment["I2V_TEST_STRICT"] == "1",
+        "needs the worker's Python environment (make python-env) and ffprobe"))
 struct LoRAEndToEndTests {
     @Test func aJobWithADemoLoRAMakesADifferentVideoThanOneWithout() async throws {
         let python = try #require(EndToEnd.python, "the worker's Python environment or ffprobe is missing (make python-env)")

@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import HummingbirdTesting
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 
@@ -66,7 +67,8 @@ import Testing
                             // A model of the table with no live node: 503 with the reason, in both APIs.
                             let refused = try await client.post(
                                 "/video/submit",
-                                json: #"{"image_url":"\#(base)/image.png","prompt":"A dancing cat in the style of Van Gogh","model":"wan2.1-flf2v-14b-720p-demo"}"#
+                                json:
+                                    #"{"image_url":"\#(base)/image.png","prompt":"A dancing cat in the style of Van Gogh","model":"wan2.1-flf2v-14b-720p-demo"}"#
                             )
                             #expect(refused.status == .serviceUnavailable)
                             #expect(refused.reason().contains("no live worker serves model wan2.1-flf2v-14b-720p-demo"), "\(refused.reason())")

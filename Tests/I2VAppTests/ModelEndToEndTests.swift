@@ -4,6 +4,7 @@ import Hummingbird
 import HummingbirdTesting
 import I2VTestSupport
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 
@@ -11,7 +12,11 @@ import Testing
 /// checkpoint), `/models` says what it takes, and its videos have its own frame rate, size and length. The
 /// first-and-last-frame paths run for real: FLF2V, which needs a last frame, and the Wan2.2 A14B, which takes
 /// one, with its two experts.
-@Suite(.serialized, .enabled(if: EndToEnd.python != nil || ProcessInfo.processInfo.environment["I2V_TEST_STRICT"] == "1", "needs the worker's Python environment (make python-env) and ffprobe"))
+@Suite(
+    .serialized,
+    .enabled(
+        if: EndToEnd.python != nil || ProcessInfo.processInfo.environment["I2V_TEST_STRICT"] == "1",
+        "needs the worker's Python environment (make python-env) and ffprobe"))
 struct ModelEndToEndTests {
     /// A different picture from the first frame, for the last one.
     static let lastFrame: [UInt8] = PNG.rgb(width: 320, height: 180) { x, y in [UInt8(y % 256), UInt8((x * 3) % 256), 200] }.bytes
@@ -22,11 +27,14 @@ struct ModelEndToEndTests {
     ) async throws {
         let python = try #require(EndToEnd.python, "the worker's Python environment or ffprobe is missing (make python-env)")
         let directory = try TemporaryDirectory()
-        let app = try await buildApplication(configuration: testConfiguration(dataDir: directory.url, [
-            "i2v.python": .init(stringLiteral: python),
-            "i2v.model": .init(stringLiteral: model),
-            "i2v.devices": .init(stringLiteral: device),
-        ]))
+        let app = try await buildApplication(
+            configuration: testConfiguration(
+                dataDir: directory.url,
+                [
+                    "i2v.python": .init(stringLiteral: python),
+                    "i2v.model": .init(stringLiteral: model),
+                    "i2v.devices": .init(stringLiteral: device),
+                ]))
         let dataDir = directory.url
         try await withImageServer({ router in
             router.get("last.png") { _, _ in

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode

@@ -5,6 +5,7 @@ import HummingbirdTesting
 import MultipartKit
 import NIOCore
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode
@@ -241,7 +242,8 @@ import Testing
         let app = try await makeTestApp(dataDir: directory.url, worker: FakeWorker(ready: false), ["i2v.imageMaxBytes": .init(integerLiteral: cap)])
         try await app.test(.live) { client in
             let boundary = "i2v-test-boundary"
-            let head = "--\(boundary)\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\n\(Self.prompt)\r\n"
+            let head =
+                "--\(boundary)\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\n\(Self.prompt)\r\n"
                 + "--\(boundary)\r\nContent-Disposition: form-data; name=\"input_reference\"; filename=\"big.png\"\r\n"
                 + "Content-Type: image/png\r\n\r\n"
             let (chunks, continuation) = AsyncStream.makeStream(of: ByteBuffer.self)
@@ -416,10 +418,12 @@ import Testing
 
                 // The fake worker's file is not a video; a real one (160×96, 17 frames) takes its place.
                 if let ffmpeg = IntakeAPI.FFmpeg.path {
-                    let (_, status) = try await runTool(ffmpeg, [
-                        "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=160x96:rate=16", "-frames:v", "17",
-                        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-f", "mp4", file.path,
-                    ])
+                    let (_, status) = try await runTool(
+                        ffmpeg,
+                        [
+                            "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=160x96:rate=16", "-frames:v", "17",
+                            "-c:v", "libx264", "-pix_fmt", "yuv420p", "-f", "mp4", file.path,
+                        ])
                     try #require(status == 0)
                     let thumbnail = try await client.v1(.get, "/v1/videos/video_\(id)/content?variant=thumbnail")
                     #expect(thumbnail.status == .ok)

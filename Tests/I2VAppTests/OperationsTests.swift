@@ -3,6 +3,7 @@ import Hummingbird
 import HummingbirdTesting
 import NIOCore
 import Testing
+
 @testable import I2VApp
 
 /// `/ready` and `/docs/…` over real HTTP, as a load balancer or a contract checker sees them.

@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode

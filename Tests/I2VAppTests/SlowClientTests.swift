@@ -5,6 +5,7 @@ import HummingbirdTesting
 import NIOCore
 import NIOPosix
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode
@@ -237,7 +238,8 @@ import Darwin
                     let received = try await outcome(of: connection.closed, within: .seconds(60))
                     let answer = try #require(received, "\(route.path) with \(garbled.debugDescription): still open after 60 s")
                     #expect(answer.hasPrefix("HTTP/1.1 400 "), "\(route.path) with \(garbled.debugDescription): \(answer.prefix(300))")
-                    let reason = route.path.hasPrefix("/v1/")
+                    let reason =
+                        route.path.hasPrefix("/v1/")
                         ? rawOpenAIError(in: answer)?["message"] as? String : rawFailureReason(in: answer)
                     #expect(reason?.hasPrefix("the request body is malformed") == true, "\(answer.prefix(400))")
                 }
@@ -273,7 +275,8 @@ import Darwin
         try await withLiveApp(SlowClientTests.patient) { port in
             let boundary = Self.boundary
             // A whole HTTP body, but the form in it stops inside the image, before its closing boundary.
-            let form = "--\(boundary)\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\na cat dancing in the rain\r\n"
+            let form =
+                "--\(boundary)\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\na cat dancing in the rain\r\n"
                 + "--\(boundary)\r\nContent-Disposition: form-data; name=\"input_reference\"; filename=\"cat.png\"\r\n"
                 + "Content-Type: image/png\r\n\r\n\u{89}PNG"
             let connection = try await RawConnection.open(port: port)
@@ -385,11 +388,11 @@ private func withLiveApp(
 /// The reason of a raw response whose body is exactly the service's `{"detail":{"status":"Failed","reason":…}}`.
 private func rawFailureReason(in response: String) -> String? {
     guard let bodyStart = response.range(of: "\r\n\r\n")?.upperBound,
-          let object = try? JSONSerialization.jsonObject(with: Data(response[bodyStart...].utf8)) as? [String: Any],
-          object.keys.sorted() == ["detail"],
-          let detail = object["detail"] as? [String: Any],
-          detail.keys.sorted() == ["reason", "status"],
-          detail["status"] as? String == "Failed"
+        let object = try? JSONSerialization.jsonObject(with: Data(response[bodyStart...].utf8)) as? [String: Any],
+        object.keys.sorted() == ["detail"],
+        let detail = object["detail"] as? [String: Any],
+        detail.keys.sorted() == ["reason", "status"],
+        detail["status"] as? String == "Failed"
     else { return nil }
     return detail["reason"] as? String
 }
@@ -397,10 +400,10 @@ private func rawFailureReason(in response: String) -> String? {
 /// The `error` object of a raw response whose body is OpenAI's `{"error":{"message","type","param","code"}}`.
 private func rawOpenAIError(in response: String) -> [String: Any]? {
     guard let bodyStart = response.range(of: "\r\n\r\n")?.upperBound,
-          let object = try? JSONSerialization.jsonObject(with: Data(response[bodyStart...].utf8)) as? [String: Any],
-          object.keys.sorted() == ["error"],
-          let error = object["error"] as? [String: Any],
-          error.keys.sorted() == ["code", "message", "param", "type"]
+        let object = try? JSONSerialization.jsonObject(with: Data(response[bodyStart...].utf8)) as? [String: Any],
+        object.keys.sorted() == ["error"],
+        let error = object["error"] as? [String: Any],
+        error.keys.sorted() == ["code", "message", "param", "type"]
     else { return nil }
     return error
 }
@@ -515,10 +518,11 @@ private struct RawConnection: Sendable {
             let bytes = Array(text.utf8)
             let separator = Array("\r\n\r\n".utf8)
             guard bytes.count >= separator.count,
-                  let headEnd = (0...(bytes.count - separator.count)).first(where: { bytes[$0..<$0 + separator.count].elementsEqual(separator) })
+                let headEnd = (0...(bytes.count - separator.count)).first(where: { bytes[$0..<$0 + separator.count].elementsEqual(separator) })
             else { return nil }
             let head = String(decoding: bytes[..<headEnd], as: UTF8.self)
-            let length = head.split(separator: "\r\n")
+            let length =
+                head.split(separator: "\r\n")
                 .first { $0.lowercased().hasPrefix("content-length:") }
                 .flatMap { Int($0.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) } ?? 0
             let end = headEnd + separator.count + length

@@ -3,6 +3,7 @@ import Foundation
 import Hummingbird
 import HummingbirdTesting
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode
@@ -18,10 +19,12 @@ import Testing
 
     @Test func everyWorkerOfANodeGetsThePresetSettingsAsSet() throws {
         let directory = try TemporaryDirectory()
-        let configuration = testConfiguration(dataDir: directory.url, [
-            "i2v.speed": "turbo", "i2v.compile": "1", "i2v.cacheThreshold": "0.1", "i2v.fp8": "0",
-            "i2v.loraPath": "loras/turbo.safetensors",
-        ])
+        let configuration = testConfiguration(
+            dataDir: directory.url,
+            [
+                "i2v.speed": "turbo", "i2v.compile": "1", "i2v.cacheThreshold": "0.1", "i2v.fp8": "0",
+                "i2v.loraPath": "loras/turbo.safetensors",
+            ])
         let lora = URL(fileURLWithPath: "loras/turbo.safetensors").standardizedFileURL.path
         for device in ["cuda:0", "cuda:1"] {
             let environment = workerLaunch(configuration: configuration, checkpoint: "/m", device: device, slots: 1).environment

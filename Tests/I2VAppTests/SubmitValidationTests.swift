@@ -1,10 +1,11 @@
-import Foundation
 import Configuration
-import Logging
-import ImageIntake
+import Foundation
 import Hummingbird
 import HummingbirdTesting
+import ImageIntake
+import Logging
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import I2VCore
 
 /// Every transition of the task state machine, without a database: the stores only apply these plans.

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode
@@ -57,7 +58,9 @@ import Testing
             }
             #expect(task == "t1" && hash == "h1" && !queued)
             // Another owner's key of the same name is its own.
-            #expect(try await store.reserveIdempotencyKey(IdempotencyKey(owner: "bob", key: "retry-1", requestHash: "h9"), taskID: "t3", validAfter: dayAgo, now: now) == .reserved)
+            #expect(
+                try await store.reserveIdempotencyKey(
+                    IdempotencyKey(owner: "bob", key: "retry-1", requestHash: "h9"), taskID: "t3", validAfter: dayAgo, now: now) == .reserved)
 
             // A completed reservation cannot be released by a late failure path; it answers with its task.
             try await store.completeIdempotencyKey(key, taskID: "t1")

@@ -1,8 +1,9 @@
-import Foundation
 import Configuration
+import Foundation
 import Hummingbird
 import HummingbirdTesting
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode
@@ -48,7 +49,7 @@ import Testing
             #expect(try await store.claimNext(node: "gpu-b", lease: Self.lease, models: ["wan-b"])?.id == "b2")
             #expect(try await store.claimNext(node: "gpu-b", lease: Self.lease, models: ["wan-b"]) == nil)
             #expect(try await store.claimNext(node: "gpu-c", lease: Self.lease, models: ["wan-c", "wan-a"])?.id == "a1")
-            #expect(try await store.claimNext(node: "gpu-c", lease: Self.lease, models: [])  == nil)
+            #expect(try await store.claimNext(node: "gpu-c", lease: Self.lease, models: []) == nil)
             // Without a filter, the oldest of any model.
             #expect(try await store.claimNext(node: "gpu-any", lease: Self.lease)?.id == "a2")
         }

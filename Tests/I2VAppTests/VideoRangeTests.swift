@@ -5,6 +5,7 @@ import HummingbirdTesting
 import NIOCore
 import NIOPosix
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode
@@ -277,7 +278,10 @@ import Testing
     /// HEAD is compared with GET on the wire, so a body sent after a HEAD would show up as stray bytes.
     @Test func headMirrorsGetForEveryKindOfRange() async throws {
         let size = Self.content.count
-        let ranges: [String?] = [nil, "bytes=5-7", "bytes=-7", "bytes=\(size - 9)-", "bytes=0-\(size + 9)", "bytes=999999999-", "bytes=\(size)-", "bytes=-0", "bytes=5-3", "bytes=0-1,4-5"]
+        let ranges: [String?] = [
+            nil, "bytes=5-7", "bytes=-7", "bytes=\(size - 9)-", "bytes=0-\(size + 9)", "bytes=999999999-", "bytes=\(size)-", "bytes=-0", "bytes=5-3",
+            "bytes=0-1,4-5",
+        ]
         try await withVideoServer { _, port in
             var requests: [WireRequest] = []
             for range in ranges {
@@ -302,13 +306,15 @@ import Testing
         let size = Self.content.count
         try await withVideoServer { _, port in
             let path = "/videos/\(Self.videoName)"
-            let responses = try await WireClient.exchange(port: port, [
-                WireRequest(method: "GET", path: path, headers: ["Range": "bytes=\(size)-"]),
-                WireRequest(method: "GET", path: path, headers: ["Range": "bytes=999999999-"]),
-                WireRequest(method: "GET", path: path, headers: ["Range": "bytes=-0"]),
-                WireRequest(method: "GET", path: path, headers: ["Range": "bytes=2-5"]),
-                WireRequest(method: "GET", path: path, headers: [:]),
-            ])
+            let responses = try await WireClient.exchange(
+                port: port,
+                [
+                    WireRequest(method: "GET", path: path, headers: ["Range": "bytes=\(size)-"]),
+                    WireRequest(method: "GET", path: path, headers: ["Range": "bytes=999999999-"]),
+                    WireRequest(method: "GET", path: path, headers: ["Range": "bytes=-0"]),
+                    WireRequest(method: "GET", path: path, headers: ["Range": "bytes=2-5"]),
+                    WireRequest(method: "GET", path: path, headers: [:]),
+                ])
             #expect(responses.map(\.status) == [416, 416, 416, 206, 200])
             for response in responses.prefix(3) {
                 #expect(response.header("content-range") == "bytes */\(size)")
@@ -326,7 +332,9 @@ import Testing
         let decoys = [Self.videoName.uppercased(): Self.content, "\(Self.videoName)x": Self.content]
         try await withVideoServer(extra: decoys) { client, _ in
             let missing = "/videos/\(String(repeating: "e", count: 32)).mp4"
-            for (path, method) in [(missing, HTTPRequest.Method.get), (missing, .head), ("/videos/\(Self.videoName.uppercased())", .get), ("/videos/\(Self.videoName)x", .get)] {
+            for (path, method) in [
+                (missing, HTTPRequest.Method.get), (missing, .head), ("/videos/\(Self.videoName.uppercased())", .get), ("/videos/\(Self.videoName)x", .get),
+            ] {
                 let response = try await client.execute(uri: path, method: method, headers: [.range: "bytes=0-1"])
                 #expect(response.status == .notFound, "\(method) \(path)")
                 if method == .get {

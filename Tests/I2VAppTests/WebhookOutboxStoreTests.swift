@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode
@@ -48,7 +49,8 @@ import Testing
             try await store.enqueue(Self.record("none", events: nil), maxQueued: 10)
             try await store.enqueue(Self.record("done-only", events: [.completed]), maxQueued: 10)
             try await store.enqueue(Self.record("queued"), maxQueued: 10)
-            #expect(try await store.task(id: "all")?.webhook == WebhookSubscription(url: "https://receiver.example/hooks/all", events: Set(WebhookEvent.allCases)))
+            #expect(
+                try await store.task(id: "all")?.webhook == WebhookSubscription(url: "https://receiver.example/hooks/all", events: Set(WebhookEvent.allCases)))
             #expect(try await store.task(id: "none")?.webhook == nil)
             // Nothing has happened yet.
             #expect(try await store.collectWebhookEvents(limit: 100, now: now, render: Self.render).isEmpty)
@@ -121,7 +123,9 @@ import Testing
 
             let (first, second) = (claimed[0], claimed[1])
             #expect(try await store.recordWebhookAttempt(id: first.id, attempt: 1, outcome: .delivered(status: 204), now: t0))
-            #expect(try await store.recordWebhookAttempt(id: second.id, attempt: 1, outcome: .retry(at: t0.addingTimeInterval(5), error: "HTTP status 500", status: 500), now: t0))
+            #expect(
+                try await store.recordWebhookAttempt(
+                    id: second.id, attempt: 1, outcome: .retry(at: t0.addingTimeInterval(5), error: "HTTP status 500", status: 500), now: t0))
             #expect(try await store.recordWebhookAttempt(id: rest[0].id, attempt: 1, outcome: .gaveUp(error: "refused", status: nil), now: t0))
             #expect(try await store.pendingWebhookMessageCount() == 1)
 
@@ -161,7 +165,9 @@ import Testing
             #expect(try await store.settleWebhookEventsBeforeDeletion(id: "hooked", ownerKeyHash: "someone else", now: Date(), render: render) == .nothing)
             #expect(try await store.settleWebhookEventsBeforeDeletion(id: "plain", ownerKeyHash: "owner", now: Date(), render: render) == .nothing)
             #expect(try await store.task(id: "plain")?.status == .inQueue)
-            #expect(try await store.settleWebhookEventsBeforeDeletion(id: "hooked", ownerKeyHash: "owner", now: Date(), render: render) == .recorded(cancelledQueued: true))
+            #expect(
+                try await store.settleWebhookEventsBeforeDeletion(id: "hooked", ownerKeyHash: "owner", now: Date(), render: render)
+                    == .recorded(cancelledQueued: true))
             guard case .removed(let removed) = try await store.deleteTask(id: "hooked", ownerKeyHash: "owner") else {
                 Issue.record("the cancelled task was not removed")
                 return
@@ -211,7 +217,11 @@ import Testing
         }
         #expect(plan.contains { $0.contains("tasks_webhook_due") }, "\(plan)")
         let indexed = try await store.database.read { db in
-            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM tasks INDEXED BY tasks_webhook_due WHERE webhook_url IS NOT NULL AND status <> 'InQueue' AND (webhook_started_recorded = 0 OR webhook_end_recorded = 0)")
+            try Int.fetchOne(
+                db,
+                sql:
+                    "SELECT COUNT(*) FROM tasks INDEXED BY tasks_webhook_due WHERE webhook_url IS NOT NULL AND status <> 'InQueue' AND (webhook_started_recorded = 0 OR webhook_end_recorded = 0)"
+            )
         }
         #expect(indexed == 0)
     }

@@ -7,6 +7,7 @@ import ImageIntake
 import Logging
 import NIOCore
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode
@@ -109,11 +110,17 @@ func withWebhookReceiver<T: Sendable>(
         let second = try WebhookSecret.load(configured: nil, dataDirectory: directory.url, logger: logger)
         let fromFile = try WebhookSigner(secret: stored)
         let sample = (id: "msg_x", timestamp: 42, body: #"{"a":1}"#)
-        #expect(first.signature(id: sample.id, timestamp: sample.timestamp, body: sample.body) == second.signature(id: sample.id, timestamp: sample.timestamp, body: sample.body))
-        #expect(first.signature(id: sample.id, timestamp: sample.timestamp, body: sample.body) == fromFile.signature(id: sample.id, timestamp: sample.timestamp, body: sample.body))
+        #expect(
+            first.signature(id: sample.id, timestamp: sample.timestamp, body: sample.body)
+                == second.signature(id: sample.id, timestamp: sample.timestamp, body: sample.body))
+        #expect(
+            first.signature(id: sample.id, timestamp: sample.timestamp, body: sample.body)
+                == fromFile.signature(id: sample.id, timestamp: sample.timestamp, body: sample.body))
         // A configured secret wins over the file.
         let configured = try WebhookSecret.load(configured: Self.referenceSecret, dataDirectory: directory.url, logger: logger)
-        #expect(configured.signature(id: "msg_p5jXN8AQM9LWM0D4loKWxJek", timestamp: 1_614_265_330, body: #"{"test": 2432232314}"#) == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
+        #expect(
+            configured.signature(id: "msg_p5jXN8AQM9LWM0D4loKWxJek", timestamp: 1_614_265_330, body: #"{"test": 2432232314}"#)
+                == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
         #expect(throws: ConfigurationProblem.self) { try WebhookSecret.load(configured: "whsec_??", dataDirectory: directory.url, logger: logger) }
     }
 
@@ -161,7 +168,8 @@ func withWebhookReceiver<T: Sendable>(
 
             let openAI = try await client.post(
                 "/v1/videos",
-                json: #"{"prompt":"A dancing cat in the style of Van Gogh","input_reference":{"image_url":"http://127.0.0.1:9/i.png"},"webhook_url":"https://example.com/h","webhook_events":["done"]}"#
+                json:
+                    #"{"prompt":"A dancing cat in the style of Van Gogh","input_reference":{"image_url":"http://127.0.0.1:9/i.png"},"webhook_url":"https://example.com/h","webhook_events":["done"]}"#
             )
             #expect(openAI.status == .badRequest)
             let error = try openAI.jsonObject()["error"] as? [String: Any]
@@ -176,7 +184,10 @@ func withWebhookReceiver<T: Sendable>(
         let directory = try TemporaryDirectory()
         let app = try await makeTestApp(dataDir: directory.url, worker: FakeWorker())
         try await app.test(.live) { client in
-            for hook in [#"https://example.com/h\r\nX-Injected: 1"#, #"https://example.com/h\n"#, #"https://example.com/\th"#, #"https://example.com/h\u0000"#, #"https://example.com/h\u007f"#, #"https://example.com/h\u0085"#] {
+            for hook in [
+                #"https://example.com/h\r\nX-Injected: 1"#, #"https://example.com/h\n"#, #"https://example.com/\th"#, #"https://example.com/h\u0000"#,
+                #"https://example.com/h\u007f"#, #"https://example.com/h\u0085"#,
+            ] {
                 let native = try await client.post(
                     "/video/submit",
                     json: #"{"image_url":"http://127.0.0.1:9/image.png","prompt":"A dancing cat in the style of Van Gogh","webhook_url":"\#(hook)"}"#
@@ -188,7 +199,8 @@ func withWebhookReceiver<T: Sendable>(
 
                 let openAI = try await client.post(
                     "/v1/videos",
-                    json: #"{"prompt":"A dancing cat in the style of Van Gogh","input_reference":{"image_url":"http://127.0.0.1:9/i.png"},"webhook_url":"\#(hook)"}"#
+                    json:
+                        #"{"prompt":"A dancing cat in the style of Van Gogh","input_reference":{"image_url":"http://127.0.0.1:9/i.png"},"webhook_url":"\#(hook)"}"#
                 )
                 #expect(openAI.status == .badRequest, "\(hook): \(String(buffer: openAI.body))")
                 let error = try openAI.jsonObject()["error"] as? [String: Any]
@@ -224,7 +236,8 @@ func withWebhookReceiver<T: Sendable>(
                 #expect(native.failureReason == "webhook_url resolves to a blocked address (169.254.169.254, link-local)")
                 let openAI = try await client.post(
                     "/v1/videos",
-                    json: #"{"prompt":"A dancing cat in the style of Van Gogh","input_reference":{"image_url":"\#(base)/image.png"},"webhook_url":"http://169.254.169.254/"}"#
+                    json:
+                        #"{"prompt":"A dancing cat in the style of Van Gogh","input_reference":{"image_url":"\#(base)/image.png"},"webhook_url":"http://169.254.169.254/"}"#
                 )
                 #expect(openAI.status == .badRequest)
                 let error = try openAI.jsonObject()["error"] as? [String: Any]
@@ -303,7 +316,8 @@ func withWebhookReceiver<T: Sendable>(
                 let data = payload["data"] as? [String: Any]
                 #expect(data?["requestId"] as? String == id && data?["status"] as? String == "Succeed")
                 #expect(((data?["results"] as? [String: Any])?["videos"] as? [[String: Any]])?.first?["url"] != nil)
-                #expect((payload["timestamp"] as? String).flatMap { try? Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse($0) } != nil, "\(payload)")
+                #expect(
+                    (payload["timestamp"] as? String).flatMap { try? Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse($0) } != nil, "\(payload)")
                 #expect(deliveries.contains { Self.json($0.body)["type"] as? String == "video.started" })
 
                 let store = try SQLiteTaskStore(path: directory.url.appending(path: "tasks.sqlite").path)
@@ -337,7 +351,9 @@ func withWebhookReceiver<T: Sendable>(
                 for (name, value) in [("prompt", "A dancing cat in the style of Van Gogh"), ("webhook_url", hook), ("webhook_events", "completed, cancelled")] {
                     form += "--\(boundary)\r\nContent-Disposition: form-data; name=\"\(name)\"\r\n\r\n\(value)\r\n"
                 }
-                var body = ByteBuffer(string: form + "--\(boundary)\r\nContent-Disposition: form-data; name=\"input_reference\"; filename=\"i.png\"\r\nContent-Type: image/png\r\n\r\n")
+                var body = ByteBuffer(
+                    string: form
+                        + "--\(boundary)\r\nContent-Disposition: form-data; name=\"input_reference\"; filename=\"i.png\"\r\nContent-Type: image/png\r\n\r\n")
                 body.writeBytes(fixtureImage)
                 body.writeString("\r\n--\(boundary)--\r\n")
                 let created = try await client.execute(
@@ -361,7 +377,9 @@ func withWebhookReceiver<T: Sendable>(
                 #expect(data?["requestId"] as? String == taskID && data?["status"] as? String == "Cancelled")
                 #expect(data?["reason"] as? String == "deleted by the client")
                 // Gone for its owner, as before.
-                #expect(try await client.execute(uri: "/v1/videos/\(videoID)", method: .get, headers: [.authorization: "Bearer \(TestKeys.alice)"]).status == .notFound)
+                #expect(
+                    try await client.execute(uri: "/v1/videos/\(videoID)", method: .get, headers: [.authorization: "Bearer \(TestKeys.alice)"]).status
+                        == .notFound)
             }
         }
     }

@@ -4,6 +4,7 @@ import Hummingbird
 import HummingbirdTesting
 import Logging
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode
@@ -47,10 +48,11 @@ import Testing
                 for id in [a, b, c] {
                     #expect(try await client.waitFor(id, status: "Succeed")["status"] as? String == "Succeed")
                 }
-                try #require(await eventually("both workers idle in /ready") {
-                    let body = try await client.execute(uri: "/ready", method: .get).jsonObject()
-                    return (body["workers"] as? [[String: Any]])?.map { $0["running"] as? Int } == [0, 0]
-                })
+                try #require(
+                    await eventually("both workers idle in /ready") {
+                        let body = try await client.execute(uri: "/ready", method: .get).jsonObject()
+                        return (body["workers"] as? [[String: Any]])?.map { $0["running"] as? Int } == [0, 0]
+                    })
             }
         }
     }
@@ -70,10 +72,11 @@ import Testing
                 await workers[0].crash()
                 // One slot each (the default total of one per worker), so the lost task comes back on its own
                 // worker while the other still holds its job.
-                try #require(await eventually("the lost task running again") {
-                    let started = await workers[0].started, held = await workers[0].heldAfterLastStep
-                    return started == [a, a] && held == [a]
-                })
+                try #require(
+                    await eventually("the lost task running again") {
+                        let started = await workers[0].started, held = await workers[0].heldAfterLastStep
+                        return started == [a, a] && held == [a]
+                    })
                 #expect(await workers[1].running == [b])
                 #expect(try await client.status(b)["status"] as? String == "InProgress")
 

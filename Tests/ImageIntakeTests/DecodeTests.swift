@@ -46,10 +46,12 @@ extension IntakeSuites {
             }
         }
 
-        @Test("every accepted format: planned size, colours where they were", arguments: [
-            ("jpeg", TestImages.Encoding.jpeg()), ("png", .png), ("webp", .webpLossless), ("gif", .gif), ("tiff", .tiff),
-            ("png", .pngPalette), ("heif", .avif),
-        ])
+        @Test(
+            "every accepted format: planned size, colours where they were",
+            arguments: [
+                ("jpeg", TestImages.Encoding.jpeg()), ("png", .png), ("webp", .webpLossless), ("gif", .gif), ("tiff", .tiff),
+                ("png", .pngPalette), ("heif", .avif),
+            ])
         func formats(format: String, encoding: TestImages.Encoding) async throws {
             let bytes = TestImages.encode(TestImages.redBlue(width: 640, height: 480), encoding)
             let image = try await prepare(bytes)
@@ -147,13 +149,15 @@ extension IntakeSuites {
             #expect(decoded.pixel(decoded.width - 10, decoded.height / 2, isNear: white, tolerance: 12))
         }
 
-        @Test("EXIF orientation is applied before planning and in the pixels", arguments: [
-            // orientation, upright size, colour at the top, colour at the bottom (nil: landscape)
-            (6, (200, 400), red, blue),  // rotate 90° clockwise: the left (red) half goes to the top
-            (8, (200, 400), blue, red),  // rotate 90° anticlockwise: the left half goes to the bottom
-            (3, (400, 200), nil, nil),  // rotate 180°: left and right swap
-            (1, (400, 200), nil, nil),
-        ] as [(Int, (Int, Int), [UInt8]?, [UInt8]?)])
+        @Test(
+            "EXIF orientation is applied before planning and in the pixels",
+            arguments: [
+                // orientation, upright size, colour at the top, colour at the bottom (nil: landscape)
+                (6, (200, 400), red, blue),  // rotate 90° clockwise: the left (red) half goes to the top
+                (8, (200, 400), blue, red),  // rotate 90° anticlockwise: the left half goes to the bottom
+                (3, (400, 200), nil, nil),  // rotate 180°: left and right swap
+                (1, (400, 200), nil, nil),
+            ] as [(Int, (Int, Int), [UInt8]?, [UInt8]?)])
         func orientation(orientation: Int, upright: (Int, Int), top: [UInt8]?, bottom: [UInt8]?) async throws {
             let picture = TestImages.redBlue(width: 400, height: 200)
             picture.setOrientation(orientation)
@@ -226,9 +230,11 @@ extension IntakeSuites {
             #expect(decoded.pixel(300, 300, isNear: [10, 200, 30], tolerance: 2))
         }
 
-        @Test("truncated and corrupt images are refused", arguments: [
-            TestImages.Encoding.png, .jpeg(), .webpLossless, .gif,
-        ])
+        @Test(
+            "truncated and corrupt images are refused",
+            arguments: [
+                TestImages.Encoding.png, .jpeg(), .webpLossless, .gif,
+            ])
         func truncated(encoding: TestImages.Encoding) async throws {
             let bytes = TestImages.encode(TestImages.gradient(width: 512, height: 512), encoding)
             let cut = Array(bytes.prefix(bytes.count / 2))
@@ -237,13 +243,15 @@ extension IntakeSuites {
             #expect(error?.reason.hasPrefix("not a decodable image") == true, "\(error?.reason ?? "")")
         }
 
-        @Test("formats outside the accepted set are refused by their bytes", arguments: [
-            #"<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>"#,
-            "%PDF-1.4\n1 0 obj\n<<>>\nendobj\ntrailer\n<<>>\n%%EOF\n",
-            "P3\n1 1\n255\n255 0 0\n",  // PPM: readable by libvips, not accepted
-            "",
-            "GIF89a",
-        ])
+        @Test(
+            "formats outside the accepted set are refused by their bytes",
+            arguments: [
+                #"<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>"#,
+                "%PDF-1.4\n1 0 obj\n<<>>\nendobj\ntrailer\n<<>>\n%%EOF\n",
+                "P3\n1 1\n255\n255 0 0\n",  // PPM: readable by libvips, not accepted
+                "",
+                "GIF89a",
+            ])
         func refusedFormats(text: String) async throws {
             let error = await intakeError {
                 try await withIntake { intake in

@@ -1,8 +1,8 @@
 import Hummingbird
-import Synchronization
+import I2VTestSupport
 import NIOCore
 import NIOPosix
-import I2VTestSupport
+import Synchronization
 import Testing
 
 @testable import ImageIntake

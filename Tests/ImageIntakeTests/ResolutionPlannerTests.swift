@@ -45,9 +45,11 @@ struct ResolutionPlannerTests {
         #expect(size.width * size.height <= 399_360)
     }
 
-    @Test("sides are multiples of m and the area stays within A", arguments: [
-        (640, 480), (1280, 720), (4000, 3000), (3000, 4000), (1234, 567), (300, 1200), (1200, 300), (17, 13),
-    ])
+    @Test(
+        "sides are multiples of m and the area stays within A",
+        arguments: [
+            (640, 480), (1280, 720), (4000, 3000), (3000, 4000), (1234, 567), (300, 1200), (1200, 300), (17, 13),
+        ])
     func invariants(width: Int, height: Int) throws {
         let size = try auto(width, height)
         #expect(size.width % 16 == 0 && size.height % 16 == 0)

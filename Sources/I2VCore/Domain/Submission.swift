@@ -34,7 +34,10 @@ package struct Submission: Sendable, Equatable {
     /// The frame count Wan makes for a request: `num_frames // 4 * 4 + 1`.
     package var effectiveFrames: Int { numFrames / 4 * 4 + 1 }
 
-    package init(image: Image, prompt: String, model: String, imageSize: ImageSizeRequest, numFrames: Int, guidanceScale: Double, inferSteps: Int, seed: Int? = nil, negativePrompt: String, webhook: WebhookSubscription? = nil) {
+    package init(
+        image: Image, prompt: String, model: String, imageSize: ImageSizeRequest, numFrames: Int, guidanceScale: Double, inferSteps: Int, seed: Int? = nil,
+        negativePrompt: String, webhook: WebhookSubscription? = nil
+    ) {
         self.image = image
         self.prompt = prompt
         self.model = model

@@ -48,7 +48,10 @@ package struct TaskStatusDocument: Encodable {
             case loras
         }
 
-        package init(model: String, videos: [Video], timings: Timings, seed: Int, width: Int, height: Int, numFrames: Int, fps: Int, inferSteps: Int, guidanceScale: Double) {
+        package init(
+            model: String, videos: [Video], timings: Timings, seed: Int, width: Int, height: Int, numFrames: Int, fps: Int, inferSteps: Int,
+            guidanceScale: Double
+        ) {
             self.model = model
             self.videos = videos
             self.timings = timings

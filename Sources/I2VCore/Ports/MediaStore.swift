@@ -72,11 +72,12 @@ public struct MediaStore: Sendable {
     /// `cutoff` (younger ones may still be being written by a submit or an encode).
     public func unreferencedFiles(referenced: Set<String>, modifiedBefore cutoff: Date) -> [URL] {
         [inputsDirectory, videosDirectory].flatMap { directory -> [URL] in
-            let files = (try? FileManager.default.contentsOfDirectory(
-                at: directory,
-                includingPropertiesForKeys: [.contentModificationDateKey],
-                options: [.skipsSubdirectoryDescendants]
-            )) ?? []
+            let files =
+                (try? FileManager.default.contentsOfDirectory(
+                    at: directory,
+                    includingPropertiesForKeys: [.contentModificationDateKey],
+                    options: [.skipsSubdirectoryDescendants]
+                )) ?? []
             return files.filter { file in
                 guard !referenced.contains(file.lastPathComponent) else { return false }
                 let modified = (try? file.resourceValues(forKeys: [.contentModificationDateKey]).contentModificationDate) ?? cutoff

@@ -25,7 +25,10 @@ public struct WebhookMessage: Sendable, Equatable {
     public var lastStatus: Int?
     public var finishedAt: Date?
 
-    package init(id: String, taskID: String, event: WebhookEvent, url: String, body: String, state: State, attempts: Int, createdAt: Date, nextAttemptAt: Date, lastError: String? = nil, lastStatus: Int? = nil, finishedAt: Date? = nil) {
+    package init(
+        id: String, taskID: String, event: WebhookEvent, url: String, body: String, state: State, attempts: Int, createdAt: Date, nextAttemptAt: Date,
+        lastError: String? = nil, lastStatus: Int? = nil, finishedAt: Date? = nil
+    ) {
         self.id = id
         self.taskID = taskID
         self.event = event

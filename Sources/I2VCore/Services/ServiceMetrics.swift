@@ -64,12 +64,13 @@ public struct ServiceMetrics: Sendable {
 
     /// A running task taken back from a node whose lease ran out, by what became of it.
     package func recordLeaseExpired(_ outcome: RequeueOutcome) {
-        let label = switch outcome {
-        case .requeued: "requeued"
-        case .failed: "failed"
-        case .cancelled: "cancelled"
-        case .notRunning: "not_running"
-        }
+        let label =
+            switch outcome {
+            case .requeued: "requeued"
+            case .failed: "failed"
+            case .cancelled: "cancelled"
+            case .notRunning: "not_running"
+            }
         CoreMetrics.Counter(label: "i2v_lease_expirations_total", dimensions: [("outcome", label)], factory: factory).increment()
     }
 

@@ -280,7 +280,11 @@ package struct SubmitTask: Sendable {
         throw .tooBigForDevice(width: width, height: height, frames: frames, neededBytes: needed, freeBytes: free)
     }
 
-    package init(queue: any TaskQueue, guards: any SubmitGuards, media: MediaStore, intake: ImageIntake, models: ModelCatalogSource, loras: any LoRACatalog = EmptyLoRACatalog(), queueChanged: DispatchSignal, deviceMemory: @escaping @Sendable () async -> DeviceMemory?, metrics: ServiceMetrics, limits: Limits) {
+    package init(
+        queue: any TaskQueue, guards: any SubmitGuards, media: MediaStore, intake: ImageIntake, models: ModelCatalogSource,
+        loras: any LoRACatalog = EmptyLoRACatalog(), queueChanged: DispatchSignal, deviceMemory: @escaping @Sendable () async -> DeviceMemory?,
+        metrics: ServiceMetrics, limits: Limits
+    ) {
         self.queue = queue
         self.guards = guards
         self.media = media

@@ -14,10 +14,11 @@ package struct WebhookPayload: Encodable {
 
     /// Rendered once, when the event is recorded; every attempt then sends these bytes.
     package static func render(_ task: TaskRecord, event: WebhookEvent, publicURL: String, now: Date = Date()) throws -> String {
-        let happened: Date = switch event {
-        case .started: task.startedAt ?? now
-        case .completed, .failed, .cancelled: task.finishedAt ?? now
-        }
+        let happened: Date =
+            switch event {
+            case .started: task.startedAt ?? now
+            case .completed, .failed, .cancelled: task.finishedAt ?? now
+            }
         let payload = WebhookPayload(
             type: event.type,
             timestamp: happened.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true)),

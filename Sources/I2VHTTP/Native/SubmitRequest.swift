@@ -1,7 +1,7 @@
 import Foundation
-import ImageIntake
 import I2VCore
 import I2VGPUNode
+import ImageIntake
 
 /// The seed API's `/video/submit` body and its validation, in the reference FastAPI service's terms: every
 /// rule on both sides of its bound, lengths in Unicode scalars (as Python counts them), types and `null` told
@@ -42,30 +42,35 @@ package enum SubmitRequest {
         if let frames = numFrames, let facts, let most = facts.maxFrames, frames / 4 * 4 + 1 > most {
             // The largest num_frames whose 4k+1 frames the model still makes.
             let largest = (most - 1) / 4 * 4 + 3
-            reader.issues.append(ValidationIssue(
-                "less_than_equal", field: "num_frames", "Input should be less than or equal to \(largest) for \(facts.id), which makes at most \(most) frames",
-                input: .integer(frames)
-            ))
+            reader.issues.append(
+                ValidationIssue(
+                    "less_than_equal", field: "num_frames",
+                    "Input should be less than or equal to \(largest) for \(facts.id), which makes at most \(most) frames",
+                    input: .integer(frames)
+                ))
             numFrames = nil
         }
         let lastImageURL = reader.optionalURL("last_image_url")
         if let facts {
             if lastImageURL != nil, facts.lastImage == .none {
-                reader.issues.append(ValidationIssue(
-                    "value_error", field: "last_image_url", "\(facts.id) makes a video from a first frame only; it cannot end on a given image",
-                    input: fields["last_image_url"]
-                ))
+                reader.issues.append(
+                    ValidationIssue(
+                        "value_error", field: "last_image_url", "\(facts.id) makes a video from a first frame only; it cannot end on a given image",
+                        input: fields["last_image_url"]
+                    ))
             } else if lastImageURL == nil, facts.lastImage == .required, fields["last_image_url"] == nil {
-                reader.issues.append(ValidationIssue("missing", field: "last_image_url", "Field required: \(facts.id) makes a video from a first and a last frame", input: nil))
+                reader.issues.append(
+                    ValidationIssue("missing", field: "last_image_url", "Field required: \(facts.id) makes a video from a first and a last frame", input: nil))
             }
         }
         let guidance = reader.number("guidance_scale", in: 1.0...20.0, default: 3.0)
         let guidance2 = reader.optionalNumber("guidance_scale_2", in: 1.0...20.0)
         if guidance2 != nil, let facts, facts.experts < 2 {
-            reader.issues.append(ValidationIssue(
-                "value_error", field: "guidance_scale_2", "\(facts.id) has one transformer; guidance_scale_2 is for a model with two experts",
-                input: fields["guidance_scale_2"]
-            ))
+            reader.issues.append(
+                ValidationIssue(
+                    "value_error", field: "guidance_scale_2", "\(facts.id) has one transformer; guidance_scale_2 is for a model with two experts",
+                    input: fields["guidance_scale_2"]
+                ))
         }
         let steps = reader.integer("infer_steps", in: 20...100, default: 30)
         let seed = reader.optionalInteger("seed", in: 0...2_147_483_647)
@@ -98,7 +103,9 @@ package enum SubmitRequest {
     /// The `image_size` values a model takes: `auto`, the two the service has always taken, and the sizes
     /// the model was trained at.
     static func sizes(for model: ServedModel?) -> [(name: String, size: ImageSizeRequest)] {
-        var sizes: [(name: String, size: ImageSizeRequest)] = [("auto", .auto), ("480x832", .fixed(width: 480, height: 832)), ("832x480", .fixed(width: 832, height: 480))]
+        var sizes: [(name: String, size: ImageSizeRequest)] = [
+            ("auto", .auto), ("480x832", .fixed(width: 480, height: 832)), ("832x480", .fixed(width: 832, height: 480)),
+        ]
         for frame in model?.frameSizes ?? [] where !sizes.contains(where: { $0.name == "\(frame.width)x\(frame.height)" }) {
             sizes.append(("\(frame.width)x\(frame.height)", .fixed(width: frame.width, height: frame.height)))
         }
@@ -208,7 +215,8 @@ package struct FieldReader {
 
     private mutating func bounded(_ name: String, _ number: Double, _ range: ClosedRange<Double>, _ input: JSONValue, format: (Double) -> String) -> Bool {
         if number < range.lowerBound {
-            issues.append(ValidationIssue("greater_than_equal", field: name, "Input should be greater than or equal to \(format(range.lowerBound))", input: input))
+            issues.append(
+                ValidationIssue("greater_than_equal", field: name, "Input should be greater than or equal to \(format(range.lowerBound))", input: input))
             return false
         }
         if number > range.upperBound {

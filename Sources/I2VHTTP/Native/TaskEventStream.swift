@@ -2,10 +2,10 @@ import CoreMetrics
 import Foundation
 import HTTPTypes
 import Hummingbird
-import NIOCore
-import ServiceLifecycle
 import I2VCore
 import I2VGPUNode
+import NIOCore
+import ServiceLifecycle
 
 /// `GET /video/stream/{requestId}`: the task's status as server-sent events, one per state change and per
 /// progress step, each carrying the `/video/status` body. The stream ends after the terminal event.
@@ -72,7 +72,9 @@ package struct TaskEventStream: Sendable {
         }
     }
 
-    package init(readTask: ReadTask, publicURL: String, metrics: ServiceMetrics, keepAlive: Duration = .seconds(15), pollInterval: Duration = .milliseconds(250)) {
+    package init(
+        readTask: ReadTask, publicURL: String, metrics: ServiceMetrics, keepAlive: Duration = .seconds(15), pollInterval: Duration = .milliseconds(250)
+    ) {
         self.readTask = readTask
         self.publicURL = publicURL
         self.metrics = metrics

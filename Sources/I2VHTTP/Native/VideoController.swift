@@ -1,12 +1,12 @@
 import Foundation
-import Hummingbird
 import HTTPTypes
+import Hummingbird
+import I2VCore
+import I2VGPUNode
 import ImageIntake
 import Logging
 import Metrics
 import NIOCore
-import I2VCore
-import I2VGPUNode
 
 /// `/video/submit`, `/video/status` and `/video/cancel`: the seed's API. Each route decodes its request,
 /// calls its use case and encodes the answer; what happens to tasks is decided in the use cases.

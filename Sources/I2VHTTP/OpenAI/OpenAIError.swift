@@ -1,9 +1,9 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
-import Logging
 import I2VCore
 import I2VGPUNode
+import Logging
 
 /// An error in OpenAI's shape, `{"error":{"message","type","param","code"}}`: what the official SDKs turn
 /// into their own error classes (`BadRequestError`, `AuthenticationError`, `NotFoundError`, …).
@@ -106,13 +106,14 @@ extension OpenAIError {
         case let error as OpenAIError:
             return error
         case let error as APIError:
-            let code: String? = switch error.status {
-            case .unauthorized: "invalid_api_key"
-            case .notFound: "not_found"
-            case .methodNotAllowed: "method_not_allowed"
-            case .contentTooLarge: "request_too_large"
-            default: nil
-            }
+            let code: String? =
+                switch error.status {
+                case .unauthorized: "invalid_api_key"
+                case .notFound: "not_found"
+                case .methodNotAllowed: "method_not_allowed"
+                case .contentTooLarge: "request_too_large"
+                default: nil
+                }
             return OpenAIError(error.status, error.reason, code: code, headers: error.headers)
         case let error as RequestValidationError:
             return invalidRequest(error.issues)

@@ -1,13 +1,13 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import I2VCore
+import I2VGPUNode
 import ImageIntake
 import Logging
 import Metrics
 import NIOCore
 import NIOPosix
-import I2VCore
-import I2VGPUNode
 
 /// `/v1/videos`: OpenAI's videos API over the same use cases, keys and queue as the seed's routes, so the
 /// official `openai` SDKs work unchanged. Each route decodes its request, calls a use case and encodes the
@@ -174,7 +174,8 @@ package struct OpenAIVideosController: Sendable {
     @Sendable package func retrieve(request: Request, context: AppRequestContext) async throws -> Response {
         let (id, videoID) = try Self.taskID(context)
         guard let view = try await useCases.read(id: id, owner: context.keyHash) else { throw OpenAIError.notFound(videoID: videoID) }
-        return JSONBody.response(status: .ok, value: videoObject(view.task, queuePosition: view.queuePosition, catalog: try? await useCases.submit.models.current()))
+        return JSONBody.response(
+            status: .ok, value: videoObject(view.task, queuePosition: view.queuePosition, catalog: try? await useCases.submit.models.current()))
     }
 
     @Sendable package func list(request: Request, context: AppRequestContext) async throws -> Response {
@@ -242,7 +243,8 @@ package struct OpenAIVideosController: Sendable {
         guard let view = try await useCases.read(id: id, owner: context.keyHash) else { throw OpenAIError.notFound(videoID: videoID) }
         let task = view.task
         guard task.status == .succeed, let result = task.result else {
-            throw OpenAIError(.notFound, "video \(videoID) has no content: it is \(VideoObject.status(task.status))", param: "video_id", code: "video_not_ready")
+            throw OpenAIError(
+                .notFound, "video \(videoID) has no content: it is \(VideoObject.status(task.status))", param: "video_id", code: "video_not_ready")
         }
         let gone = OpenAIError(.notFound, "the content of video \(videoID) has expired", param: "video_id", code: "video_expired")
         guard !task.videoExpired,

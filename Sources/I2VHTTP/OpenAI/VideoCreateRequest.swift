@@ -1,8 +1,8 @@
 import Foundation
 import HTTPTypes
-import ImageIntake
 import I2VCore
 import I2VGPUNode
+import ImageIntake
 
 /// `POST /v1/videos`, in OpenAI's terms, taken to the same `Submission` the seed's submit makes. The
 /// fields' rules are the seed's (the same `FieldReader`), under OpenAI's names; every problem is a 400.
@@ -165,7 +165,8 @@ package enum VideoCreateRequest {
             if let size = allowed.first(where: { $0.name == value })?.size { return size }
             let names = allowed.map { "'\($0.name)'" }
             let listed = names.dropLast().joined(separator: ", ") + " or " + names[names.count - 1]
-            reader.issues.append(ValidationIssue("literal_error", field: "size", "Input should be \(listed)\(facts.map { " for \($0.id)" } ?? "")", input: .string(value)))
+            reader.issues.append(
+                ValidationIssue("literal_error", field: "size", "Input should be \(listed)\(facts.map { " for \($0.id)" } ?? "")", input: .string(value)))
             return nil
         }
         var last: Submission.Image?
@@ -239,12 +240,13 @@ package enum VideoCreateRequest {
     /// `seconds`, a string or a number, as the requested frame count `round(seconds × fps)`, which must
     /// fall in the seed's 24–120 (the model then makes `frames // 4 * 4 + 1`).
     private static func frames(seconds value: JSONValue, fps: Int, issues: inout [ValidationIssue]) -> Int? {
-        let seconds: Double? = switch value {
-        case .integer(let integer): Double(integer)
-        case .number(let number): number
-        case .string(let text): Double(text.trimmingCharacters(in: .whitespaces))
-        default: nil
-        }
+        let seconds: Double? =
+            switch value {
+            case .integer(let integer): Double(integer)
+            case .number(let number): number
+            case .string(let text): Double(text.trimmingCharacters(in: .whitespaces))
+            default: nil
+            }
         let shortest = 24.0 / Double(fps), longest = 120.0 / Double(fps)
         let range = "\(format(shortest))–\(format(longest)) s at \(fps) fps (24–120 frames)"
         guard let seconds, seconds.isFinite else {
@@ -253,7 +255,8 @@ package enum VideoCreateRequest {
         }
         let frames = (seconds * Double(fps)).rounded()
         guard (24...120).contains(frames) else {
-            issues.append(ValidationIssue("out_of_range", field: "seconds", "Input should be \(range); \(format(seconds)) s is \(format(frames)) frames", input: value))
+            issues.append(
+                ValidationIssue("out_of_range", field: "seconds", "Input should be \(range); \(format(seconds)) s is \(format(frames)) frames", input: value))
             return nil
         }
         return Int(frames)

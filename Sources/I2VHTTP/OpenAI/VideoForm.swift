@@ -1,10 +1,10 @@
 import Foundation
 import Hummingbird
+import I2VCore
+import I2VGPUNode
 import ImageIntake
 import MultipartKit
 import NIOCore
-import I2VCore
-import I2VGPUNode
 
 /// A `multipart/form-data` create request: its text fields, the `input_reference` file's bytes, and the
 /// `last_image` file's (the frame the video ends on, for a model that takes one).

@@ -1,7 +1,7 @@
 import Foundation
-import Subprocess
 import I2VCore
 import I2VGPUNode
+import Subprocess
 
 #if canImport(System)
 import System

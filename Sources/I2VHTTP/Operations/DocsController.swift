@@ -1,10 +1,10 @@
 import Foundation
 import Hummingbird
+import I2VCore
+import I2VGPUNode
 import I2VOpenAPI
 import Logging
 import NIOCore
-import I2VCore
-import I2VGPUNode
 
 /// `/openapi.json` (the contract in `openapi.yaml`, as JSON) and `/docs` (Swagger UI served from the
 /// server itself, so the docs work offline; its assets come from `make swagger-ui`).

@@ -1,9 +1,9 @@
 import Foundation
-import Hummingbird
 import HTTPTypes
-import NIOCore
+import Hummingbird
 import I2VCore
 import I2VGPUNode
+import NIOCore
 
 /// `/health`, `/ready`, `/models` and `/metrics`: what operators and load balancers look at.
 package struct OperationsController: Sendable {
@@ -172,7 +172,10 @@ package struct OperationsController: Sendable {
             case workerNodes = "worker_nodes"
         }
 
-        package init(status: String, role: String, node: String, model: String, device: String? = nil, dtype: String? = nil, speed: WorkerSpeed? = nil, slots: Int? = nil, workerPid: Int32? = nil, workers: [WorkerBody]? = nil, workerNodes: [WorkerNodeBody]? = nil) {
+        package init(
+            status: String, role: String, node: String, model: String, device: String? = nil, dtype: String? = nil, speed: WorkerSpeed? = nil,
+            slots: Int? = nil, workerPid: Int32? = nil, workers: [WorkerBody]? = nil, workerNodes: [WorkerNodeBody]? = nil
+        ) {
             self.status = status
             self.role = role
             self.node = node

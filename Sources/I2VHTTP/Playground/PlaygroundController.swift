@@ -1,7 +1,7 @@
 import Hummingbird
-import NIOCore
 import I2VCore
 import I2VGPUNode
+import NIOCore
 
 /// `GET /`: the playground page. No key is needed to load it; the page asks for one and sends it with
 /// every API call it makes.

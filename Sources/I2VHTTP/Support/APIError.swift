@@ -1,9 +1,9 @@
 import Foundation
-import Hummingbird
 import HTTPTypes
-import NIOCore
+import Hummingbird
 import I2VCore
 import I2VGPUNode
+import NIOCore
 
 /// Every error but 422 has the body `{"detail":{"status":"Failed","reason":"…"}}`, as the reference
 /// FastAPI service answers it.

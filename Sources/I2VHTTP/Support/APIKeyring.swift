@@ -1,8 +1,8 @@
 import Crypto
 import Foundation
-import Logging
 import I2VCore
 import I2VGPUNode
+import Logging
 
 /// The accepted API keys, kept only as SHA-256 hashes. A presented key is hashed and compared against
 /// every stored hash without an early exit, so timing tells nothing about which bytes matched.
@@ -49,18 +49,19 @@ public struct APIKeyring: Sendable {
         }
         // Written straight to stdout (unbuffered, not logged), so it shows at once and stays out of log
         // aggregation.
-        FileHandle.standardOutput.write(Data(
-            """
-            ============================================================
-            Generated an API key (shown once; only its hash is kept in \(file.path)):
+        FileHandle.standardOutput.write(
+            Data(
+                """
+                ============================================================
+                Generated an API key (shown once; only its hash is kept in \(file.path)):
 
-                \(key)
+                    \(key)
 
-            Use it as: Authorization: Bearer \(key)
-            Set I2V_API_KEYS to choose your own keys instead.
-            ============================================================
+                Use it as: Authorization: Bearer \(key)
+                Set I2V_API_KEYS to choose your own keys instead.
+                ============================================================
 
-            """.utf8))
+                """.utf8))
         logger.notice("generated a new API key; it was printed once on stdout", metadata: ["hash_file": "\(file.path)"])
         return APIKeyring(keys: [key])
     }

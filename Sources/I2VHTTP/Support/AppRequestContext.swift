@@ -1,8 +1,8 @@
 import Hummingbird
-import Logging
-import NIOCore
 import I2VCore
 import I2VGPUNode
+import Logging
+import NIOCore
 
 /// The request context: Hummingbird's core storage plus the hash of the API key that authenticated the
 /// request (set by `APIKeyAuthenticator`).

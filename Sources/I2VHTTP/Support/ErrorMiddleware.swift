@@ -1,8 +1,8 @@
-import Hummingbird
 import HTTPTypes
-import Logging
+import Hummingbird
 import I2VCore
 import I2VGPUNode
+import Logging
 
 /// Gives every error the service's JSON error body, and logs the ones that are the server's fault:
 /// otherwise Hummingbird answers an unexpected error with an empty 500 and logs nothing.

@@ -26,9 +26,10 @@ extension FieldReader {
             return nil
         }
         guard items.count <= Self.maxLoRAs else {
-            issues.append(ValidationIssue(
-                "too_long", field: name, "List should have at most \(Self.maxLoRAs) items after validation, not \(items.count)", input: value
-            ))
+            issues.append(
+                ValidationIssue(
+                    "too_long", field: name, "List should have at most \(Self.maxLoRAs) items after validation, not \(items.count)", input: value
+                ))
             return nil
         }
         var choices: [LoRAChoice] = []
@@ -47,7 +48,8 @@ extension FieldReader {
                 let listed = available.isEmpty ? "the LoRA catalog is empty" : "GET /loras lists the catalog"
                 reader.issues.append(ValidationIssue("value_error", field: "name", "Unknown LoRA '\(loraName)': \(listed)", input: .string(loraName)))
             } else if let loraName, choices.contains(where: { $0.name == loraName }) {
-                reader.issues.append(ValidationIssue("value_error", field: "name", "LoRA '\(loraName)' is named twice; give each LoRA once", input: .string(loraName)))
+                reader.issues.append(
+                    ValidationIssue("value_error", field: "name", "LoRA '\(loraName)' is named twice; give each LoRA once", input: .string(loraName)))
             }
             // The item's own issues, placed under its index.
             let under: [ValidationIssue.LocationPart] = [.key("body")] + place

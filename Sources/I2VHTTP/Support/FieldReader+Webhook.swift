@@ -20,7 +20,8 @@ extension FieldReader {
             // URL parsing lets CR, LF and other control characters through (delivery would percent-encode
             // them): a URL that holds one was pasted or built wrong, and it is refused rather than repaired.
             issues.append(
-                ValidationIssue("url_parsing", field: "webhook_url", "Input should be a valid URL, without control characters (such as CR or LF)", input: urlValue)
+                ValidationIssue(
+                    "url_parsing", field: "webhook_url", "Input should be a valid URL, without control characters (such as CR or LF)", input: urlValue)
             )
             url = nil
         } else {

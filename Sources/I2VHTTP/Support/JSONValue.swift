@@ -1,7 +1,7 @@
 import Foundation
-import NIOCore
 import I2VCore
 import I2VGPUNode
+import NIOCore
 
 /// A parsed JSON document, kept exact enough to tell 81 from 81.5, "81" and true, which request
 /// validation must tell apart.

@@ -1,8 +1,8 @@
 import Foundation
 import Hummingbird
-import NIOCore
 import I2VCore
 import I2VGPUNode
+import NIOCore
 
 extension Request {
     /// The body, capped at `limit` bytes (413 beyond it).

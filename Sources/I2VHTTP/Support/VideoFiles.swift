@@ -1,10 +1,10 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
-import Logging
-import NIOPosix
 import I2VCore
 import I2VGPUNode
+import Logging
+import NIOPosix
 
 /// Serves `/videos/<32 lowercase hex>.mp4` with single byte ranges, HEAD and conditional requests.
 ///

@@ -1,4 +1,5 @@
 import Foundation
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode

@@ -6,6 +6,7 @@ import HummingbirdTesting
 import NIOCore
 import Subprocess
 import Testing
+
 @testable import I2VApp
 @testable import I2VCore
 @testable import I2VGPUNode
@@ -211,9 +212,10 @@ func runTool(_ executable: String, _ arguments: [String], environment: [String: 
         output: .data(limit: 256 * 1024 * 1024),
         error: .discarded
     )
-    let status: Int32 = switch result.terminationStatus {
-    case .exited(let code): code
-    case .signaled(let signal): 128 + signal
-    }
+    let status: Int32 =
+        switch result.terminationStatus {
+        case .exited(let code): code
+        case .signaled(let signal): 128 + signal
+        }
     return (result.standardOutput, status)
 }
