@@ -314,6 +314,45 @@ enum LoRAFiles {
         }
     }
 
+    /// The SDKs flatten a list of objects in a form (`loras[0][name]`, `loras[0][scale]`): those fields are the
+    /// same list, checked the same way, and a field of another shape is refused rather than dropped.
+    @Test func flattenedFormFieldsAreTheLoRAList() async throws {
+        let worker = FakeWorker()
+        try await withImageServer { base in
+            try await Self.withService(worker) { client, _, _ in
+                func create(_ fields: [(String, String)]) async throws -> TestResponse {
+                    try await client.createVideo(
+                        form: [
+                            .text("prompt", "A dancing cat in the style of Van Gogh"), .text("input_reference[image_url]", "\(base)/image.png"),
+                        ] + fields.map { .text($0.0, $0.1) })
+                }
+                let created = try await create([("loras[0][name]", "style"), ("loras[0][scale]", "0.5"), ("loras[1][name]", "soft")])
+                #expect(created.status == .ok, "\(String(buffer: created.body))")
+                let id = try #require(try created.jsonObject()["id"] as? String)
+                let done = try await client.waitFor(String(id.dropFirst("video_".count)), status: "Succeed")
+                let reported = (done["results"] as? [String: Any])?["loras"] as? [[String: Any]]
+                #expect(reported?.map { "\($0["name"] ?? "")@\($0["scale"] ?? "")" } == ["style@0.5", "soft@1"], "\(done)")
+
+                // As the OpenAI SDK flattens them: no index, key by key (the n-th of each key is the n-th LoRA's).
+                let sdk = try await create([("loras[][name]", "soft"), ("loras[][name]", "style"), ("loras[][scale]", "2"), ("loras[][scale]", "1")])
+                #expect(sdk.status == .ok, "\(String(buffer: sdk.body))")
+                let sdkID = try #require(try sdk.jsonObject()["id"] as? String)
+                let sdkDone = try await client.waitFor(String(sdkID.dropFirst("video_".count)), status: "Succeed")
+                let sdkLoRAs = (sdkDone["results"] as? [String: Any])?["loras"] as? [[String: Any]]
+                #expect(sdkLoRAs?.map { "\($0["name"] ?? "")@\($0["scale"] ?? "")" } == ["soft@2", "style@1"], "\(sdkDone)")
+
+                for fields in [
+                    [("loras[0][weight]", "1")], [("loras[1][name]", "style")], [("loras[0][name]", "nope")],
+                    [("loras[][name]", "style"), ("loras[1][name]", "soft")], [("loras[][name]", "style"), ("loras[][scale]", "1"), ("loras[][scale]", "1")],
+                ] {
+                    let refused = try await create(fields)
+                    #expect(refused.status == .badRequest, "\(fields): \(String(buffer: refused.body))")
+                    #expect(try refused.openAIError()["param"] as? String == "loras")
+                }
+            }
+        }
+    }
+
     /// The task keeps the LoRAs with their SHA-256, the worker gets each file's path, and both APIs report
     /// them; an empty list is none.
     @Test func aTaskRunsWithItsLoRAsAndBothAPIsReportThem() async throws {

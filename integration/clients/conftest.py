@@ -177,3 +177,27 @@ def image_server() -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def write_demo_loras(service: Service, names: list[str], *, misfit: str | None = None) -> Path:
+    """Writes demo LoRAs for the demo transformer into the service's catalog (`I2V_LORA_DIR` is not set, so
+    `<data dir>/loras`) with the worker's own builder, in the worker's interpreter (the test venv has no torch);
+    `misfit`, if given, is one of another width, which fits no model of the table. The catalog is read at each
+    listing, so no restart is needed."""
+    catalog = service.data_dir / "loras"
+    python = os.environ.get("I2V_TEST_PYTHON", str(REPO / ".venv/bin/python"))
+    script = (
+        "import sys; from pathlib import Path; from i2v_worker import demo\n"
+        "catalog = Path(sys.argv[1])\n"
+        "for index, name in enumerate(sys.argv[3:]):\n"
+        "    demo.build_style_lora(catalog / f'{name}.safetensors', seed=10 + index)\n"
+        "if sys.argv[2]:\n"
+        "    demo.build_style_lora(catalog / f'{sys.argv[2]}.safetensors', dim=32, ffn_dim=64)\n"
+    )
+    subprocess.run(
+        [python, "-c", script, str(catalog), misfit or "", *names],
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "worker")},
+        timeout=300,
+    )
+    return catalog

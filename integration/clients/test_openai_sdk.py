@@ -18,7 +18,7 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import Service, png_bytes
+from conftest import Service, png_bytes, write_demo_loras
 from openai import OpenAI
 from openai.types import Video
 from PIL import Image
@@ -244,3 +244,31 @@ def test_a_last_frame_for_a_model_without_one_is_the_sdks_bad_request(client: Op
         )
     assert refused.value.param == "last_image"
     assert "first frame only" in refused.value.message
+
+
+def test_loras_through_extra_body_are_listed_applied_and_reported(
+    a14b_client: OpenAI, a14b_service: Service, image_server: str
+) -> None:
+    write_demo_loras(a14b_service, ["sdk-ink", "sdk-glow"])
+    # The catalog listing is an extension route; the SDK's own GET reads it.
+    listed = a14b_client.get("/loras", cast_to=object)
+    assert {"sdk-ink", "sdk-glow"} <= {entry["id"] for entry in listed["data"]}, listed
+
+    common = {"input_reference": {"image_url": image_server}, "num_frames": 24, "seed": 3, **FAST}
+    loras = [{"name": "sdk-ink", "scale": 1.0}, {"name": "sdk-glow", "scale": 0.5}]
+    plain = a14b_client.videos.create(prompt=PROMPT, extra_body=common)
+    styled = a14b_client.videos.create(prompt=PROMPT, extra_body={**common, "loras": loras})
+    plain_done = a14b_client.videos.poll(plain.id, poll_interval_ms=100)
+    styled_done = a14b_client.videos.poll(styled.id, poll_interval_ms=100)
+    assert (plain_done.status, styled_done.status) == ("completed", "completed"), (plain_done, styled_done)
+    reported = styled_done.to_dict()["loras"]
+    assert [(entry["name"], entry["scale"]) for entry in reported] == [("sdk-ink", 1.0), ("sdk-glow", 0.5)], reported
+    assert all(len(entry["sha256"]) == 64 for entry in reported), reported
+    assert "loras" not in plain_done.to_dict()
+    # The same job and seed with LoRAs makes another video.
+    assert a14b_client.videos.download_content(plain.id).read() != a14b_client.videos.download_content(styled.id).read()
+
+    # A name the catalog does not hold is the SDK's own BadRequestError, naming the field.
+    with pytest.raises(openai.BadRequestError) as refused:
+        a14b_client.videos.create(prompt=PROMPT, extra_body={**common, "loras": [{"name": "no-such-lora"}]})
+    assert refused.value.param == "loras", refused.value

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Service, png_bytes
+from conftest import REPO, Service, png_bytes, write_demo_loras
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -279,25 +277,7 @@ def test_a_last_frame_is_sent_for_a_model_that_takes_one(browser: Browser, a14b_
 
 @pytest.fixture(scope="module")
 def lora_catalog(service: Service) -> Path:
-    """Writes the demo LoRAs into the service's catalog (`I2V_LORA_DIR` is not set, so `<data dir>/loras`) with
-    the worker's own builder, in the worker's interpreter (the test venv has no torch). The catalog is read at
-    each listing, so no restart is needed."""
-    catalog = service.data_dir / "loras"
-    python = os.environ.get("I2V_TEST_PYTHON", str(REPO / ".venv/bin/python"))
-    script = (
-        "import sys; from pathlib import Path; from i2v_worker import demo\n"
-        "catalog = Path(sys.argv[1])\n"
-        "for index, name in enumerate(sys.argv[3:]):\n"
-        "    demo.build_style_lora(catalog / f'{name}.safetensors', seed=10 + index)\n"
-        "demo.build_style_lora(catalog / f'{sys.argv[2]}.safetensors', dim=32, ffn_dim=64)\n"
-    )
-    subprocess.run(
-        [python, "-c", script, str(catalog), MISFIT, *LORAS],
-        check=True,
-        env={**os.environ, "PYTHONPATH": str(REPO / "worker")},
-        timeout=300,
-    )
-    return catalog
+    return write_demo_loras(service, LORAS, misfit=MISFIT)
 
 
 def test_loras_that_fit_the_model_are_listed_and_a_fifth_cannot_be_chosen(

@@ -95,7 +95,7 @@ package struct OpenAIVideosController: Sendable {
                 fieldLimit: configuration.maxBodyBytes,
                 spoolingTo: configuration.uploadSpoolDirectory
             )
-            let loras = form.fields["loras"].flatMap { try? JSONValue.parse(Array($0.utf8)) }
+            let loras = try? VideoCreateRequest.loras(in: form)
             return try VideoCreateRequest.validate(form: form, models: try await models(loras: loras))
         }
         let mediaType = contentType.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""

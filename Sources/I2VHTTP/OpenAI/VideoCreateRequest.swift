@@ -94,17 +94,7 @@ package enum VideoCreateRequest {
         for (name, text) in form.fields {
             fields[name] = numericFields.contains(name) ? number(text) : .string(text)
         }
-        // `loras` is JSON in a form too: there is no flat spelling of a list of objects.
-        if let text = form.fields["loras"] {
-            do {
-                fields["loras"] = try JSONValue.parse(Array(text.utf8))
-            } catch {
-                throw OpenAIError(
-                    .badRequest, "loras must be a JSON list such as [{\"name\": \"style\", \"scale\": 0.8}]", param: "loras",
-                    code: "invalid_json"
-                )
-            }
-        }
+        if let loras = try loras(in: form) { fields["loras"] = loras }
         var image: ImageField?
         if let bytes = form.imageBytes {
             image = .upload(bytes)
@@ -120,6 +110,60 @@ package enum VideoCreateRequest {
             lastImage = .url(url)
         }
         return try validate(fields: fields, image: image, lastImage: lastImage, models: models)
+    }
+
+    /// A form's `loras`: one field holding the JSON list, or the list as the SDKs flatten a list of objects in
+    /// a form (`loras[][name]`, `loras[][scale]`, …, or numbered `loras[0][name]`), put back together so it is
+    /// checked like the JSON field and never dropped. nil when the form names none.
+    package static func loras(in form: VideoForm) throws(OpenAIError) -> JSONValue? {
+        if let text = form.fields["loras"] {
+            guard form.loraFields.isEmpty else {
+                throw OpenAIError(
+                    .badRequest, "give loras either as one JSON field or as loras[][name] fields, not both", param: "loras", code: "invalid_value")
+            }
+            do {
+                return try JSONValue.parse(Array(text.utf8))
+            } catch {
+                throw OpenAIError(
+                    .badRequest, "loras must be a JSON list such as [{\"name\": \"style\", \"scale\": 0.8}]", param: "loras",
+                    code: "invalid_json"
+                )
+            }
+        }
+        guard !form.loraFields.isEmpty else { return nil }
+        var numbered: [Int: [String: JSONValue]] = [:]
+        var ordered: [[String: JSONValue]] = []
+        var seen: [String: Int] = [:]
+        for field in form.loraFields {
+            // loras[<index or nothing>][name|scale]
+            let parts = field.name.dropFirst("loras[".count).split(separator: "]", omittingEmptySubsequences: false)
+            guard parts.count == 3, parts[2].isEmpty, parts[1].hasPrefix("["), case let key = String(parts[1].dropFirst()), key == "name" || key == "scale",
+                parts[0].isEmpty || Int(parts[0]).map({ (0..<100).contains($0) }) == true
+            else {
+                throw OpenAIError(
+                    .badRequest, "unknown form field \(field.name): a LoRA is loras[][name] and loras[][scale]", param: "loras", code: "invalid_value"
+                )
+            }
+            let value = key == "scale" ? number(field.value) : .string(field.value)
+            if let index = Int(parts[0]) {
+                numbered[index, default: [:]][key] = value
+            } else {
+                // The n-th `loras[][name]` is the n-th LoRA's, whether the fields come LoRA by LoRA or, as the
+                // OpenAI SDK sends them, key by key. A LoRA left without a scale is thus only safe last.
+                let index = seen[key, default: 0]
+                seen[key] = index + 1
+                if index == ordered.count { ordered.append([:]) }
+                ordered[index][key] = value
+            }
+        }
+        guard numbered.isEmpty || ordered.isEmpty else {
+            throw OpenAIError(.badRequest, "loras[][…] and numbered loras[i][…] fields cannot be mixed", param: "loras", code: "invalid_value")
+        }
+        let indices = numbered.keys.sorted()
+        guard indices == Array(0..<indices.count) else {
+            throw OpenAIError(.badRequest, "loras[i] fields must number the LoRAs from 0 without gaps", param: "loras", code: "invalid_value")
+        }
+        return .array(ordered.isEmpty ? indices.map { .object(numbered[$0] ?? [:]) } : ordered.map { .object($0) })
     }
 
     /// A form field as the JSON number it spells, or the text itself (reported as the wrong type).

@@ -10,6 +10,9 @@ import NIOCore
 /// `last_image` file's (the frame the video ends on, for a model that takes one).
 package struct VideoForm: Sendable, Equatable {
     package var fields: [String: String] = [:]
+    /// The `loras[…]` fields in the order they came: a list of objects flattened into a form repeats its keys
+    /// (`loras[][name]`, `loras[][scale]`, `loras[][name]`, …), so order is what tells one LoRA from the next.
+    package var loraFields: [LoRAFormField] = []
     package var imageBytes: [UInt8]?
     package var lastImageBytes: [UInt8]?
 
@@ -234,11 +237,26 @@ package enum VideoFormReader {
                     failure = .malformed("the form field \(name) is not UTF-8 text")
                     return
                 }
-                // A repeated field keeps its first value, as most form parsers do.
-                if form.fields[name] == nil { form.fields[name] = text }
+                if name.hasPrefix("loras[") {
+                    form.loraFields.append(LoRAFormField(name: name, value: text))
+                } else if form.fields[name] == nil {
+                    // A repeated field keeps its first value, as most form parsers do.
+                    form.fields[name] = text
+                }
             case .ignored:
                 break
             }
         }
+    }
+}
+
+/// One `loras[…]` text field of a form.
+package struct LoRAFormField: Sendable, Equatable {
+    package var name: String
+    package var value: String
+
+    package init(name: String, value: String) {
+        self.name = name
+        self.value = value
     }
 }
