@@ -66,6 +66,23 @@ def _open(browser: Browser, service: Service) -> Iterator[Page]:
     assert not problems, f"the page reported errors: {problems}"
 
 
+def record_sent_forms(page: Page) -> None:
+    """Keeps what the page puts in each form it sends in `window.sent`, as `[name, value or file name]` pairs
+    (Playwright does not expose a multipart body's files)."""
+    page.evaluate(
+        """() => {
+            const send = window.fetch;
+            window.sent = [];
+            window.fetch = (url, init) => {
+                if (init?.body instanceof FormData) {
+                    window.sent.push([...init.body.entries()].map(([k, v]) => [k, typeof v === "string" ? v : v.name]));
+                }
+                return send(url, init);
+            };
+        }"""
+    )
+
+
 def keep_screenshot(page: Page, tmp_path: Path) -> Path:
     shot = tmp_path / "playground.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -240,19 +257,7 @@ def test_the_model_picker_follows_the_served_model_and_hides_the_last_frame_it_c
 
 def test_a_last_frame_is_sent_for_a_model_that_takes_one(browser: Browser, a14b_service: Service) -> None:
     with _open(browser, a14b_service) as page:
-        # What the page puts in the form, seen as it is sent (Playwright does not expose a multipart body's files).
-        page.evaluate(
-            """() => {
-                const send = window.fetch;
-                window.sent = [];
-                window.fetch = (url, init) => {
-                    if (init?.body instanceof FormData) {
-                        window.sent.push([...init.body.entries()].map(([k, v]) => [k, typeof v === "string" ? v : v.name]));
-                    }
-                    return send(url, init);
-                };
-            }"""
-        )
+        record_sent_forms(page)
         page.get_by_label("API key", exact=True).fill(a14b_service.api_key)
         expect(page.get_by_label("Model", exact=True)).to_have_value("wan2.2-i2v-a14b-demo")
         last = page.get_by_label("Last frame")
@@ -326,18 +331,7 @@ def test_loras_that_fit_the_model_are_listed_and_a_fifth_cannot_be_chosen(
 
 
 def test_a_job_made_with_a_lora_sends_it_and_reports_it(page: Page, service: Service, lora_catalog: Path) -> None:
-    page.evaluate(
-        """() => {
-            const send = window.fetch;
-            window.sent = [];
-            window.fetch = (url, init) => {
-                if (init?.body instanceof FormData) {
-                    window.sent.push([...init.body.entries()].map(([k, v]) => [k, typeof v === "string" ? v : v.name]));
-                }
-                return send(url, init);
-            };
-        }"""
-    )
+    record_sent_forms(page)
     name = LORAS[0]
     page.get_by_label("API key", exact=True).fill(service.api_key)
     page.get_by_label(name, exact=True).check()

@@ -29,15 +29,7 @@ package enum SubmitRequest {
         let prompt = reader.string("prompt", minLength: 10, maxLength: 500, default: nil)
         let model = reader.choice("model", among: modelIDs, default: defaultModel)
         let facts = model.flatMap { id in served.first { $0.id.lowercased() == id.lowercased() } }
-        let sizes = Self.sizes(for: facts)
-        let size = reader.string("image_size", minLength: nil, maxLength: nil, default: "auto").flatMap { value -> ImageSizeRequest? in
-            if let size = sizes.first(where: { $0.name == value })?.size { return size }
-            let names = sizes.map { "'\($0.name)'" }
-            let listed = names.dropLast().joined(separator: ", ") + " or " + names[names.count - 1]
-            let forModel = facts.map { " for \($0.id)" } ?? ""
-            reader.issues.append(ValidationIssue("literal_error", field: "image_size", "Input should be \(listed)\(forModel)", input: .string(value)))
-            return nil
-        }
+        let size = reader.size("image_size", for: facts)
         var numFrames = reader.integer("num_frames", in: 24...120, default: 81)
         if let frames = numFrames, let facts, let most = facts.maxFrames, frames / 4 * 4 + 1 > most {
             // The largest num_frames whose 4k+1 frames the model still makes.
@@ -157,6 +149,19 @@ package struct FieldReader {
             return nil
         }
         return string
+    }
+
+    /// A size field (`auto` by default): one of the sizes `model` takes, or an issue listing them.
+    package mutating func size(_ name: String, for model: ServedModel?) -> ImageSizeRequest? {
+        let sizes = SubmitRequest.sizes(for: model)
+        return string(name, minLength: nil, maxLength: nil, default: "auto").flatMap { value -> ImageSizeRequest? in
+            if let size = sizes.first(where: { $0.name == value })?.size { return size }
+            let names = sizes.map { "'\($0.name)'" }
+            let listed = names.dropLast().joined(separator: ", ") + " or " + names[names.count - 1]
+            let forModel = model.map { " for \($0.id)" } ?? ""
+            issues.append(ValidationIssue("literal_error", field: name, "Input should be \(listed)\(forModel)", input: .string(value)))
+            return nil
+        }
     }
 
     /// An optional URL: absent or `null` is nil without an issue.

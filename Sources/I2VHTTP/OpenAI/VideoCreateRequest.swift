@@ -204,15 +204,7 @@ package enum VideoCreateRequest {
         let prompt = reader.string("prompt", minLength: 10, maxLength: 500, default: nil)
         let model = reader.choice("model", among: models.ids, default: models.defaultModel)
         let facts = model.flatMap { id in models.served.first { $0.id.lowercased() == id.lowercased() } }
-        let allowed = SubmitRequest.sizes(for: facts)
-        let size = reader.string("size", minLength: nil, maxLength: nil, default: "auto").flatMap { value -> ImageSizeRequest? in
-            if let size = allowed.first(where: { $0.name == value })?.size { return size }
-            let names = allowed.map { "'\($0.name)'" }
-            let listed = names.dropLast().joined(separator: ", ") + " or " + names[names.count - 1]
-            reader.issues.append(
-                ValidationIssue("literal_error", field: "size", "Input should be \(listed)\(facts.map { " for \($0.id)" } ?? "")", input: .string(value)))
-            return nil
-        }
+        let size = reader.size("size", for: facts)
         var last: Submission.Image?
         switch lastImage {
         case .upload(let bytes)?: last = .bytes(bytes)
