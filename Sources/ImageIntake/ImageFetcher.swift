@@ -33,7 +33,7 @@ import Darwin
 ///   streams in, whatever the headers claim (chunked, close-delimited).
 struct ImageFetcher: Sendable {
     struct Download: Sendable {
-        var bytes: [UInt8]
+        var byteCount: Int
         var finalURL: String
         var contentType: String?
         var redirects: Int
@@ -58,16 +58,20 @@ struct ImageFetcher: Sendable {
     let addressPolicy: @Sendable (IPAddress) -> BlockedRange?
     /// How many of the resolved addresses are tried when connecting fails.
     let maxConnectAttempts = 3
+    /// How the reasons name what is fetched, and what is asked for.
+    let wording: DownloadWording
 
     init(
         configuration: ImageIntakeConfiguration,
         eventLoopGroup: any EventLoopGroup,
         resolver: HostResolver,
-        addressPolicy: (@Sendable (IPAddress) -> BlockedRange?)? = nil
+        addressPolicy: (@Sendable (IPAddress) -> BlockedRange?)? = nil,
+        wording: DownloadWording = .image
     ) {
         self.configuration = configuration
         self.eventLoopGroup = eventLoopGroup
         self.resolver = resolver
+        self.wording = wording
         let allowPrivate = configuration.allowPrivateHosts
         self.addressPolicy =
             addressPolicy ?? { address in
@@ -78,29 +82,30 @@ struct ImageFetcher: Sendable {
 
     // MARK: - fetch
 
-    func fetch(_ url: String, logger: Logger) async throws(ImageIntakeError) -> Download {
+    /// Downloads `url`, handing the final response's body to `sink` as it arrives.
+    func fetch(_ url: String, into sink: some DownloadSink, logger: Logger) async throws(ImageIntakeError) -> Download {
         let timeout = configuration.timeout
         let deadline = NIODeadline.now() + TimeAmount(timeout)
         return try await withDeadline(
             timeout,
-            onTimeout: ImageIntakeError(download: .timedOut, "timed out after \(timeout.humanReadable)")
+            onTimeout: wording.failure(.timedOut, "timed out after \(timeout.humanReadable)")
         ) { () async throws(ImageIntakeError) -> Download in
-            var current = try Self.parse(url)
+            var current = try Self.parse(url, subject: wording.url)
             var redirects = 0
             while true {
-                let hop = try await self.fetchOnce(current, deadline: deadline, logger: logger)
+                let hop = try await self.fetchOnce(current, into: sink, deadline: deadline, logger: logger)
                 switch hop {
-                case .body(let bytes, let contentType):
-                    return Download(bytes: bytes, finalURL: current.url, contentType: contentType, redirects: redirects)
+                case .body(let byteCount, let contentType):
+                    return Download(byteCount: byteCount, finalURL: current.url, contentType: contentType, redirects: redirects)
                 case .redirect(let location):
                     redirects += 1
                     guard redirects <= configuration.maxRedirects else {
-                        throw ImageIntakeError(
-                            download: .tooManyRedirects,
+                        throw wording.failure(
+                            .tooManyRedirects,
                             "too many redirects (more than \(configuration.maxRedirects))"
                         )
                     }
-                    let next = try Self.resolveRedirect(location, from: current.url)
+                    let next = try Self.resolveRedirect(location, from: current.url, wording: wording)
                     logger.debug(
                         "image redirect",
                         metadata: ["from": "\(current.url)", "to": "\(next.url)", "redirect": "\(redirects)"]
@@ -112,17 +117,18 @@ struct ImageFetcher: Sendable {
     }
 
     private enum Hop: Sendable {
-        case body([UInt8], contentType: String?)
+        /// The body went to the sink.
+        case body(byteCount: Int, contentType: String?)
         case redirect(location: String)
     }
 
     /// One request: check the target, resolve and check its addresses, connect to a checked one.
-    private func fetchOnce(_ target: Target, deadline: NIODeadline, logger: Logger) async throws(ImageIntakeError) -> Hop {
+    private func fetchOnce(_ target: Target, into sink: some DownloadSink, deadline: NIODeadline, logger: Logger) async throws(ImageIntakeError) -> Hop {
         let addresses = try await checkedAddresses(target, logger: logger)
         var lastError: ImageIntakeError?
         for address in addresses.prefix(maxConnectAttempts) {
             do {
-                return try await request(target, connectingTo: address, deadline: deadline, logger: logger)
+                return try await request(target, connectingTo: address, into: sink, deadline: deadline, logger: logger)
             } catch let failure {
                 if Task.isCancelled {
                     throw failure.error
@@ -137,7 +143,7 @@ struct ImageFetcher: Sendable {
                 lastError = failure.error
             }
         }
-        throw lastError ?? ImageIntakeError(download: .network, "no address to connect to for \(target.host)")
+        throw lastError ?? wording.failure(.network, "no address to connect to for \(target.host)")
     }
 
     /// The addresses `target` may be fetched from, in preference order. Any blocked address refuses the
@@ -145,13 +151,17 @@ struct ImageFetcher: Sendable {
     func checkedAddresses(_ target: Target, logger: Logger) async throws(ImageIntakeError) -> [IPAddress] {
         let allowPrivate = configuration.allowPrivateHosts
         if !allowPrivate, Self.isLocalName(target.host) {
-            throw ImageIntakeError(download: .blockedAddress, "image host resolves to a blocked address (\(target.host))")
+            throw wording.failure(.blockedAddress, "\(wording.host) resolves to a blocked address (\(target.host))")
         }
         let addresses: [IPAddress]
         if let literal = target.literal {
             addresses = [literal]
         } else {
-            addresses = try await resolver.resolve(target.host)
+            do {
+                addresses = try await resolver.resolve(target.host)
+            } catch {
+                throw wording.failure(error.cause, error.detail)
+            }
         }
         for address in addresses {
             if let range = addressPolicy(address) {
@@ -159,7 +169,7 @@ struct ImageFetcher: Sendable {
                     "image host refused",
                     metadata: ["host": "\(target.host)", "address": "\(address)", "range": "\(range.rawValue)"]
                 )
-                throw ImageIntakeError(download: .blockedAddress, "image host resolves to a blocked address (\(address))")
+                throw wording.failure(.blockedAddress, "\(wording.host) resolves to a blocked address (\(address))")
             }
         }
         return addresses
@@ -182,6 +192,7 @@ struct ImageFetcher: Sendable {
     private func request(
         _ target: Target,
         connectingTo address: IPAddress,
+        into sink: some DownloadSink,
         deadline: NIODeadline,
         logger: Logger
     ) async throws(RequestFailure) -> Hop {
@@ -201,11 +212,11 @@ struct ImageFetcher: Sendable {
         let client = HTTPClient(eventLoopGroup: eventLoopGroup, configuration: clientConfiguration)
         let result: Result<Hop, RequestFailure>
         do {
-            result = .success(try await exchange(client, target, deadline: deadline, logger: logger))
+            result = .success(try await exchange(client, target, into: sink, deadline: deadline, logger: logger))
         } catch let failure as RequestFailure {
             result = .failure(failure)
         } catch {
-            result = .failure(RequestFailure(error: ImageIntakeError(download: .internal, "\(error)"), beforeResponse: false))
+            result = .failure(RequestFailure(error: wording.failure(.internal, "\(error)"), beforeResponse: false))
         }
         do {
             try await client.shutdown()
@@ -218,18 +229,19 @@ struct ImageFetcher: Sendable {
     private func exchange(
         _ client: HTTPClient,
         _ target: Target,
+        into sink: some DownloadSink,
         deadline: NIODeadline,
         logger: Logger
     ) async throws -> Hop {
         var request = HTTPClientRequest(url: target.url)
         request.method = .GET
-        request.headers.add(name: "User-Agent", value: "i2v-server image intake")
-        request.headers.add(name: "Accept", value: "image/*")
+        request.headers.add(name: "User-Agent", value: wording.userAgent)
+        request.headers.add(name: "Accept", value: wording.accept)
         let response: HTTPClientResponse
         do {
             response = try await client.execute(request, deadline: deadline, logger: logger)
         } catch {
-            let (mapped, connectFailure) = Self.map(error, target: target, configuration: configuration)
+            let (mapped, connectFailure) = Self.map(error, target: target, configuration: configuration, wording: wording)
             throw RequestFailure(error: mapped, beforeResponse: true, isConnectFailure: connectFailure)
         }
         let status = response.status.code
@@ -238,32 +250,35 @@ struct ImageFetcher: Sendable {
         }
         guard (200..<300).contains(status) else {
             throw RequestFailure(
-                error: ImageIntakeError(download: .httpStatus, "HTTP status \(status)"),
+                error: wording.failure(.httpStatus, "HTTP status \(status)"),
                 beforeResponse: false
             )
         }
         let maxBytes = configuration.maxBytes
-        let tooLarge = ImageIntakeError(download: .tooLarge, "image is larger than \(maxBytes) bytes")
+        let tooLarge = wording.failure(.tooLarge, "\(wording.body) is larger than \(maxBytes) bytes")
         let declaredLength = response.headers.first(name: "content-length").flatMap { Int($0) }
         if let declaredLength, declaredLength > maxBytes {
             throw RequestFailure(error: tooLarge, beforeResponse: false)
         }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(min(declaredLength ?? 256 * 1024, maxBytes))
+        sink.expect(min(declaredLength ?? 256 * 1024, maxBytes))
+        var count = 0
         do {
             for try await chunk in response.body {
-                guard chunk.readableBytes <= maxBytes - bytes.count else {
+                guard chunk.readableBytes <= maxBytes - count else {
                     throw RequestFailure(error: tooLarge, beforeResponse: false)
                 }
-                bytes.append(contentsOf: chunk.readableBytesView)
+                count += chunk.readableBytes
+                try chunk.withUnsafeReadableBytes { try sink.write($0) }
             }
         } catch let failure as RequestFailure {
             throw failure
+        } catch let failure as DownloadSinkFailure {
+            throw RequestFailure(error: wording.failure(.internal, failure.reason), beforeResponse: false)
         } catch {
-            let (mapped, _) = Self.map(error, target: target, configuration: configuration)
+            let (mapped, _) = Self.map(error, target: target, configuration: configuration, wording: wording)
             throw RequestFailure(error: mapped, beforeResponse: false)
         }
-        return .body(bytes, contentType: response.headers.first(name: "content-type"))
+        return .body(byteCount: count, contentType: response.headers.first(name: "content-type"))
     }
 
     // MARK: - URLs
@@ -311,18 +326,18 @@ struct ImageFetcher: Sendable {
         return Target(url: string, scheme: scheme, host: host, port: port, literal: literal)
     }
 
-    static func resolveRedirect(_ location: String, from base: String) throws(ImageIntakeError) -> Target {
+    static func resolveRedirect(_ location: String, from base: String, wording: DownloadWording = .image) throws(ImageIntakeError) -> Target {
         guard let baseURL = URL(string: base),
             let next = URL(string: location.trimmingWhitespace(), relativeTo: baseURL)?.absoluteURL
         else {
-            throw ImageIntakeError(download: .invalidURL, "redirect to an invalid URL")
+            throw wording.failure(.invalidURL, "redirect to an invalid URL")
         }
         let string = next.absoluteString
         do {
-            return try parse(string)
+            return try parse(string, subject: wording.url)
         } catch {
             if error.cause == .invalidURL {
-                throw ImageIntakeError(download: .invalidURL, "redirect to an unusable URL (\(error.reason))")
+                throw wording.failure(.invalidURL, "redirect to an unusable URL (\(error.reason))")
             }
             throw error
         }
@@ -335,41 +350,42 @@ struct ImageFetcher: Sendable {
     static func map(
         _ error: any Error,
         target: Target,
-        configuration: ImageIntakeConfiguration
+        configuration: ImageIntakeConfiguration,
+        wording: DownloadWording = .image
     ) -> (ImageIntakeError, connectFailure: Bool) {
-        let connectTimedOut = ImageIntakeError(
-            download: .timedOut,
+        let connectTimedOut = wording.failure(
+            .timedOut,
             "connecting to \(target.host) timed out after \(configuration.connectTimeout.humanReadable)"
         )
-        let timedOut = ImageIntakeError(download: .timedOut, "timed out after \(configuration.timeout.humanReadable)")
+        let timedOut = wording.failure(.timedOut, "timed out after \(configuration.timeout.humanReadable)")
         if let clientError = error as? HTTPClientError {
             switch clientError {
             case .connectTimeout:
                 return (connectTimedOut, true)
             case .tlsHandshakeTimeout:
-                return (ImageIntakeError(download: .timedOut, "TLS handshake with \(target.host) timed out"), true)
+                return (wording.failure(.timedOut, "TLS handshake with \(target.host) timed out"), true)
             case .readTimeout, .deadlineExceeded:
                 return (timedOut, false)
             case .remoteConnectionClosed:
-                return (ImageIntakeError(download: .network, "the server closed the connection"), false)
+                return (wording.failure(.network, "the server closed the connection"), false)
             case .cancelled:
                 return (timedOut, false)
             default:
-                return (ImageIntakeError(download: .network, "\(clientError)"), false)
+                return (wording.failure(.network, "\(clientError)"), false)
             }
         }
         if let errno = connectErrno(error) {
             switch errno {
             case ECONNREFUSED:
-                return (ImageIntakeError(download: .connectionRefused, "connection refused"), true)
+                return (wording.failure(.connectionRefused, "connection refused"), true)
             case ENETUNREACH, EHOSTUNREACH, EADDRNOTAVAIL, EAFNOSUPPORT:
-                return (ImageIntakeError(download: .network, "\(target.host) is unreachable"), true)
+                return (wording.failure(.network, "\(target.host) is unreachable"), true)
             case ECONNRESET, EPIPE:
-                return (ImageIntakeError(download: .network, "connection reset by the server"), false)
+                return (wording.failure(.network, "connection reset by the server"), false)
             case ETIMEDOUT:
                 return (connectTimedOut, true)
             default:
-                return (ImageIntakeError(download: .network, "\(String(cString: strerror(errno)))"), true)
+                return (wording.failure(.network, "\(String(cString: strerror(errno)))"), true)
             }
         }
         if let channelError = error as? ChannelError, case .connectTimeout = channelError {
@@ -377,12 +393,12 @@ struct ImageFetcher: Sendable {
         }
         let typeName = String(reflecting: type(of: error))
         if typeName.contains("NIOSSL") || typeName.contains("BoringSSL") {
-            return (ImageIntakeError(download: .tls, "TLS error with \(target.host) (\(error))"), false)
+            return (wording.failure(.tls, "TLS error with \(target.host) (\(error))"), false)
         }
         if error is CancellationError {
             return (timedOut, false)
         }
-        return (ImageIntakeError(download: .network, "\(error)"), false)
+        return (wording.failure(.network, "\(error)"), false)
     }
 
     /// The errno of a failed connect, wherever NIO put it.

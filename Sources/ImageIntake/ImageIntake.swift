@@ -118,8 +118,9 @@ public struct ImageIntake: Sendable {
         let clock = ContinuousClock()
         let start = clock.now
         let download: ImageFetcher.Download
+        let collector = ByteCollector()
         do {
-            download = try await fetcher.fetch(url, logger: logger)
+            download = try await fetcher.fetch(url, into: collector, logger: logger)
         } catch {
             logger.debug(
                 "image download refused",
@@ -134,11 +135,11 @@ public struct ImageIntake: Sendable {
         logger.debug(
             "image downloaded",
             metadata: [
-                "bytes": "\(download.bytes.count)", "content_type": "\(download.contentType ?? "-")",
+                "bytes": "\(download.byteCount)", "content_type": "\(download.contentType ?? "-")",
                 "redirects": "\(download.redirects)", "fetch_ms": "\(Self.milliseconds(fetch))",
             ]
         )
-        return try await process(download.bytes, size: size, planner: planner, fetch: fetch, logger: logger)
+        return try await process(collector.collected, size: size, planner: planner, fetch: fetch, logger: logger)
     }
 
     /// Prepares an image that is already in memory (no download; the same checks on the bytes).
