@@ -186,6 +186,13 @@ public func buildNode(
         apiServices.append(ImageIntakeService(intake: intake))
         apiServices.append(try WebhookDeliveryService(outbox: store, configuration: configuration, metrics: metrics, logger: logger))
         let workerPool = pool
+        var loraURLs: LoRAURLDownloads?
+        if configuration.loraURLs {
+            LoRAURLDownloads.removeStalePartials(in: configuration.loraDirectory, olderThan: .seconds(86_400), logger: logger)
+            loraURLs = LoRAURLDownloads(
+                catalog: loras, intake: intake, maxBytes: configuration.loraURLMaxBytes, timeout: configuration.loraURLTimeout
+            )
+        }
         let useCases = TaskUseCases(
             store: store,
             nodes: nodes,
@@ -193,6 +200,7 @@ public func buildNode(
             intake: intake,
             models: catalog,
             loras: loras,
+            loraURLs: loraURLs,
             queueChanged: signal,
             deviceMemory: {
                 if let workerPool {

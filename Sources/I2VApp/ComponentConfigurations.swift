@@ -13,7 +13,8 @@ extension ServiceConfiguration {
         .init(
             maxQueued: maxQueued,
             submitsPerMinute: submitsPerMinute,
-            idempotencyPatience: imageTimeout + .seconds(60),
+            // A submit downloads its LoRAs given by URL (at most 4, one after the other) and then its image.
+            idempotencyPatience: imageTimeout + (loraURLs ? loraURLTimeout * 4 : .zero) + .seconds(60),
             publicURL: publicURL,
             maxLoRARank: loraMaxRank
         )

@@ -14,17 +14,17 @@ package final class LoRADirectory: LoRACatalog {
     package let directory: URL
     private let logger: Logger
 
-    private struct Stamp: Equatable {
+    fileprivate struct Stamp: Equatable {
         var size: Int
         var modified: Date
     }
 
-    private struct Known {
+    fileprivate struct Known {
         var stamp: Stamp
         var entry: Result<LoRAEntry, SafetensorsRefusal>
     }
 
-    private let known = Mutex<[String: Known]>([:])
+    fileprivate let known = Mutex<[String: Known]>([:])
 
     package init(directory: URL, logger: Logger) {
         self.directory = directory
@@ -232,5 +232,17 @@ package enum SafetensorsHeader {
         }
         guard loraWeights > 0 else { throw SafetensorsRefusal("has no lora_A/lora_B or lora_down/lora_up weights") }
         return shapes
+    }
+}
+
+extension LoRADirectory {
+    /// Takes an entry the caller has just read and hashed (a LoRA stored from a URL), so its first listing
+    /// does not read the whole file again.
+    package func remember(_ entry: LoRAEntry) {
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: entry.path),
+            let size = (attributes[.size] as? NSNumber)?.intValue,
+            let modified = attributes[.modificationDate] as? Date
+        else { return }
+        known.withLock { $0[entry.path] = Known(stamp: Stamp(size: size, modified: modified), entry: .success(entry)) }
     }
 }

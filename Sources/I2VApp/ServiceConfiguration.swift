@@ -84,8 +84,15 @@ public struct ServiceConfiguration: Sendable {
     public var speed: SpeedSettings
     /// The LoRA catalog: `.safetensors` files the nodes share (`I2V_LORA_DIR`); by default `loras` in the data dir.
     public var loraDirectory: URL
-    /// The highest LoRA rank a submit may ask for (`I2V_LORA_MAX_RANK`); the workers are given the same limit.
+    /// The most the ranks of a job's LoRAs may add up to (`I2V_LORA_MAX_RANK`): the rank of the one adapter a
+    /// worker holds them in. The workers are given the same limit.
     public var loraMaxRank: Int
+    /// Whether a submit may give a LoRA by URL, downloaded into the catalog (`I2V_LORA_URLS`, off by default).
+    public var loraURLs: Bool
+    /// The largest LoRA file downloaded from a URL (`I2V_LORA_URL_MAX_BYTES`, 2 GiB).
+    public var loraURLMaxBytes: Int
+    /// Bounds one LoRA download, from the lookup to the last byte (`I2V_LORA_URL_TIMEOUT_SECONDS`).
+    public var loraURLTimeout: Duration
     public var docsAssetsDirectory: URL
     public var logLevel: String
     /// Webhook signing and delivery (`I2V_WEBHOOK_*`).
@@ -166,6 +173,9 @@ public struct ServiceConfiguration: Sendable {
             .map { URL(fileURLWithPath: $0, isDirectory: true).standardizedFileURL }
             ?? dataDirectory.appending(path: "loras", directoryHint: .isDirectory)
         self.loraMaxRank = max(1, config.int(forKey: "loraMaxRank", default: Self.defaultLoRAMaxRank))
+        self.loraURLs = config.bool(forKey: "loraUrls", default: false)
+        self.loraURLMaxBytes = max(1, config.int(forKey: "loraUrlMaxBytes", default: 2 << 30))
+        self.loraURLTimeout = .seconds(max(0.1, config.seconds(forKey: "loraUrlTimeoutSeconds", default: 600)))
         self.docsAssetsDirectory =
             URL(
                 fileURLWithPath: config.string(forKey: "docsAssetsDir", default: ".swagger-ui"),

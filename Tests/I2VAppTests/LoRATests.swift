@@ -253,6 +253,8 @@ enum LoRAFiles {
         Case(loras: #"[{"scale":1}]"#, type: "missing", loc: ["loras", "0", "name"]),
         Case(loras: #"["style"]"#, type: "dict_type", loc: ["loras", "0"]),
         Case(loras: #"{"name":"style"}"#, type: "list_type", loc: ["loras"]),
+        // LoRAs by URL are off in this service (I2V_LORA_URLS).
+        Case(loras: #"[{"url":"http://127.0.0.1:9/style.safetensors"}]"#, type: "value_error", loc: ["loras", "0", "url"]),
         Case(
             loras: "[" + Array(repeating: #"{"name":"style"}"#, count: 5).joined(separator: ",") + "]", type: "too_long", loc: ["loras"]
         ),

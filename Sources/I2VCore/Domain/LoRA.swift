@@ -1,13 +1,46 @@
 import Foundation
 
-/// A LoRA a submit asks for: a catalog name and how strongly it applies.
-package struct LoRAChoice: Sendable, Equatable {
-    package var name: String
+/// A LoRA a submit asks for: a file of the catalog, or one to download (`I2V_LORA_URLS`), and how strongly
+/// it applies.
+package struct LoRAChoice: Sendable, Equatable, CustomDebugStringConvertible {
+    package enum Source: Sendable, Equatable {
+        /// A name the catalog lists.
+        case catalog(String)
+        /// An http(s) URL of a safetensors file, stored in the catalog at submit.
+        case url(String)
+    }
+
+    package var source: Source
     package var scale: Double
 
     package init(name: String, scale: Double) {
-        self.name = name
+        self.source = .catalog(name)
         self.scale = scale
+    }
+
+    package init(url: String, scale: Double) {
+        self.source = .url(url)
+        self.scale = scale
+    }
+
+    package init(source: Source, scale: Double) {
+        self.source = source
+        self.scale = scale
+    }
+
+    /// The catalog name; nil for a URL.
+    package var name: String? {
+        if case .catalog(let name) = source { return name }
+        return nil
+    }
+
+    /// What the idempotency fingerprint reads (it reflects the submission): a catalog LoRA reads as it did
+    /// before LoRAs could be URLs, so retries across an upgrade keep their fingerprints.
+    package var debugDescription: String {
+        switch source {
+        case .catalog(let name): "I2VCore.LoRAChoice(name: \(String(reflecting: name)), scale: \(String(reflecting: scale)))"
+        case .url(let url): "I2VCore.LoRAChoice(url: \(String(reflecting: url)), scale: \(String(reflecting: scale)))"
+        }
     }
 }
 

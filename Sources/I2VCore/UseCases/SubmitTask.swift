@@ -25,6 +25,12 @@ package enum SubmitFailure: Error, Sendable, Equatable {
     case unusableWebhook(OutboundRefusal)
     /// A LoRA of the catalog that this job cannot use (another model's, a rank above the limit, gone).
     case unusableLoRA(name: String, reason: String)
+    /// A LoRA given by URL that was not stored: refused by the download, not a safetensors LoRA, or one
+    /// this job cannot use.
+    case unusableLoRAURL(url: String, failure: LoRAURLFailure)
+    /// The job's LoRAs together are more than the worker's one adapter holds: their ranks add up past
+    /// `I2V_LORA_MAX_RANK`.
+    case loraRanksAboveLimit(total: Int, limit: Int)
 
     package static let noWorkerNodeReason = "no worker node has registered with the task queue yet: start an `i2v-server worker` on the same database"
 
@@ -42,7 +48,8 @@ package struct SubmitTask: Sendable {
         /// How long a submit may take from taking its idempotency key to queuing its task (the image
         /// download is most of it); a reservation older than that belongs to a submit that died.
         package var idempotencyPatience: Duration = .seconds(90)
-        /// The highest LoRA rank the workers load (`I2V_LORA_MAX_RANK`).
+        /// The rank of the one adapter a worker holds a job's LoRAs in (`I2V_LORA_MAX_RANK`): the most the
+        /// ranks of a job's LoRAs may add up to.
         package var maxLoRARank: Int = 128
     }
 
@@ -61,6 +68,8 @@ package struct SubmitTask: Sendable {
     package let intake: ImageIntake
     package let models: ModelCatalogSource
     package let loras: any LoRACatalog
+    /// Where LoRAs given by URL are stored; nil where `I2V_LORA_URLS` is off.
+    package let loraURLs: (any LoRAURLStore)?
     package let queueChanged: DispatchSignal
     /// The free device memory and the cost per latent token, where the node can tell them.
     package let deviceMemory: @Sendable () async -> DeviceMemory?
@@ -139,7 +148,7 @@ package struct SubmitTask: Sendable {
             throw known ? SubmitFailure.noWorkerForModel(submission.model.lowercased()) : SubmitFailure.modelNotServed(submission.model)
         }
 
-        let loras = try await pinLoRAs(submission.loras, model: model.id)
+        let loras = try await pinLoRAs(submission.loras, model: model.id, logger: logger)
 
         var logger = logger
         logger[metadataKey: "requestId"] = "\(id)"
@@ -248,26 +257,72 @@ package struct SubmitTask: Sendable {
         return known
     }
 
+    /// Whether LoRAs may be given by URL (`I2V_LORA_URLS`).
+    package var acceptsLoRAURLs: Bool { loraURLs != nil }
+
     /// The LoRAs as the catalog has them now, each checked against the model and the rank limit from its
-    /// header, so a job the worker would refuse is refused before it waits in the queue.
-    private func pinLoRAs(_ choices: [LoRAChoice], model: String) async throws(SubmitFailure) -> [TaskLoRA] {
+    /// header, so a job the worker would refuse is refused before it waits in the queue. A LoRA given by URL
+    /// is downloaded into the catalog first (before the image: a refused LoRA costs no image download), and
+    /// then pinned like any other.
+    private func pinLoRAs(_ choices: [LoRAChoice], model: String, logger: Logger) async throws(SubmitFailure) -> [TaskLoRA] {
         var pinned: [TaskLoRA] = []
+        var ranks = 0
         for choice in choices {
-            guard let entry = await loras.entry(named: choice.name) else {
-                throw .unusableLoRA(name: choice.name, reason: "is not in the LoRA catalog (GET /loras lists it)")
+            let entry: LoRAEntry
+            switch choice.source {
+            case .catalog(let name):
+                guard let found = await loras.entry(named: name) else {
+                    throw .unusableLoRA(name: name, reason: "is not in the LoRA catalog (GET /loras lists it)")
+                }
+                if let problem = problem(with: found, model: model) { throw .unusableLoRA(name: name, reason: problem) }
+                entry = found
+            case .url(let url):
+                guard let loraURLs else {
+                    // The API layer refuses URLs when they are off; a submission built otherwise is refused too.
+                    throw .unusableLoRAURL(url: url, failure: LoRAURLFailure(.download, "LoRAs by URL are off on this server (I2V_LORA_URLS)"))
+                }
+                let maxRank = limits.maxLoRARank
+                let before = ranks
+                // Vetted before it is stored: a file this job cannot use is not kept.
+                let vet: @Sendable (LoRAEntry) -> String? = { entry in
+                    if let problem = Self.problem(with: entry, model: model, maxRank: maxRank) { return problem }
+                    guard before + entry.rank <= maxRank else {
+                        return
+                            "has rank \(entry.rank), which brings the job's LoRA ranks to \(before + entry.rank), above the limit of \(maxRank) (I2V_LORA_MAX_RANK)"
+                    }
+                    return nil
+                }
+                do {
+                    entry = try await loraURLs.store(url: url, vet: vet, logger: logger)
+                } catch {
+                    logger.info("LoRA URL refused", metadata: ["url": "\(url)", "cause": "\(error.cause.rawValue)", "reason": "\(error.reason)"])
+                    throw .unusableLoRAURL(url: url, failure: error)
+                }
             }
-            guard entry.fits(model: model) else {
-                // Only a LoRA whose width is known can fail to fit.
-                let width = entry.innerDimension.map { "\($0)" } ?? "?"
-                let fits = entry.models.isEmpty ? "" : ", made for \(entry.models.joined(separator: ", "))"
-                throw .unusableLoRA(name: choice.name, reason: "does not fit \(model): its layers are \(width) wide\(fits)")
-            }
-            guard entry.rank <= limits.maxLoRARank else {
-                throw .unusableLoRA(name: choice.name, reason: "has rank \(entry.rank), above the limit of \(limits.maxLoRARank) (I2V_LORA_MAX_RANK)")
-            }
+            ranks += entry.rank
             pinned.append(TaskLoRA(name: entry.name, scale: choice.scale, sha256: entry.sha256))
         }
+        // The worker holds a job's LoRAs together in one adapter of the limit's rank.
+        guard ranks <= limits.maxLoRARank else { throw .loraRanksAboveLimit(total: ranks, limit: limits.maxLoRARank) }
         return pinned
+    }
+
+    private func problem(with entry: LoRAEntry, model: String) -> String? {
+        Self.problem(with: entry, model: model, maxRank: limits.maxLoRARank)
+    }
+
+    /// Why a job of `model` cannot use the LoRA, from what its header says; nil when it can.
+    private static func problem(with entry: LoRAEntry, model: String, maxRank: Int) -> String? {
+        guard entry.fits(model: model) else {
+            // Only a LoRA whose width is known can fail to fit.
+            let width = entry.innerDimension.map { "\($0)" } ?? "?"
+            let fits = entry.models.isEmpty ? "" : ", made for \(entry.models.joined(separator: ", "))"
+            return "does not fit \(model): its layers are \(width) wide\(fits)"
+        }
+        guard entry.rank <= maxRank else {
+            return "has rank \(entry.rank), above the limit of \(maxRank) (I2V_LORA_MAX_RANK)"
+        }
+        return nil
     }
 
     /// Where the node can tell in advance that a job cannot fit in device memory, it is refused with the
@@ -282,7 +337,8 @@ package struct SubmitTask: Sendable {
 
     package init(
         queue: any TaskQueue, guards: any SubmitGuards, media: MediaStore, intake: ImageIntake, models: ModelCatalogSource,
-        loras: any LoRACatalog = EmptyLoRACatalog(), queueChanged: DispatchSignal, deviceMemory: @escaping @Sendable () async -> DeviceMemory?,
+        loras: any LoRACatalog = EmptyLoRACatalog(), loraURLs: (any LoRAURLStore)? = nil, queueChanged: DispatchSignal,
+        deviceMemory: @escaping @Sendable () async -> DeviceMemory?,
         metrics: ServiceMetrics, limits: Limits
     ) {
         self.queue = queue
@@ -291,6 +347,7 @@ package struct SubmitTask: Sendable {
         self.intake = intake
         self.models = models
         self.loras = loras
+        self.loraURLs = loraURLs
         self.queueChanged = queueChanged
         self.deviceMemory = deviceMemory
         self.metrics = metrics

@@ -15,9 +15,10 @@ package enum SubmitRequest {
 
     /// `served` holds what is known of the models (their sizes, longest clip, last-frame support): a field
     /// the chosen model cannot use is refused here, naming the model and what it takes. `loras` are the names
-    /// in the LoRA catalog.
+    /// in the LoRA catalog; `loraURLs` whether a LoRA may be given by URL instead.
     package static func validate(
-        _ body: JSONValue, modelIDs: [String], defaultModel: String, served: [ServedModel] = [], loras available: Set<String> = []
+        _ body: JSONValue, modelIDs: [String], defaultModel: String, served: [ServedModel] = [], loras available: Set<String> = [],
+        loraURLs: Bool = false
     ) throws(RequestValidationError) -> Submission {
         guard case .object(let fields) = body else {
             throw RequestValidationError(issues: [
@@ -68,7 +69,7 @@ package enum SubmitRequest {
         let seed = reader.optionalInteger("seed", in: 0...2_147_483_647)
         let negative = reader.string("negative_prompt", minLength: 0, maxLength: 500, default: defaultNegativePrompt)
         let webhook = reader.webhook()
-        let loras = reader.loras(available: available)
+        let loras = reader.loras(available: available, urls: loraURLs)
         guard reader.issues.isEmpty, let imageURL, let prompt, let model, let size, let numFrames, let guidance, let steps, let negative,
             let loras
         else {

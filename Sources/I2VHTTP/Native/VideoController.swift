@@ -45,7 +45,7 @@ package struct VideoController: Sendable {
             let catalog = try await submitTask.servedModels()
             let submission = try SubmitRequest.validate(
                 body, modelIDs: submitTask.askableModelIDs(catalog), defaultModel: catalog.defaultModel.id, served: catalog.models,
-                loras: await submitTask.knownLoRAs(FieldReader.loraNames(in: body.member("loras")))
+                loras: await submitTask.knownLoRAs(FieldReader.loraNames(in: body.member("loras"))), loraURLs: submitTask.acceptsLoRAURLs
             )
             let submitted = try await submitTask(
                 submission, owner: owner, idempotencyKey: request.headers[.idempotencyKey], logger: context.logger
@@ -103,6 +103,10 @@ package struct VideoController: Sendable {
             return APIError(.badRequest, refusal.reason)
         case .unusableLoRA(let name, let reason):
             return APIError(.badRequest, "LoRA \(name) \(reason)")
+        case .unusableLoRAURL(let url, let failure):
+            return APIError(.badRequest, "LoRA \(url) \(failure.reason)")
+        case .loraRanksAboveLimit(let total, let limit):
+            return APIError(.badRequest, "loras: their ranks add up to \(total), above the limit of \(limit) (I2V_LORA_MAX_RANK)")
         }
     }
 

@@ -46,7 +46,8 @@ package struct OpenAIVideosController: Sendable {
             defaultModel: catalog.defaultModel.id,
             fps: Dictionary(catalog.models.map { ($0.id, $0.fps) }, uniquingKeysWith: { first, _ in first }),
             served: catalog.models,
-            loras: await useCases.submit.knownLoRAs(FieldReader.loraNames(in: loras))
+            loras: await useCases.submit.knownLoRAs(FieldReader.loraNames(in: loras)),
+            loraURLs: useCases.submit.acceptsLoRAURLs
         )
     }
 
@@ -140,7 +141,7 @@ package struct OpenAIVideosController: Sendable {
                 return OpenAIError(.serviceUnavailable, reason, code: "no_worker_node", headers: [.retryAfter: "10"])
             case .unusableWebhook:
                 return OpenAIError(.badRequest, reason, param: "webhook_url", code: "invalid_webhook_url")
-            case .unusableLoRA:
+            case .unusableLoRA, .unusableLoRAURL, .loraRanksAboveLimit:
                 return OpenAIError(.badRequest, reason, param: "loras", code: "unusable_lora")
             }
         case let failure as VideoFormFailure:

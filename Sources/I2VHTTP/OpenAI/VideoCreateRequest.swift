@@ -31,9 +31,14 @@ package enum VideoCreateRequest {
         package var served: [ServedModel]
         /// The names in the LoRA catalog.
         package var loras: Set<String>
+        /// Whether a LoRA may be given by URL (`I2V_LORA_URLS`).
+        package var loraURLs: Bool
 
-        package init(ids: [String], defaultModel: String, fps: [String: Int], served: [ServedModel] = [], loras: Set<String> = []) {
+        package init(
+            ids: [String], defaultModel: String, fps: [String: Int], served: [ServedModel] = [], loras: Set<String> = [], loraURLs: Bool = false
+        ) {
             self.loras = loras
+            self.loraURLs = loraURLs
             self.ids = ids
             self.defaultModel = defaultModel
             self.fps = fps
@@ -135,13 +140,15 @@ package enum VideoCreateRequest {
         var ordered: [[String: JSONValue]] = []
         var seen: [String: Int] = [:]
         for field in form.loraFields {
-            // loras[<index or nothing>][name|scale]
+            // loras[<index or nothing>][name|url|scale]
             let parts = field.name.dropFirst("loras[".count).split(separator: "]", omittingEmptySubsequences: false)
-            guard parts.count == 3, parts[2].isEmpty, parts[1].hasPrefix("["), case let key = String(parts[1].dropFirst()), key == "name" || key == "scale",
+            guard parts.count == 3, parts[2].isEmpty, parts[1].hasPrefix("["), case let key = String(parts[1].dropFirst()),
+                key == "name" || key == "url" || key == "scale",
                 parts[0].isEmpty || Int(parts[0]).map({ (0..<100).contains($0) }) == true
             else {
                 throw OpenAIError(
-                    .badRequest, "unknown form field \(field.name): a LoRA is loras[][name] and loras[][scale]", param: "loras", code: "invalid_value"
+                    .badRequest, "unknown form field \(field.name): a LoRA is loras[][name] (or loras[][url]) and loras[][scale]", param: "loras",
+                    code: "invalid_value"
                 )
             }
             let value = key == "scale" ? number(field.value) : .string(field.value)
@@ -149,9 +156,11 @@ package enum VideoCreateRequest {
                 numbered[index, default: [:]][key] = value
             } else {
                 // The n-th `loras[][name]` is the n-th LoRA's, whether the fields come LoRA by LoRA or, as the
-                // OpenAI SDK sends them, key by key. A LoRA left without a scale is thus only safe last.
-                let index = seen[key, default: 0]
-                seen[key] = index + 1
+                // OpenAI SDK sends them, key by key. A LoRA left without a scale is thus only safe last. A name
+                // and a url each start a LoRA, so they count as one key.
+                let counted = key == "url" ? "name" : key
+                let index = seen[counted, default: 0]
+                seen[counted] = index + 1
                 if index == ordered.count { ordered.append([:]) }
                 ordered[index][key] = value
             }
@@ -245,7 +254,7 @@ package enum VideoCreateRequest {
             frames = 81
         }
         let webhook = reader.webhook()
-        let loras = reader.loras(available: models.loras)
+        let loras = reader.loras(available: models.loras, urls: models.loraURLs)
         guard reader.issues.isEmpty, let prompt, let model, let size, let frames, let guidance, let steps, let negative, let loras else {
             throw OpenAIError.invalidRequest(reader.issues)
         }

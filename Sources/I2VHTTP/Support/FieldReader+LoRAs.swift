@@ -16,9 +16,11 @@ extension FieldReader {
     package static let loraScales: ClosedRange<Double> = 0.0...2.0
 
     /// `loras`: a list of `{"name": …, "scale": …}`, each naming a LoRA of the catalog (`available`) once, with a
-    /// scale from 0 to 2 (1 when left out). Absent, `null` and `[]` are no LoRAs. Each problem is an issue at
-    /// its place in the list (`loras`, `loras[1].scale`), as pydantic reports nested fields.
-    package mutating func loras(available: Set<String>) -> [LoRAChoice]? {
+    /// scale from 0 to 2 (1 when left out). With `urls` (`I2V_LORA_URLS`) an item may give an http(s) `url`
+    /// instead of a `name` (exactly one of them); without, a `url` is an issue at its place. Absent, `null` and
+    /// `[]` are no LoRAs. Each problem is an issue at its place in the list (`loras`, `loras[1].scale`), as
+    /// pydantic reports nested fields.
+    package mutating func loras(available: Set<String>, urls: Bool = false) -> [LoRAChoice]? {
         let name = "loras"
         guard let value = fields[name], value != .null else { return [] }
         guard case .array(let items) = value else {
@@ -42,7 +44,28 @@ extension FieldReader {
                 continue
             }
             var reader = FieldReader(fields: fields)
-            let loraName = reader.string("name", minLength: 1, maxLength: nil, default: nil)
+            var source: LoRAChoice.Source?
+            var loraName: String?
+            if let url = fields["url"], url != .null {
+                if !urls {
+                    reader.issues.append(
+                        ValidationIssue(
+                            "value_error", field: "url", "LoRAs by URL are off on this server (I2V_LORA_URLS); name a LoRA of the catalog (GET /loras)",
+                            input: url
+                        ))
+                } else if fields["name"] != nil {
+                    reader.issues.append(ValidationIssue("value_error", field: "url", "Give a LoRA either a name or a url, not both", input: url))
+                } else if let url = reader.url("url") {
+                    if choices.contains(where: { $0.source == .url(url) }) {
+                        reader.issues.append(
+                            ValidationIssue("value_error", field: "url", "LoRA url '\(url)' is given twice; give each LoRA once", input: .string(url)))
+                    }
+                    source = .url(url)
+                }
+            } else {
+                loraName = reader.string("name", minLength: 1, maxLength: nil, default: nil)
+                source = loraName.map { .catalog($0) }
+            }
             let scale = reader.number("scale", in: Self.loraScales, default: 1.0)
             if let loraName, !available.contains(loraName) {
                 let listed = available.isEmpty ? "the LoRA catalog is empty" : "GET /loras lists the catalog"
@@ -58,11 +81,11 @@ extension FieldReader {
                 nested.loc = under + Array(issue.loc.dropFirst())
                 return nested
             }
-            guard reader.issues.isEmpty, let loraName, let scale else {
+            guard reader.issues.isEmpty, let source, let scale else {
                 valid = false
                 continue
             }
-            choices.append(LoRAChoice(name: loraName, scale: scale))
+            choices.append(LoRAChoice(source: source, scale: scale))
         }
         return valid ? choices : nil
     }
