@@ -1,14 +1,15 @@
 """B9: LoRAs per request on the demo model on the CPU: what switching LoRA sets costs a warm worker, against loading
 the pipeline again, and what a job with one LoRA costs against one without.
 
-One child process of the worker's Python: it builds the demo checkpoint and a few demo user LoRAs, loads the engine
-(eager, one slot), then times
-- *reload*: `Engine.load` again (load + warm-up), what a worker per LoRA set would pay to change sets;
-- *switch, new*: a job's set changed to a LoRA not loaded yet (header checks, SHA-256, parse, PEFT load,
-  `set_adapters`), median over several LoRAs;
-- *switch, cached*: the set changed between two loaded LoRAs (`set_adapters` only), median;
-- *job*: the same job (160x96, 17 frames, 8 steps) without a LoRA and with one (rank 8), alternating, medians and
-  their ratio.
+One child process of the worker's Python: it builds the demo checkpoint and a few demo user LoRAs (rank 8), times
+`Engine.load` again (load + warm-up: what a worker per LoRA set would pay to change sets), then, on an eager engine
+and on a compiled one (`I2V_COMPILE=1`, regional compilation), each with a LoRA slot of rank 16 and one job slot:
+- *switch, new*: a job's set changed to a LoRA not cached yet (header checks, SHA-256, parse, read through
+  diffusers' loader, fill the slot), median over several LoRAs;
+- *switch, cached*: the set changed between two cached LoRAs (fill the slot only), median;
+- *job*: the same job (160x96, 17 frames, 8 steps) without a LoRA and with one, alternating, medians and their ratio;
+- on the compiled engine, how many graphs dynamo compiled during all of that after the first two jobs (two LoRAs at
+  once and none again included): a set change that recompiled would show here.
 
 The demo's transformer is tiny (width 24), so the LoRA's share of the work says little about a 14B model on a GPU;
 the table says so.
@@ -19,6 +20,7 @@ the table says so.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -35,7 +37,8 @@ WORKER = BENCH.parent / "worker"
 
 WIDTH, HEIGHT, FRAMES, STEPS, SEED = 160, 96, 17, 8, 42
 NEW_LORAS = 4
-CAVEAT = "demo model (transformer width 24), fp32 on the CPU, eager: says nothing about a 14B model on a GPU"
+RANK = 16  # the slot: two rank-8 LoRAs at once
+CAVEAT = "demo model (transformer width 24), fp32 on the CPU: says nothing about a 14B model on a GPU"
 
 
 def _child(base: Path, rounds: int) -> dict[str, Any]:
@@ -44,6 +47,7 @@ def _child(base: Path, rounds: int) -> dict[str, Any]:
 
     logging.disable(logging.WARNING)
     from PIL import Image
+    from torch._dynamo.utils import counters
 
     from i2v_worker import demo
     from i2v_worker.loras import LoraRequest, file_sha256
@@ -55,43 +59,54 @@ def _child(base: Path, rounds: int) -> dict[str, Any]:
     paths = [base / f"style{i}.safetensors" for i in range(NEW_LORAS + 1)]
     for index, path in enumerate(paths):
         demo.build_style_lora(path, rank=8, seed=100 + index)
-    settings = Settings(model_path=str(model), device="cpu", slots=1)
+    settings = Settings(model_path=str(model), device="cpu", slots=1, lora_max_rank=RANK)
     Engine.load(settings)  # files into the page cache
     started = time.monotonic()
-    engine = Engine.load(settings)
+    eager = Engine.load(settings)
     reload_seconds = time.monotonic() - started
+    image = Image.new("RGB", (WIDTH, HEIGHT), (90, 120, 150))
 
     def request(path: Path) -> LoraRequest:
         return LoraRequest(name=path.stem, path=str(path), scale=1.0, sha256=file_sha256(str(path)))
 
-    def switch(loras: tuple[LoraRequest, ...]) -> float:
-        begun = time.monotonic()
-        with engine.loras.active_for(engine.loras.prepare(loras), cancelled=threading.Event(), steps=1):
-            pass
-        return time.monotonic() - begun
-
-    new = [switch((request(path),)) for path in paths[:NEW_LORAS]]
-    cached = [switch((request(paths[i % 2]),)) for i in range(2 * rounds + 2)]
-    image = Image.new("RGB", (WIDTH, HEIGHT), (90, 120, 150))
-
-    def job(loras: tuple[LoraRequest, ...]) -> float:
-        cancelled = threading.Event()
-        with engine.loras.active_for(engine.loras.prepare(loras), cancelled=cancelled, steps=STEPS):
+    def measure(engine: Engine, first_before: int) -> dict[str, Any]:
+        def switch(loras: tuple[LoraRequest, ...]) -> float:
             begun = time.monotonic()
-            engine.generate(
-                image=image, prompt="a cat", negative_prompt="", width=WIDTH, height=HEIGHT, num_frames=FRAMES,
-                infer_steps=STEPS, guidance_scale=3.0, seed=SEED, on_step=lambda step, total: None,
-                cancelled=cancelled,
-            )  # fmt: skip
+            with engine.loras.active_for(engine.loras.prepare(loras), cancelled=threading.Event(), steps=1):
+                pass
             return time.monotonic() - begun
 
-    with_lora = (request(paths[-1]),)
-    job(()), job(with_lora)  # untimed: first runs
-    plain, styled = [], []
-    for _ in range(rounds):
-        plain.append(job(()))
-        styled.append(job(with_lora))
-    return {"reload": reload_seconds, "new": new, "cached": cached, "plain": plain, "styled": styled}
+        def job(loras: tuple[LoraRequest, ...]) -> float:
+            cancelled = threading.Event()
+            with engine.loras.active_for(engine.loras.prepare(loras), cancelled=cancelled, steps=STEPS):
+                begun = time.monotonic()
+                engine.generate(
+                    image=image, prompt="a cat", negative_prompt="", width=WIDTH, height=HEIGHT, num_frames=FRAMES,
+                    infer_steps=STEPS, guidance_scale=3.0, seed=SEED, on_step=lambda step, total: None,
+                    cancelled=cancelled,
+                )  # fmt: skip
+                return time.monotonic() - begun
+
+        with_lora = (request(paths[-1]),)
+        job(()), job(with_lora)  # untimed: first runs (a compiled engine compiles here)
+        compiled_before = counters["stats"]["unique_graphs"]
+        new = [switch((request(path),)) for path in paths[:NEW_LORAS]]
+        cached = [switch((request(paths[i % 2]),)) for i in range(2 * rounds + 2)]
+        plain, styled = [], []
+        for _ in range(rounds):
+            plain.append(job(()))
+            styled.append(job(with_lora))
+        job((request(paths[0]), request(paths[1])))  # two at once, then none again: still no compile
+        job(())
+        compiles = counters["stats"]["unique_graphs"] - compiled_before
+        first = compiled_before - first_before
+        return {"new": new, "cached": cached, "plain": plain, "styled": styled, "compiles": compiles, "first": first}
+
+    eager_figures = measure(eager, counters["stats"]["unique_graphs"])
+    del eager
+    loaded_before = counters["stats"]["unique_graphs"]
+    compiled_figures = measure(Engine.load(dataclasses.replace(settings, compile="on")), loaded_before)
+    return {"reload": reload_seconds, "eager": eager_figures, "compiled": compiled_figures}
 
 
 def bench_b9(ctx: Any) -> None:
@@ -111,15 +126,20 @@ def bench_b9(ctx: Any) -> None:
     if hasattr(ctx, "raw"):
         ctx.raw["B9"] = raw
     reload_s = raw["reload"]
-    new, cached = statistics.median(raw["new"]), statistics.median(raw["cached"])
-    plain, styled = statistics.median(raw["plain"]), statistics.median(raw["styled"])
-    ctx.row("B9", "reload the pipeline (Engine.load: load + warm-up)", f"{reload_s:.2f} s", CAVEAT)
-    ctx.row("B9", f"switch to a new LoRA set (check, hash, load, set), median of {len(raw['new'])}",
-            f"{new * 1000:.1f} ms, {reload_s / new:.0f}x faster than a reload", "rank 8, one LoRA")  # fmt: skip
-    ctx.row("B9", f"switch between loaded sets (set_adapters), median of {len(raw['cached'])}",
-            f"{cached * 1000:.1f} ms, {reload_s / cached:.0f}x faster than a reload", "")  # fmt: skip
-    ctx.row("B9", f"job with one LoRA vs none ({WIDTH}x{HEIGHT}, {FRAMES} frames, {STEPS} steps), median of {rounds}",
-            f"{styled:.2f} s vs {plain:.2f} s, ratio {styled / plain:.3f}", "rank 8 on the attention and feed-forward layers")  # fmt: skip
+    ctx.row("B9", "reload the pipeline (Engine.load: load + warm-up, eager)", f"{reload_s:.2f} s", CAVEAT)
+    for kind in ("eager", "compiled"):
+        figures = raw[kind]
+        new, cached = statistics.median(figures["new"]), statistics.median(figures["cached"])
+        plain, styled = statistics.median(figures["plain"]), statistics.median(figures["styled"])
+        ctx.row("B9", f"{kind}: switch to a new LoRA set (check, hash, read, fill the slot), median of {len(figures['new'])}",
+                f"{new * 1000:.1f} ms, {reload_s / new:.0f}x faster than a reload", "rank 8, one LoRA")  # fmt: skip
+        ctx.row("B9", f"{kind}: switch between cached sets (fill the slot), median of {len(figures['cached'])}",
+                f"{cached * 1000:.1f} ms, {reload_s / cached:.0f}x faster than a reload", "")  # fmt: skip
+        ctx.row("B9", f"{kind}: job with one LoRA vs none ({WIDTH}x{HEIGHT}, {FRAMES} frames, {STEPS} steps), median of {len(figures['plain'])}",
+                f"{styled:.2f} s vs {plain:.2f} s, ratio {styled / plain:.3f}", f"slot of rank {RANK} on every linear layer")  # fmt: skip
+    compiles, first = raw["compiled"]["compiles"], raw["compiled"]["first"]
+    ctx.row("B9", "compiled: graphs dynamo compiled during the switches and jobs after the first two jobs", str(compiles),
+            f"dynamo's unique_graphs counter (the load's warm-up and the first two jobs compiled {first}); 0: no set change recompiled")  # fmt: skip
 
 
 class _Table:

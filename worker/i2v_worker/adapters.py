@@ -1,12 +1,27 @@
-"""LoRAs per request on the loaded pipeline: loads each LoRA once as a PEFT adapter of the transformer (both
-experts of a two-expert model), keeps the loaded ones in a bounded LRU cache, and sets a job's set as the active
-adapters with their scales. Jobs with different sets never share the pipeline: `LoraAdapters.active_for` admits a
-job through the set gate of loras.py, which switches the set only while no job runs.
+"""LoRAs per request on the loaded pipeline, without reloading or recompiling anything when the set changes.
 
-Why named adapters rather than hotswapping: diffusers' hotswap (`enable_lora_hotswap` + `load_lora_weights(...,
-hotswap=True)`) overwrites the weights of one already loaded adapter in place, so a compiled transformer keeps its
-graph; it keeps no other adapter. A cache of several adapters, any of which a job may combine, needs one adapter
-per LoRA, and `set_adapters` to choose among them; see worker/README.md for what that means with compilation.
+Each transformer (both experts of a two-expert model) gets one PEFT adapter, the slot: a LoRA of rank
+`I2V_LORA_MAX_RANK` on every linear layer, at scaling 1. A job's LoRAs are copied into it side by side along the
+rank (LoRA i in rows offset_i..offset_i + r_i of the down projection and the same columns of the up projection),
+each LoRA's PEFT scaling and the job's scale folded into its up projection and bias, the rest zero. So
+
+    W x + up_slot (down_slot x) + bias_slot = W x + sum_i scale_i * s_i * (B_i (A_i x) + b_i),
+
+which is what `set_adapters` over one adapter per LoRA computes. The modules, adapter names and scalings never
+change after the slot is made, only the values in its tensors (copied in place), so a compiled transformer keeps its
+graph: dynamo's guards see the same modules and the same Python values for every set. The cost is the slot itself:
+its memory and its matmuls run on every step, LoRAs or not (a compiled worker makes it at start, before its blocks
+are compiled, and runs it with zeros when a job has no LoRA; an eager worker makes it at its first LoRA job and
+turns it off for jobs without one).
+
+A LoRA is read once through diffusers' loader (which knows the published key layouts), into a temporary adapter
+whose per-layer weights are copied out and the adapter deleted; those copies are the LRU cache (`I2V_LORA_CACHE`).
+Jobs with different sets never share the pipeline: `LoraAdapters.active_for` admits a job through the set gate of
+loras.py, which switches the set only while no job runs.
+
+Why not diffusers' hotswap (`enable_lora_hotswap` + `load_lora_weights(..., hotswap=True)`): it pads one loaded
+adapter to a target rank and overwrites it in place, which is the same idea for one LoRA; it keeps no other
+LoRA and cannot hold a job's several LoRAs in one adapter, so combining and caching are done here.
 """
 
 from __future__ import annotations
@@ -14,6 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,10 +42,13 @@ from .loras import set_key as key_of
 
 logger = logging.getLogger("i2v_worker")
 
+SLOT = "i2v_loras"  # the one adapter every job's LoRAs are copied into
+INCOMING = "i2v_incoming"  # a LoRA being read, deleted once its weights are copied out
+
 
 @dataclass(frozen=True, kw_only=True)
 class PreparedSet:
-    """A job's LoRAs after the checks that need no model: their state dicts read where not loaded yet."""
+    """A job's LoRAs after the checks that need no model: their state dicts read where not cached yet."""
 
     loras: tuple[LoraRequest, ...]
     state_dicts: dict[str, dict[str, Any]]  # adapter name -> tensors, for the LoRAs not in the cache when checked
@@ -39,12 +58,31 @@ class PreparedSet:
         return tuple(LoraUsed(name=lora.name, scale=lora.scale, sha256=lora.sha256) for lora in self.loras)
 
 
+@dataclass(frozen=True, kw_only=True)
+class LayerDelta:
+    """One layer of a LoRA, ready to copy into the slot: its PEFT scaling is already in `up` and `bias`."""
+
+    down: Any  # rank x in
+    up: Any  # out x rank
+    bias: Any | None  # out
+
+
+@dataclass(frozen=True, kw_only=True)
+class CachedLora:
+    """A LoRA read and taken apart per layer, for each transformer (module name -> delta)."""
+
+    lora: LoraRequest
+    rank: int
+    layers: tuple[dict[str, LayerDelta], ...]
+
+
 def _refuse(lora: LoraRequest, exc: Exception) -> BadInput:
     return BadInput(f"LoRA {lora.name!r}: {exc}")
 
 
 class LoraAdapters:
-    """The pipeline's user LoRAs: an LRU cache of loaded adapters and the gate that keeps sets apart."""
+    """The pipeline's user LoRAs: the slot adapter, an LRU cache of LoRAs taken apart per layer, and the gate that
+    keeps sets apart."""
 
     def __init__(self, pipe: Any, *, experts: int, max_rank: int, cache_size: int, compiled: bool = False) -> None:
         self.pipe = pipe
@@ -53,46 +91,69 @@ class LoraAdapters:
         self.max_rank = max_rank
         self.cache_size = max(cache_size, 1)
         self.gate = SetGate()
-        self._loaded: OrderedDict[str, LoraRequest] = OrderedDict()  # adapter name -> its LoRA, least recent first
-        self._lock = threading.Lock()  # guards _loaded against the prepare of another job
+        self._cache: OrderedDict[str, CachedLora] = OrderedDict()  # adapter name -> LoRA, least recent first
+        self._lock = threading.Lock()  # guards _cache against the prepare of another job
+        self._slots: list[dict[str, Any]] | None = None  # per transformer: module name -> its LoRA layer
+        self._unavailable: str | None = None  # why this worker takes no LoRAs, if it cannot
+        if compiled:
+            try:
+                self._make_slots()  # before the first call compiles the blocks: their graph includes it
+            except (ValueError, RuntimeError, TypeError, AttributeError, NotImplementedError) as exc:
+                # Layers PEFT cannot wrap (quantized weights of some kinds): serve jobs without LoRAs all the same.
+                self._drop(SLOT)
+                self._slots = None
+                self._unavailable = _first_line(exc)
+                logger.warning("no LoRA slot, jobs with LoRAs are refused: %s", self._unavailable)
 
     def loaded(self) -> list[str]:
+        """The cached LoRAs' adapter names, least recently used first."""
         with self._lock:
-            return list(self._loaded)
+            return list(self._cache)
 
     def prepare(self, loras: tuple[LoraRequest, ...]) -> PreparedSet:
         """Checks a job's LoRAs before it waits for the pipeline (raises BadInput naming the LoRA): the request's
-        limits, then for each LoRA not loaded yet its header, its sha256 and its tensors (read once)."""
+        limits, then for each LoRA not cached its header, its sha256 and its tensors (read once), then that their
+        ranks fit the slot together."""
         try:
             check_request(loras)
         except LoraError as exc:
             raise BadInput(str(exc)) from None
+        if loras and self._unavailable is not None:
+            raise BadInput(f"loras: this worker cannot hold LoRAs ({self._unavailable})")
         state_dicts: dict[str, dict[str, Any]] = {}
+        total = 0
         for lora in loras:
             with self._lock:
-                if lora.adapter_name in self._loaded:
-                    continue  # the adapter is the file of this sha256: nothing to read
-            state_dicts[lora.adapter_name] = self._read(lora)
+                cached = self._cache.get(lora.adapter_name)
+            if cached is not None:
+                total += cached.rank  # the file of this sha256: nothing to read
+                continue
+            rank, state_dicts[lora.adapter_name] = self._read(lora)
+            total += rank
+        if total > self.max_rank:
+            raise BadInput(
+                f"loras: their ranks add up to {total}, above this worker's limit of {self.max_rank} (I2V_LORA_MAX_RANK)"
+            )
         return PreparedSet(loras=loras, state_dicts=state_dicts)
 
-    def _read(self, lora: LoraRequest) -> dict[str, Any]:
+    def _read(self, lora: LoraRequest) -> tuple[int, dict[str, Any]]:
         from safetensors import SafetensorError
         from safetensors.torch import load
 
         try:
-            check_header(lora.path, max_rank=self.max_rank)
+            header = check_header(lora.path, max_rank=self.max_rank)
             data = read_verified(lora.path, lora.sha256)
         except LoraError as exc:
             raise _refuse(lora, exc) from None
         try:
-            return load(data)
+            return header.rank, load(data)
         except (SafetensorError, ValueError, RuntimeError) as exc:
             raise _refuse(lora, LoraError(f"not a readable safetensors file ({exc})")) from None
 
     @contextmanager
     def active_for(self, prepared: PreparedSet, *, cancelled: threading.Event, steps: int) -> Iterator[None]:
-        """The body runs with the pipeline's active adapters set to the job's LoRAs, and no job of another set runs
-        meanwhile. A job cancelled while it waits raises Cancelled (step 0)."""
+        """The body runs with the slot holding the job's LoRAs, and no job of another set runs meanwhile. A job
+        cancelled while it waits raises Cancelled (step 0)."""
 
         def on_cancel() -> None:
             raise Cancelled(0, steps)
@@ -104,80 +165,180 @@ class LoraAdapters:
             yield
 
     def _switch(self, prepared: PreparedSet) -> None:
-        """Makes `prepared` the active set; runs while no job uses the pipeline. Loads what is missing (evicting the
-        least recently used adapters outside the set once it is loaded), then sets the adapters and their scales."""
+        """Makes `prepared` the slot's set; runs while no job uses the pipeline. Reads what is not cached (evicting
+        the least recently used LoRAs outside the set once it is read), then fills the slot."""
         started = time.monotonic()
         wanted = sorted(prepared.loras, key=lambda lora: lora.sha256)  # one order for every job: the same sums
-        names = [lora.adapter_name for lora in wanted]
-        loaded = 0
+        parts: list[tuple[CachedLora, float]] = []
+        read = 0
         try:
             for lora in wanted:
-                if lora.adapter_name in self._loaded:
+                with self._lock:
+                    cached = self._cache.get(lora.adapter_name)
+                    if cached is not None:
+                        self._cache.move_to_end(lora.adapter_name)
+                if cached is None:
+                    state_dict = prepared.state_dicts.get(lora.adapter_name)
+                    if state_dict is None:  # evicted since the job was checked: read (and check) it again
+                        state_dict = self._read(lora)[1]
+                    cached = self._take_apart(lora, state_dict)
                     with self._lock:
-                        self._loaded.move_to_end(lora.adapter_name)
-                    continue
-                state_dict = prepared.state_dicts.get(lora.adapter_name)
-                if state_dict is None:  # evicted since the job was checked: read (and check) it again
-                    state_dict = self._read(lora)
-                self._load(lora, state_dict)
-                loaded += 1
-            # After the loads, so a LoRA that fails to load costs the cache nothing (one adapter over, meanwhile).
-            self._evict(keep=set(names))
-            if names:
-                self.pipe.enable_lora()
-                self.pipe.set_adapters(names, adapter_weights=[lora.scale for lora in wanted])
-            elif self._loaded:
-                self.pipe.disable_lora()
+                        self._cache[lora.adapter_name] = cached
+                    read += 1
+                parts.append((cached, lora.scale))
+            self._evict(keep={lora.adapter_name for lora in wanted})
+            self._fill(parts)
         except BaseException:
-            if self._loaded:
-                self.pipe.disable_lora()  # whichever adapters were set, none is active now
+            self._fill([])  # whatever was copied, the slot adds nothing now
             raise
-        if self.compiled:
-            # The blocks' guards see other adapter layers: the next call recompiles (after dynamo's limit, eager).
-            logger.warning("lora set switched on compiled blocks: the next job recompiles them")
         logger.info(
-            "lora set: %s (loaded %d, cached %d) in %.2f s",
-            describe_set(prepared.loras), loaded, len(self._loaded), time.monotonic() - started,
+            "lora set: %s (read %d, cached %d) in %.2f s",
+            describe_set(prepared.loras), read, len(self._cache), time.monotonic() - started,
         )  # fmt: skip
 
     def _evict(self, *, keep: set[str]) -> None:
-        while len(self._loaded) > self.cache_size:
-            victim = next((name for name in self._loaded if name not in keep), None)
-            if victim is None:
-                return  # the set itself is larger than the cache: hold it all
-            self.pipe.delete_adapters(victim)
-            with self._lock:
-                lora = self._loaded.pop(victim)
-            logger.info("lora evicted: %s (%s)", lora.name, lora.sha256[:12])
-
-    def _load(self, lora: LoraRequest, state_dict: dict[str, Any]) -> None:
-        """Loads one adapter into the transformer (and the second expert); refuses, leaving nothing of it loaded, a
-        LoRA none of whose layers, or not all of whose shapes, fit the model."""
-        name = lora.adapter_name
-        try:
-            # diffusers converts the layout it reads in place: each expert gets its own copy of the dict.
-            self.pipe.load_lora_weights(dict(state_dict), adapter_name=name)
-            if self.experts > 1:
-                self.pipe.load_lora_weights(dict(state_dict), adapter_name=name, load_into_transformer_2=True)
-        except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
-            self._drop(name)
-            raise _refuse(lora, LoraError(f"does not fit this model: {_first_line(exc)}")) from None
-        missing = [model for model in self._transformers() if name not in getattr(model, "peft_config", {})]
-        if missing:
-            self._drop(name)
-            raise _refuse(lora, LoraError("does not fit this model: none of its layers matches a layer of it"))
         with self._lock:
-            self._loaded[name] = lora
-        logger.info("lora loaded: %s (%s) as %s", lora.name, lora.sha256[:12], name)
+            while len(self._cache) > self.cache_size:
+                victim = next((name for name in self._cache if name not in keep), None)
+                if victim is None:
+                    return  # the set itself is larger than the cache: hold it all
+                lora = self._cache.pop(victim).lora
+                logger.info("lora evicted: %s (%s)", lora.name, lora.sha256[:12])
 
     def _transformers(self) -> list[Any]:
         return [m for m in (self.pipe.transformer, getattr(self.pipe, "transformer_2", None)) if m is not None]
 
+    def _make_slots(self) -> None:
+        """Adds the slot adapter to every linear layer of each transformer, zeroed, and makes it the active one."""
+        import torch
+        from peft import LoraConfig
+
+        slots: list[dict[str, Any]] = []
+        for transformer in self._transformers():
+            targets = [name for name, module in transformer.named_modules() if isinstance(module, torch.nn.Linear)]
+            config = LoraConfig(
+                r=self.max_rank, lora_alpha=self.max_rank, target_modules=targets, lora_bias=True,
+                init_lora_weights=False,
+            )  # fmt: skip
+            transformer.add_adapter(config, adapter_name=SLOT)
+            layers = {name: module for name, module in transformer.named_modules() if SLOT in _lora_a(module)}
+            dtype = next(transformer.parameters()).dtype
+            for layer in layers.values():
+                for part in (layer.lora_A[SLOT], layer.lora_B[SLOT]):
+                    part.to(dtype=dtype if dtype.is_floating_point and dtype.itemsize >= 2 else torch.float32)
+                    part.requires_grad_(False)
+            slots.append(layers)
+        self._slots = slots
+        self._fill([])
+        self._activate()
+        logger.info(
+            "lora slot: rank %d on %s linear layers", self.max_rank, " + ".join(str(len(layers)) for layers in slots)
+        )
+
+    def _activate(self) -> None:
+        """The slot alone active at scaling 1, the same Python state after every change (dynamo guards on it)."""
+        for transformer in self._transformers():
+            transformer.set_adapters([SLOT], weights=[1.0])
+
+    def _fill(self, parts: list[tuple[CachedLora, float]]) -> None:
+        """Copies `parts` (LoRA, scale) into the slot side by side along the rank; zero everywhere else."""
+        import torch
+
+        if self._slots is None:
+            if not parts:
+                return  # no slot yet and nothing to hold: the base weights alone
+            self._make_slots()
+        assert self._slots is not None
+        with torch.no_grad():
+            for index, layers in enumerate(self._slots):
+                for layer in layers.values():
+                    layer.lora_A[SLOT].weight.zero_()
+                    layer.lora_B[SLOT].weight.zero_()
+                    layer.lora_B[SLOT].bias.zero_()
+                offset = 0
+                for cached, scale in parts:
+                    for name, delta in cached.layers[index].items():
+                        layer = layers[name]
+                        rank = delta.down.shape[0]
+                        layer.lora_A[SLOT].weight[offset : offset + rank].copy_(delta.down)
+                        layer.lora_B[SLOT].weight[:, offset : offset + rank].copy_(delta.up * scale)
+                        if delta.bias is not None:
+                            layer.lora_B[SLOT].bias.add_(delta.bias.to(layer.lora_B[SLOT].bias.dtype) * scale)
+                    offset += cached.rank
+        if not self.compiled:
+            # Eager: a job without LoRAs runs the base weights alone (bit-identical to a worker without LoRAs).
+            for transformer in self._transformers():
+                (transformer.enable_adapters if parts else transformer.disable_adapters)()
+
+    def _take_apart(self, lora: LoraRequest, state_dict: dict[str, Any]) -> CachedLora:
+        """Reads a LoRA through diffusers' loader into a temporary adapter and copies its layers out; refuses,
+        leaving nothing of it behind, a LoRA none of whose layers, or not all of whose shapes, fit the model, or
+        one with layers the slot does not cover (not linear) or of a kind it cannot hold (DoRA)."""
+        if self._slots is None:
+            self._make_slots()
+        assert self._slots is not None
+        with warnings.catch_warnings():
+            # PEFT warns that the model already has an adapter (the slot) and, at the delete, that the slot is the
+            # active one again: both are the point here.
+            warnings.filterwarnings(
+                "ignore", message=r".*(peft_config|was active which is now deleted)", category=UserWarning
+            )
+            return self._read_through_loader(lora, state_dict)
+
+    def _read_through_loader(self, lora: LoraRequest, state_dict: dict[str, Any]) -> CachedLora:
+        try:
+            try:
+                # diffusers converts the layout it reads in place: each expert gets its own copy of the dict.
+                self.pipe.load_lora_weights(dict(state_dict), adapter_name=INCOMING)
+                if self.experts > 1:
+                    self.pipe.load_lora_weights(dict(state_dict), adapter_name=INCOMING, load_into_transformer_2=True)
+            except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as exc:
+                raise _refuse(lora, LoraError(f"does not fit this model: {_first_line(exc)}")) from None
+            layers = tuple(self._copy_out(lora, transformer) for transformer in self._transformers())
+        finally:
+            self._drop(INCOMING)
+            self._activate()
+        rank = max((delta.down.shape[0] for per in layers for delta in per.values()), default=0)
+        logger.info("lora read: %s (%s), rank %d, %d layers", lora.name, lora.sha256[:12], rank, len(layers[0]))
+        return CachedLora(lora=lora, rank=rank, layers=layers)
+
+    def _copy_out(self, lora: LoraRequest, transformer: Any) -> dict[str, LayerDelta]:
+        import torch
+
+        layers: dict[str, LayerDelta] = {}
+        with torch.no_grad():
+            for name, module in transformer.named_modules():
+                if INCOMING not in _lora_a(module):
+                    continue
+                if SLOT not in module.lora_A:
+                    raise _refuse(
+                        lora, LoraError(f"its layer {name} is not a linear layer, which the worker's LoRA slot covers")
+                    )
+                if INCOMING in getattr(module, "lora_variant", {}):
+                    raise _refuse(lora, LoraError(f"its layer {name} is a DoRA or other LoRA variant, not supported"))
+                scaling = float(module.scaling[INCOMING])
+                slot_a = module.lora_A[SLOT].weight
+                down = module.lora_A[INCOMING].weight
+                up = module.lora_B[INCOMING].weight
+                bias = module.lora_B[INCOMING].bias
+                layers[name] = LayerDelta(
+                    down=down.detach().to(device=slot_a.device, dtype=slot_a.dtype, copy=True),
+                    up=(up.detach().to(device=slot_a.device, dtype=torch.float32) * scaling).to(slot_a.dtype),
+                    bias=None if bias is None else (bias.detach().to(slot_a.device, torch.float32) * scaling).to(slot_a.dtype),
+                )  # fmt: skip
+        if not layers:
+            raise _refuse(lora, LoraError("does not fit this model: none of its layers matches a layer of it"))
+        return layers
+
     def _drop(self, name: str) -> None:
-        """Removes whatever of adapter `name` a failed load left behind, in each transformer."""
+        """Removes whatever of adapter `name` a load made, in each transformer."""
         for model in self._transformers():
             if name in getattr(model, "peft_config", {}):
                 model.delete_adapters(name)
+
+
+def _lora_a(module: Any) -> Any:
+    return getattr(module, "lora_A", {})
 
 
 def _first_line(exc: BaseException) -> str:

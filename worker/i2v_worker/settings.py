@@ -94,8 +94,8 @@ class Settings:
     fp8: Switch = "auto"  # auto: in `fast` where the GPU has FP8
     lora_path: str | None = None  # required by `turbo`
     group_timeout: float = DEFAULT_GROUP_TIMEOUT_SECONDS  # a group's collective timeout
-    lora_max_rank: int = DEFAULT_MAX_RANK  # user LoRAs of a higher rank are refused
-    lora_cache: int = DEFAULT_CACHE  # user LoRAs kept loaded (least recently used evicted)
+    lora_max_rank: int = DEFAULT_MAX_RANK  # the LoRA slot's rank: a job's LoRAs together at most this
+    lora_cache: int = DEFAULT_CACHE  # user LoRAs kept read (least recently used dropped)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:

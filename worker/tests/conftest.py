@@ -162,5 +162,9 @@ def probe(path: Path) -> dict[str, object]:
     }  # fmt: skip
 
 
+# torch.compile on the CPU builds its kernels with a C++ compiler.
+needs_cxx = pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler for torch.compile on the CPU"
+)
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not on PATH")
 needs_ffprobe = pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffprobe is not on PATH")

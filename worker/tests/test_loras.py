@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import HEIGHT, WIDTH, needs_ffmpeg
+from conftest import HEIGHT, WIDTH, needs_cxx, needs_ffmpeg
 
 from i2v_worker import demo
+from i2v_worker.adapters import SLOT
 from i2v_worker.errors import BadInput
 from i2v_worker.loras import LoraError, LoraRequest, SetGate, check_header, check_request, file_sha256, set_key
 from i2v_worker.messages import Done, Run, dumps, parse_line
@@ -292,8 +293,7 @@ def test_the_cache_evicts_the_least_recently_used(
     for path in paths:
         frames(lora_engine, image, (request(path),))
     assert lora_engine.loras.loaded() == [request(p).adapter_name for p in paths[1:]]  # cache of 3
-    names = set(getattr(lora_engine.pipe.transformer, "peft_config", {}))
-    assert names == {request(p).adapter_name for p in paths[1:]}
+    assert set(lora_engine.pipe.transformer.peft_config) == {SLOT}  # the cache is copies, not adapters
 
 
 def test_a_lora_that_does_not_fit_leaves_nothing_loaded(
@@ -301,12 +301,104 @@ def test_a_lora_that_does_not_fit_leaves_nothing_loaded(
 ) -> None:
     image = image_file()
     before = set(getattr(lora_engine.pipe.transformer, "peft_config", {}))
+    cached = lora_engine.loras.loaded()
     for case in ("shapes", "architecture"):
         path, reason = hostile[case]
         with pytest.raises(BadInput, match=f"LoRA '{path.stem}': {reason}"):
             frames(lora_engine, image, (request(path),))
         assert set(getattr(lora_engine.pipe.transformer, "peft_config", {})) == before
+        assert lora_engine.loras.loaded() == cached
     assert frames(lora_engine, image).shape == (5, HEIGHT, WIDTH, 3)
+
+
+def slot_parts(transformer: Any, which: str) -> list[Any]:
+    """The slot's `lora_A` or `lora_B` layer in every layer of `transformer` that has it."""
+    return [getattr(module, which)[SLOT] for module in transformer.modules() if SLOT in getattr(module, which, {})]
+
+
+def test_a_job_whose_loras_together_exceed_the_slot_rank_is_refused(
+    lora_engine: Any, lora_dir: Path, image_file: Callable[..., Path]
+) -> None:
+    wide, narrow = style_lora(lora_dir, "wide", seed=81, rank=6), style_lora(lora_dir, "narrow", seed=82, rank=4)
+    cached = lora_engine.loras.loaded()
+    with pytest.raises(BadInput, match=f"ranks add up to 10, above this worker's limit of {MAX_RANK}"):
+        lora_engine.loras.prepare((request(wide), request(narrow)))
+    assert lora_engine.loras.loaded() == cached
+    assert frames(lora_engine, image_file(), (request(wide),)).shape == (5, HEIGHT, WIDTH, 3)  # alone it fits
+
+
+def test_a_compiled_worker_whose_layers_take_no_slot_serves_jobs_without_loras(lora_dir: Path) -> None:
+    """Layers PEFT cannot wrap (as some quantized weights): the worker starts, refuses LoRA jobs, runs the rest."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from i2v_worker.adapters import LoraAdapters
+
+    class Unwrappable(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+
+        def add_adapter(self, config: Any, adapter_name: str) -> None:
+            raise NotImplementedError("Float8Linear is not supported")
+
+    adapters = LoraAdapters(
+        SimpleNamespace(transformer=Unwrappable()), experts=1, max_rank=MAX_RANK, cache_size=2, compiled=True
+    )
+    assert adapters.prepare(()).loras == ()
+    with pytest.raises(BadInput, match=r"cannot hold LoRAs \(Float8Linear is not supported\)"):
+        adapters.prepare((request(style_lora(lora_dir, "unheld")),))
+
+
+@pytest.fixture(scope="module")
+def compiled_lora_engine(demo_checkpoint: Path) -> Iterator[Any]:
+    import torch
+
+    from i2v_worker.pipeline import Engine
+    from i2v_worker.settings import Settings
+
+    yield Engine.load(
+        Settings(model_path=str(demo_checkpoint), device="cpu", slots=2, lora_max_rank=MAX_RANK, compile="on")
+    )
+    torch._dynamo.reset()
+
+
+@needs_cxx
+def test_switching_sets_on_a_compiled_worker_never_recompiles(
+    compiled_lora_engine: Any, lora_engine: Any, lora_dir: Path, demo_lora: Path, image_file: Callable[..., Path]
+) -> None:
+    """Only the slot's tensors change between sets, never a module or a Python value the compiled blocks' guards
+    check: once the first job has compiled them, new LoRAs, two at once, none, scale 0 and an earlier set again all
+    run on the same graph, each video the eager worker's."""
+    import torch
+
+    image = image_file()
+    one, two = style_lora(lora_dir, "compiled-one", seed=71), style_lora(lora_dir, "compiled-two", seed=72, rank=2)
+    sets = [
+        (request(one, scale=0.7),),
+        (),
+        (request(one, scale=0.7), request(two, scale=1.3)),
+        (request(demo_lora),),  # a LoRA first read here, in another key layout, with biases
+        (request(one, scale=0.0),),
+        (request(one, scale=0.7),),
+    ]
+    compiled = compiled_lora_engine
+    assert all(block._compiled_call_impl is not None for block in compiled.pipe.transformer.blocks)
+    frames(compiled, image, sets[0])  # compiles the blocks, the slot in them
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        videos = [frames(compiled, image, loras) for loras in sets]
+    for video, loras in zip(videos, sets, strict=True):
+        eager = frames(lora_engine, image, loras)
+        assert np.abs(video.astype(int) - eager.astype(int)).max() <= 2, describe(loras)
+    assert np.array_equal(videos[4], videos[1])  # scale 0 adds exact zeros
+    assert np.array_equal(videos[5], videos[0])
+    for a, b in [(videos[1], videos[0]), (videos[0], videos[2]), (videos[1], videos[3])]:
+        assert np.abs(a.astype(int) - b.astype(int)).max() > 10
+
+
+def describe(loras: tuple[LoraRequest, ...]) -> str:
+    return ", ".join(f"{lora.name}@{lora.scale:g}" for lora in loras) or "no LoRA"
 
 
 def test_user_loras_go_on_top_of_the_fused_turbo_lora(
@@ -339,8 +431,8 @@ def test_both_experts_of_a_two_expert_model_get_the_lora(
     plain = frames(engine, image, width=32, height=32)
     styled = frames(engine, image, (style,), width=32, height=32)
     assert np.abs(plain.astype(int) - styled.astype(int)).max() > 2  # the A14B demo's VAE damps it more
-    for transformer in (engine.pipe.transformer, engine.pipe.transformer_2):
-        assert style.adapter_name in transformer.peft_config
+    for transformer in (engine.pipe.transformer, engine.pipe.transformer_2):  # each expert's slot holds it
+        assert any(bool(layer.weight.abs().sum() > 0) for layer in slot_parts(transformer, "lora_B"))
 
 
 # --- a worker process -----------------------------------------------------------------------------------------------

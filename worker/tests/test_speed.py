@@ -6,7 +6,6 @@ cache-free `quality` frames of the same job (seed, image, prompt).
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import HEIGHT, WIDTH, Recorder, make_job, needs_ffmpeg
+from conftest import HEIGHT, WIDTH, Recorder, make_job, needs_cxx, needs_ffmpeg
 from PIL import Image
 
 from i2v_worker import demo
@@ -24,11 +23,6 @@ from i2v_worker.models import MODELS
 from i2v_worker.pipeline import Engine
 from i2v_worker.settings import ConfigurationError, Settings
 from i2v_worker.speed import TURBO_STEPS, fp8_support, plan
-
-# torch.compile on the CPU builds its kernels with a C++ compiler.
-needs_cxx = pytest.mark.skipif(
-    shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler for torch.compile on the CPU"
-)
 
 STEPS = 10
 COMPILED_MIN_PSNR = 50.0  # compiled vs eager: fp32 kernels fused differently, nothing else
