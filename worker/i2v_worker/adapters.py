@@ -37,7 +37,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import BadInput, Cancelled
-from .loras import LoraError, LoraRequest, LoraUsed, SetGate, check_header, check_request, describe_set, read_verified
+from .loras import (
+    LoraError,
+    LoraRequest,
+    LoraUsed,
+    SetGate,
+    check_header,
+    check_request,
+    describe_set,
+    in_set_order,
+    read_verified,
+)  # fmt: skip
 from .loras import set_key as key_of
 
 logger = logging.getLogger("i2v_worker")
@@ -55,7 +65,9 @@ class PreparedSet:
 
     @property
     def used(self) -> tuple[LoraUsed, ...]:
-        return tuple(LoraUsed(name=lora.name, scale=lora.scale, sha256=lora.sha256) for lora in self.loras)
+        return tuple(
+            LoraUsed(name=lora.name, scale=lora.scale, sha256=lora.sha256, expert=lora.expert) for lora in self.loras
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,19 +132,28 @@ class LoraAdapters:
             raise BadInput(str(exc)) from None
         if loras and self._unavailable is not None:
             raise BadInput(f"loras: this worker cannot hold LoRAs ({self._unavailable})")
+        for lora in loras:
+            if lora.expert is not None and self.experts < 2:
+                raise _refuse(
+                    lora, LoraError(f"'expert' {lora.expert} is for a model with two experts; this one has one")
+                )
         state_dicts: dict[str, dict[str, Any]] = {}
-        total = 0
+        ranks: dict[str, int] = {}
+        totals = [0] * self.experts  # each transformer's slot holds the LoRAs that apply to it
         for lora in loras:
             with self._lock:
                 cached = self._cache.get(lora.adapter_name)
             if cached is not None:
-                total += cached.rank  # the file of this sha256: nothing to read
-                continue
-            rank, state_dicts[lora.adapter_name] = self._read(lora)
-            total += rank
-        if total > self.max_rank:
+                ranks[lora.adapter_name] = cached.rank  # the file of this sha256: nothing to read
+            elif lora.adapter_name not in ranks:  # not the same file as for the other expert, read already
+                ranks[lora.adapter_name], state_dicts[lora.adapter_name] = self._read(lora)
+            rank = ranks[lora.adapter_name]
+            for index in range(self.experts):
+                totals[index] += rank if lora.applies_to(index) else 0
+        if max(totals, default=0) > self.max_rank:
             raise BadInput(
-                f"loras: their ranks add up to {total}, above this worker's limit of {self.max_rank} (I2V_LORA_MAX_RANK)"
+                f"loras: their ranks add up to {max(totals)}, above this worker's limit of {self.max_rank}"
+                " (I2V_LORA_MAX_RANK)"
             )
         return PreparedSet(loras=loras, state_dicts=state_dicts)
 
@@ -168,8 +189,8 @@ class LoraAdapters:
         """Makes `prepared` the slot's set; runs while no job uses the pipeline. Reads what is not cached (evicting
         the least recently used LoRAs outside the set once it is read), then fills the slot."""
         started = time.monotonic()
-        wanted = sorted(prepared.loras, key=lambda lora: lora.sha256)  # one order for every job: the same sums
-        parts: list[tuple[CachedLora, float]] = []
+        wanted = sorted(prepared.loras, key=in_set_order)
+        parts: list[tuple[CachedLora, LoraRequest]] = []
         read = 0
         try:
             for lora in wanted:
@@ -185,7 +206,7 @@ class LoraAdapters:
                     with self._lock:
                         self._cache[lora.adapter_name] = cached
                     read += 1
-                parts.append((cached, lora.scale))
+                parts.append((cached, lora))
             self._evict(keep={lora.adapter_name for lora in wanted})
             self._fill(parts)
         except BaseException:
@@ -240,8 +261,9 @@ class LoraAdapters:
         for transformer in self._transformers():
             transformer.set_adapters([SLOT], weights=[1.0])
 
-    def _fill(self, parts: list[tuple[CachedLora, float]]) -> None:
-        """Copies `parts` (LoRA, scale) into the slot side by side along the rank; zero everywhere else."""
+    def _fill(self, parts: list[tuple[CachedLora, LoraRequest]]) -> None:
+        """Copies `parts` (what was read, the job's use of it) into each transformer's slot side by side along the
+        rank, those that apply to it (a LoRA may be for one expert); zero everywhere else."""
         import torch
 
         if self._slots is None:
@@ -256,7 +278,10 @@ class LoraAdapters:
                     layer.lora_B[SLOT].weight.zero_()
                     layer.lora_B[SLOT].bias.zero_()
                 offset = 0
-                for cached, scale in parts:
+                for cached, lora in parts:
+                    if not lora.applies_to(index):
+                        continue
+                    scale = lora.scale
                     for name, delta in cached.layers[index].items():
                         layer = layers[name]
                         rank = delta.down.shape[0]

@@ -27,6 +27,8 @@ DEFAULT_MAX_RANK = 128
 DEFAULT_CACHE = 8
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # real LoRA headers are well under 1 MiB (about 150 bytes per tensor)
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# A two-expert model's transformers, in the pipeline's order (`transformer`, `transformer_2`): a LoRA may be for one.
+EXPERTS = ("high_noise", "low_noise")
 
 # safetensors' dtypes and their sizes in bytes (sub-byte and 8-bit float types included: a file may hold them).
 DTYPE_BYTES: dict[str, float] = {
@@ -50,6 +52,11 @@ class LoraRequest:
     path: str
     scale: float
     sha256: str
+    expert: str | None = None  # one of EXPERTS: that expert only; None: every transformer
+
+    def applies_to(self, transformer: int) -> bool:
+        """Whether the LoRA goes into the model's `transformer`-th transformer (0: the high-noise expert)."""
+        return self.expert is None or EXPERTS.index(self.expert) == transformer
 
     @property
     def adapter_name(self) -> str:
@@ -64,6 +71,7 @@ class LoraUsed:
     name: str
     scale: float
     sha256: str
+    expert: str | None = None  # left out of `done` when None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,21 +84,25 @@ class LoraHeader:
     data_bytes: int
 
 
-SetKey = tuple[tuple[str, float], ...]  # (sha256, scale) sorted by sha256: the identity of a set of LoRAs
+SetKey = tuple[tuple[str, float, str], ...]  # (sha256, scale, expert or "") sorted: the identity of a set of LoRAs
 
 
 def set_key(loras: tuple[LoraRequest, ...]) -> SetKey:
-    return tuple(sorted((lora.sha256, lora.scale) for lora in loras))
+    return tuple(sorted((lora.sha256, lora.scale, lora.expert or "") for lora in loras))
 
 
 def describe_set(loras: tuple[LoraRequest, ...]) -> str:
     if not loras:
         return "none"
-    return ", ".join(f"{lora.name}@{lora.scale:g}:{lora.sha256[:12]}" for lora in sorted(loras, key=_by_sha))
+    return ", ".join(
+        f"{lora.name}@{lora.scale:g}{'/' + lora.expert if lora.expert else ''}:{lora.sha256[:12]}"
+        for lora in sorted(loras, key=in_set_order)
+    )
 
 
-def _by_sha(lora: LoraRequest) -> str:
-    return lora.sha256
+def in_set_order(lora: LoraRequest) -> tuple[str, str]:
+    """One order for every job of a set, so that its LoRAs are always summed the same way."""
+    return lora.sha256, lora.expert or ""
 
 
 def parse_loras(value: Any) -> tuple[LoraRequest, ...]:
@@ -114,21 +126,27 @@ def parse_loras(value: Any) -> tuple[LoraRequest, ...]:
             raise LoraError(f"{where} ({name!r}): 'sha256' must be 64 hex digits, got {sha!r}")
         if not isinstance(scale, (int, float)) or isinstance(scale, bool):
             raise LoraError(f"{where} ({name!r}): 'scale' must be a number, got {scale!r}")
-        loras.append(LoraRequest(name=name, path=path, scale=float(scale), sha256=sha.lower()))
+        expert = item.get("expert")
+        if expert == "both":
+            expert = None
+        if expert is not None and expert not in EXPERTS:
+            raise LoraError(f"{where} ({name!r}): 'expert' must be one of {', '.join(EXPERTS)} or both, got {expert!r}")
+        loras.append(LoraRequest(name=name, path=path, scale=float(scale), sha256=sha.lower(), expert=expert))
     return tuple(loras)
 
 
 def check_request(loras: tuple[LoraRequest, ...]) -> None:
-    """The limits of a job's LoRA list that need no file: count, scale range, the same file twice."""
+    """The limits of a job's LoRA list that need no file: count, scale range, the same file twice on one transformer
+    (once for each expert of a two-expert model is two different uses)."""
     if len(loras) > MAX_LORAS:
         raise LoraError(f"loras: at most {MAX_LORAS} LoRAs per job, got {len(loras)}")
-    seen: dict[str, str] = {}
-    for lora in loras:
+    for index, lora in enumerate(loras):
         if not math.isfinite(lora.scale) or not MIN_SCALE <= lora.scale <= MAX_SCALE:
             raise LoraError(f"LoRA {lora.name!r}: scale must be from {MIN_SCALE} to {MAX_SCALE}, got {lora.scale:g}")
-        if lora.sha256 in seen:
-            raise LoraError(f"LoRA {lora.name!r}: the same file as {seen[lora.sha256]!r} (sha256 {lora.sha256})")
-        seen[lora.sha256] = lora.name
+        for earlier in loras[:index]:
+            both = lora.expert is None or earlier.expert is None
+            if earlier.sha256 == lora.sha256 and (both or earlier.expert == lora.expert):
+                raise LoraError(f"LoRA {lora.name!r}: the same file as {earlier.name!r} (sha256 {lora.sha256})")
 
 
 def _rank_of(key: str, shape: list[int]) -> int | None:

@@ -316,7 +316,12 @@ def _parse_used_loras(f: _Fields) -> tuple[LoraUsed, ...] | None:
     used: list[LoraUsed] = []
     for index, item in enumerate(value):
         lora = _Fields(item, f"{f.message_type}.loras[{index}]")
-        used.append(LoraUsed(name=lora.text("name"), scale=lora.number("scale"), sha256=lora.text("sha256")))
+        used.append(
+            LoraUsed(
+                name=lora.text("name"), scale=lora.number("scale"), sha256=lora.text("sha256"),
+                expert=lora.optional_text("expert"),
+            )
+        )  # fmt: skip
     return tuple(used)
 
 
@@ -413,9 +418,10 @@ def parse_line(line: str | bytes) -> Message:
 
 
 def _plain(value: Any) -> Any:
-    """JSON's shapes: tuples (`ready.model.sizes`) as lists."""
+    """JSON's shapes: tuples (`ready.model.sizes`) as lists; a LoRA's `expert` left out when None (every
+    transformer), so a LoRA without one reads as before the field."""
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: _plain(item) for key, item in value.items() if not (key == "expert" and item is None)}
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
     return value

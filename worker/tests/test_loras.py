@@ -21,7 +21,17 @@ from conftest import HEIGHT, WIDTH, needs_cxx, needs_ffmpeg
 from i2v_worker import demo
 from i2v_worker.adapters import SLOT
 from i2v_worker.errors import BadInput
-from i2v_worker.loras import LoraError, LoraRequest, SetGate, check_header, check_request, file_sha256, set_key
+from i2v_worker.loras import (
+    EXPERTS,
+    LoraError,
+    LoraRequest,
+    SetGate,
+    check_header,
+    check_request,
+    file_sha256,
+    parse_loras,
+    set_key,
+)  # fmt: skip
 from i2v_worker.messages import Done, Run, dumps, parse_line
 
 MAX_RANK = 8
@@ -102,7 +112,7 @@ def test_request_limits(lora_dir: Path) -> None:
         check_request((request(path, name="big", scale=2.5),))
     with pytest.raises(LoraError, match="same file"):
         check_request((request(path, name="x"), request(path, name="y")))
-    assert set_key((request(path, scale=0.5),)) == ((file_sha256(str(path)), 0.5),)
+    assert set_key((request(path, scale=0.5),)) == ((file_sha256(str(path)), 0.5, ""),)
 
 
 def test_run_and_done_carry_loras() -> None:
@@ -127,6 +137,31 @@ def test_run_and_done_carry_loras() -> None:
     )
     assert isinstance(done, Done) and done.loras is not None and done.loras[0].name == "style"
     assert "loras" not in json.loads(dumps(Done(**{**done.__dict__, "loras": None})))
+
+
+def test_a_lora_may_be_for_one_expert() -> None:
+    sha = "cd" * 32
+    item = {"name": "high", "path": "/loras/high.safetensors", "scale": 1.0, "sha256": sha}
+    run = parse_line(json.dumps({
+        "type": "run", "task_id": "t", "image_path": "/i.png", "prompt": "p", "width": 160, "height": 96,
+        "num_frames": 9, "seed": 1, "output_path": "/o.mp4",
+        "loras": [{**item, "expert": "high_noise"}, {**item, "name": "again", "expert": "both"}],
+    }))  # fmt: skip
+    assert isinstance(run, Run) and run.loras is not None
+    assert [lora.expert for lora in run.loras] == ["high_noise", None]
+    assert [lora.applies_to(1) for lora in run.loras] == [False, True]
+    sent = json.loads(dumps(run))["loras"]
+    assert sent[0]["expert"] == "high_noise" and "expert" not in sent[1]  # both: the field as before it existed
+    with pytest.raises(LoraError, match="'expert' must be one of high_noise, low_noise or both, got 'middle'"):
+        parse_loras([{**item, "expert": "middle"}])
+    high, low, both = (
+        LoraRequest(name=e or "both", path="/l", scale=1.0, sha256=sha, expert=e) for e in (*EXPERTS, None)
+    )
+    check_request((high, low))  # one file, once for each expert
+    for pair in [(high, both), (both, low), (high, high)]:
+        with pytest.raises(LoraError, match="the same file as"):
+            check_request(pair)
+    assert len({set_key((high,)), set_key((low,)), set_key((both,))}) == 3
 
 
 def test_the_gate_never_admits_two_sets_and_serves_in_order() -> None:
@@ -419,20 +454,64 @@ def test_user_loras_go_on_top_of_the_fused_turbo_lora(
     assert turbo.job_steps(None) == 4  # still the distilled schedule
 
 
-def test_both_experts_of_a_two_expert_model_get_the_lora(
-    demo_checkpoints: Callable[[str], Path], lora_dir: Path, image_file: Callable[..., Path]
-) -> None:
+@pytest.fixture(scope="module")
+def a14b_engine(demo_checkpoints: Callable[[str], Path]) -> Any:
     from i2v_worker.pipeline import Engine
     from i2v_worker.settings import Settings
 
-    engine = Engine.load(Settings(model_path=str(demo_checkpoints("wan2.2-i2v-a14b-demo")), device="cpu"))
-    image = image_file()
+    return Engine.load(
+        Settings(model_path=str(demo_checkpoints("wan2.2-i2v-a14b-demo")), device="cpu", lora_max_rank=MAX_RANK)
+    )
+
+
+def slot_holds_something(transformer: Any) -> bool:
+    return any(bool(layer.weight.abs().sum() > 0) for layer in slot_parts(transformer, "lora_B"))
+
+
+def test_both_experts_of_a_two_expert_model_get_the_lora(
+    a14b_engine: Any, lora_dir: Path, image_file: Callable[..., Path]
+) -> None:
+    engine, image = a14b_engine, image_file()
     style = request(style_lora(lora_dir, "experts", seed=51))
     plain = frames(engine, image, width=32, height=32)
     styled = frames(engine, image, (style,), width=32, height=32)
     assert np.abs(plain.astype(int) - styled.astype(int)).max() > 2  # the A14B demo's VAE damps it more
-    for transformer in (engine.pipe.transformer, engine.pipe.transformer_2):  # each expert's slot holds it
-        assert any(bool(layer.weight.abs().sum() > 0) for layer in slot_parts(transformer, "lora_B"))
+    assert all(slot_holds_something(t) for t in (engine.pipe.transformer, engine.pipe.transformer_2))
+
+
+def test_a_lora_for_one_expert_goes_into_that_expert_only(
+    a14b_engine: Any, lora_dir: Path, image_file: Callable[..., Path]
+) -> None:
+    engine, image = a14b_engine, image_file()
+    path = style_lora(lora_dir, "one-expert", seed=52, rank=6)
+    high = LoraRequest(name="high", path=str(path), scale=1.0, sha256=file_sha256(str(path)), expert="high_noise")
+    low = LoraRequest(name="low", path=str(path), scale=1.0, sha256=high.sha256, expert="low_noise")
+    both = LoraRequest(name="both", path=str(path), scale=1.0, sha256=high.sha256)
+    videos = {}
+    for label, loras in {"plain": (), "high": (high,), "low": (low,), "pair": (high, low), "both": (both,)}.items():
+        videos[label] = frames(engine, image, loras, width=32, height=32)
+        if label in ("high", "low"):
+            held = [slot_holds_something(t) for t in (engine.pipe.transformer, engine.pipe.transformer_2)]
+            assert held == [label == "high", label == "low"]
+    # The same file on each expert is the file on both; each expert alone gives a third video.
+    assert np.array_equal(videos["pair"], videos["both"])
+    for a, b in [("plain", "high"), ("plain", "low"), ("high", "low"), ("high", "both")]:
+        assert np.abs(videos[a].astype(int) - videos[b].astype(int)).max() > 0, (a, b)
+    # Each expert's slot holds the LoRAs for it: rank 6 on each fits a slot of 8, rank 6 + 4 on one does not.
+    narrow = style_lora(lora_dir, "one-expert-narrow", seed=53, rank=4)
+    low_narrow = LoraRequest(
+        name="narrow", path=str(narrow), scale=1.0, sha256=file_sha256(str(narrow)), expert="low_noise"
+    )
+    with pytest.raises(BadInput, match=f"ranks add up to 10, above this worker's limit of {MAX_RANK}"):
+        engine.loras.prepare((both, low_narrow))
+    engine.loras.prepare((high, low_narrow))
+
+
+def test_a_model_with_one_transformer_refuses_a_lora_for_an_expert(lora_engine: Any, lora_dir: Path) -> None:
+    path = style_lora(lora_dir, "no-expert", seed=54)
+    lora = LoraRequest(name="lone", path=str(path), scale=1.0, sha256=file_sha256(str(path)), expert="low_noise")
+    with pytest.raises(BadInput, match="LoRA 'lone': 'expert' low_noise is for a model with two experts"):
+        lora_engine.loras.prepare((lora,))
 
 
 # --- a worker process -----------------------------------------------------------------------------------------------
