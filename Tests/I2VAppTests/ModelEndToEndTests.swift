@@ -22,7 +22,7 @@ struct ModelEndToEndTests {
     static let lastFrame: [UInt8] = PNG.rgb(width: 320, height: 180) { x, y in [UInt8(y % 256), UInt8((x * 3) % 256), 200] }.bytes
 
     static func withModel(
-        _ model: String, device: String = "cpu",
+        _ model: String, device: String = "cpu", _ values: [String: ConfigValue] = [:],
         _ body: @Sendable (_ client: any TestClientProtocol, _ dataDir: URL, _ imageBase: String) async throws -> Void
     ) async throws {
         let python = try #require(EndToEnd.python, "the worker's Python environment or ffprobe is missing (make python-env)")
@@ -30,11 +30,11 @@ struct ModelEndToEndTests {
         let app = try await buildApplication(
             configuration: testConfiguration(
                 dataDir: directory.url,
-                [
+                ([
                     "i2v.python": .init(stringLiteral: python),
                     "i2v.model": .init(stringLiteral: model),
                     "i2v.devices": .init(stringLiteral: device),
-                ]))
+                ] as [String: ConfigValue]).merging(values) { _, given in given }))
         let dataDir = directory.url
         try await withImageServer({ router in
             router.get("last.png") { _, _ in
@@ -236,6 +236,29 @@ struct ModelEndToEndTests {
             #expect((endingDone["results"] as? [String: Any])?["guidance_scale_2"] == nil)
             let (_, guidedBytes) = try await Self.video(guidedDone, dataDir: dataDir)
             #expect(guidedBytes != endingBytes, "guidance_scale_2 changed nothing")
+        }
+    }
+
+    /// A LoRA for the high-noise expert only, as A14B LoRAs are published (one file per expert): the worker
+    /// takes it, the job succeeds, and the results say which expert it was on.
+    @Test func a14bRunsALoRAOnTheHighNoiseExpertOnly() async throws {
+        let python = try #require(EndToEnd.python, "the worker's Python environment or ffprobe is missing (make python-env)")
+        let catalog = try TemporaryDirectory()
+        let (_, status) = try await runTool(
+            python, ["-m", "i2v_worker.demo", "--style-lora", catalog.url.appending(path: "style.safetensors").path],
+            environment: ["PYTHONPATH": repositoryRoot.appending(path: "worker").path]
+        )
+        try #require(status == 0, "writing the demo LoRA exited with \(status)")
+        let model = "wan2.2-i2v-a14b-demo"
+        try await Self.withModel(model, ["i2v.loraDir": .init(stringLiteral: catalog.url.path)]) { client, _, base in
+            let id = try await client.submit(
+                imageURL: "\(base)/image.png", extra: #","seed":11,"loras":[{"name":"style","scale":1.5,"expert":"high_noise"}]"#, frames: 24
+            )
+            let done = try await client.waitFor(id, status: "Succeed", timeout: .seconds(300))
+            try #require(done["status"] as? String == "Succeed", "\(done)")
+            let loras = (done["results"] as? [String: Any])?["loras"] as? [[String: Any]]
+            #expect(loras?.count == 1, "\(done)")
+            #expect(loras?.first?["name"] as? String == "style" && loras?.first?["expert"] as? String == "high_noise", "\(done)")
         }
     }
 }

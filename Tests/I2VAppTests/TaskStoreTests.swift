@@ -236,12 +236,16 @@ import Testing
         }
     }
 
-    /// A task's LoRAs come back in order, through every way a task is read; one without any has none.
+    /// A task's LoRAs come back in order with their experts, through every way a task is read; one without
+    /// any has none.
     @Test(arguments: StoreKind.allCases)
     func aTaskKeepsItsLoRAs(_ kind: StoreKind) async throws {
         try await withStore(kind) { store in
             var styled = Self.record("styled")
-            styled.loras = [TaskLoRA(name: "b", scale: 0, sha256: "11"), TaskLoRA(name: "a", scale: 1.25, sha256: "22")]
+            styled.loras = [
+                TaskLoRA(name: "b", scale: 0, sha256: "11"), TaskLoRA(name: "a", scale: 1.25, sha256: "22", expert: .highNoise),
+                TaskLoRA(name: "a", scale: 1.25, sha256: "22", expert: .lowNoise),
+            ]
             try await store.enqueue(styled, maxQueued: 10)
             try await store.enqueue(Self.record("plain"), maxQueued: 10)
             #expect(try await store.task(id: "styled")?.loras == styled.loras)

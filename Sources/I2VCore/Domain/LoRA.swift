@@ -12,20 +12,25 @@ package struct LoRAChoice: Sendable, Equatable, CustomDebugStringConvertible {
 
     package var source: Source
     package var scale: Double
+    /// The one expert of a two-expert model it applies to; nil: every transformer of the model.
+    package var expert: LoRAExpert?
 
-    package init(name: String, scale: Double) {
+    package init(name: String, scale: Double, expert: LoRAExpert? = nil) {
         self.source = .catalog(name)
         self.scale = scale
+        self.expert = expert
     }
 
-    package init(url: String, scale: Double) {
+    package init(url: String, scale: Double, expert: LoRAExpert? = nil) {
         self.source = .url(url)
         self.scale = scale
+        self.expert = expert
     }
 
-    package init(source: Source, scale: Double) {
+    package init(source: Source, scale: Double, expert: LoRAExpert? = nil) {
         self.source = source
         self.scale = scale
+        self.expert = expert
     }
 
     /// The catalog name; nil for a URL.
@@ -34,13 +39,35 @@ package struct LoRAChoice: Sendable, Equatable, CustomDebugStringConvertible {
         return nil
     }
 
-    /// What the idempotency fingerprint reads (it reflects the submission): a catalog LoRA reads as it did
-    /// before LoRAs could be URLs, so retries across an upgrade keep their fingerprints.
+    /// What the idempotency fingerprint reads (it reflects the submission): a catalog LoRA for both experts
+    /// reads as it did before LoRAs could be URLs or name an expert, so retries across an upgrade keep their
+    /// fingerprints.
     package var debugDescription: String {
-        switch source {
-        case .catalog(let name): "I2VCore.LoRAChoice(name: \(String(reflecting: name)), scale: \(String(reflecting: scale)))"
-        case .url(let url): "I2VCore.LoRAChoice(url: \(String(reflecting: url)), scale: \(String(reflecting: scale)))"
+        let expert = self.expert.map { ", expert: \(String(reflecting: $0.rawValue))" } ?? ""
+        return switch source {
+        case .catalog(let name): "I2VCore.LoRAChoice(name: \(String(reflecting: name)), scale: \(String(reflecting: scale))\(expert))"
+        case .url(let url): "I2VCore.LoRAChoice(url: \(String(reflecting: url)), scale: \(String(reflecting: scale))\(expert))"
         }
+    }
+}
+
+/// One of the two transformers of a model whose denoising two experts share (Wan2.2 A14B): the high-noise
+/// one takes the early steps, the low-noise one the rest. Their LoRAs are published as pairs, one file each.
+public enum LoRAExpert: String, Codable, Sendable, CaseIterable {
+    case highNoise = "high_noise"
+    case lowNoise = "low_noise"
+
+    /// What an item's `expert` may say; `both` is the same as leaving it out.
+    package static let names = ["high_noise", "low_noise", "both"]
+
+    /// Whether LoRAs for `a` and `b` (nil: both experts) would load into the same transformer.
+    package static func overlap(_ a: LoRAExpert?, _ b: LoRAExpert?) -> Bool {
+        a == nil || b == nil || a == b
+    }
+
+    /// The experts a LoRA for `expert` (nil: both) applies to.
+    package static func covered(by expert: LoRAExpert?) -> [LoRAExpert] {
+        expert.map { [$0] } ?? allCases
     }
 }
 
@@ -50,11 +77,15 @@ public struct TaskLoRA: Codable, Sendable, Equatable {
     public var name: String
     public var scale: Double
     public var sha256: String
+    /// The one expert it applies to; nil (and absent from the JSON, so tasks stored before read the same and
+    /// store the same): every transformer of the model.
+    public var expert: LoRAExpert?
 
-    public init(name: String, scale: Double, sha256: String) {
+    public init(name: String, scale: Double, sha256: String, expert: LoRAExpert? = nil) {
         self.name = name
         self.scale = scale
         self.sha256 = sha256
+        self.expert = expert
     }
 }
 
@@ -153,13 +184,16 @@ public struct EmptyLoRACatalog: LoRACatalog {
 }
 
 extension TaskLoRA {
-    /// How the stores keep a task's LoRAs: one JSON column, NULL for none (every row from before LoRAs).
-    /// The key of a LoRA set: the same files at the same scales are the same set in any order, as the worker
-    /// sees it (it makes adapters from the SHA-256). The empty string is the set of no LoRAs.
+    /// The key of a LoRA set: the same files at the same scales on the same experts are the same set in any
+    /// order, as the worker sees it (it makes adapters from the SHA-256). A LoRA on both experts keeps the key
+    /// it had before LoRAs could name one, so queued tasks keep theirs. The empty string is the set of no LoRAs.
     package static func setKey(_ loras: [TaskLoRA]) -> String {
-        loras.map { "\($0.sha256.lowercased())@\($0.scale)" }.sorted().joined(separator: ",")
+        loras.map { lora in
+            "\(lora.sha256.lowercased())@\(lora.scale)" + (lora.expert.map { "@\($0.rawValue)" } ?? "")
+        }.sorted().joined(separator: ",")
     }
 
+    /// How the stores keep a task's LoRAs: one JSON column, NULL for none (every row from before LoRAs).
     package static func stored(_ loras: [TaskLoRA]) -> String? {
         guard !loras.isEmpty, let data = try? JSONEncoder().encode(loras) else { return nil }
         return String(decoding: data, as: UTF8.self)

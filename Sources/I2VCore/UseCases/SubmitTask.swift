@@ -29,8 +29,8 @@ package enum SubmitFailure: Error, Sendable, Equatable {
     /// this job cannot use.
     case unusableLoRAURL(url: String, failure: LoRAURLFailure)
     /// The job's LoRAs together are more than the worker's one adapter holds: their ranks add up past
-    /// `I2V_LORA_MAX_RANK`.
-    case loraRanksAboveLimit(total: Int, limit: Int)
+    /// `I2V_LORA_MAX_RANK`. On a two-expert model the sum is each expert's (its own LoRAs and those for both).
+    case loraRanksAboveLimit(total: Int, limit: Int, expert: LoRAExpert?)
 
     package static let noWorkerNodeReason = "no worker node has registered with the task queue yet: start an `i2v-server worker` on the same database"
 
@@ -148,7 +148,7 @@ package struct SubmitTask: Sendable {
             throw known ? SubmitFailure.noWorkerForModel(submission.model.lowercased()) : SubmitFailure.modelNotServed(submission.model)
         }
 
-        let loras = try await pinLoRAs(submission.loras, model: model.id, logger: logger)
+        let loras = try await pinLoRAs(submission.loras, model: model, logger: logger)
 
         var logger = logger
         logger[metadataKey: "requestId"] = "\(id)"
@@ -264,28 +264,39 @@ package struct SubmitTask: Sendable {
     /// header, so a job the worker would refuse is refused before it waits in the queue. A LoRA given by URL
     /// is downloaded into the catalog first (before the image: a refused LoRA costs no image download), and
     /// then pinned like any other.
-    private func pinLoRAs(_ choices: [LoRAChoice], model: String, logger: Logger) async throws(SubmitFailure) -> [TaskLoRA] {
+    private func pinLoRAs(_ choices: [LoRAChoice], model: ServedModel, logger: Logger) async throws(SubmitFailure) -> [TaskLoRA] {
         var pinned: [TaskLoRA] = []
-        var ranks = 0
+        // Per expert: a two-expert model holds an adapter of the limit's rank in each of its transformers.
+        var ranks: [LoRAExpert: Int] = [:]
         for choice in choices {
+            let label: String
+            switch choice.source {
+            case .catalog(let name): label = name
+            case .url(let url): label = url
+            }
+            // The API layer refuses these; a submission built otherwise is refused too.
+            if choice.expert != nil, model.experts < 2 {
+                throw .unusableLoRA(name: label, reason: "names an expert, but \(model.id) has one transformer")
+            }
+            let applies = model.experts < 2 ? [LoRAExpert.highNoise] : LoRAExpert.covered(by: choice.expert)
             let entry: LoRAEntry
             switch choice.source {
             case .catalog(let name):
                 guard let found = await loras.entry(named: name) else {
                     throw .unusableLoRA(name: name, reason: "is not in the LoRA catalog (GET /loras lists it)")
                 }
-                if let problem = problem(with: found, model: model) { throw .unusableLoRA(name: name, reason: problem) }
+                if let problem = problem(with: found, model: model.id) { throw .unusableLoRA(name: name, reason: problem) }
                 entry = found
             case .url(let url):
                 guard let loraURLs else {
-                    // The API layer refuses URLs when they are off; a submission built otherwise is refused too.
                     throw .unusableLoRAURL(url: url, failure: LoRAURLFailure(.download, "LoRAs by URL are off on this server (I2V_LORA_URLS)"))
                 }
                 let maxRank = limits.maxLoRARank
-                let before = ranks
+                let before = applies.map { ranks[$0, default: 0] }.max() ?? 0
+                let modelID = model.id
                 // Vetted before it is stored: a file this job cannot use is not kept.
                 let vet: @Sendable (LoRAEntry) -> String? = { entry in
-                    if let problem = Self.problem(with: entry, model: model, maxRank: maxRank) { return problem }
+                    if let problem = Self.problem(with: entry, model: modelID, maxRank: maxRank) { return problem }
                     guard before + entry.rank <= maxRank else {
                         return
                             "has rank \(entry.rank), which brings the job's LoRA ranks to \(before + entry.rank), above the limit of \(maxRank) (I2V_LORA_MAX_RANK)"
@@ -299,11 +310,20 @@ package struct SubmitTask: Sendable {
                     throw .unusableLoRAURL(url: url, failure: error)
                 }
             }
-            ranks += entry.rank
-            pinned.append(TaskLoRA(name: entry.name, scale: choice.scale, sha256: entry.sha256))
+            // The same file under two names, or by a name and a URL: one transformer cannot take it twice.
+            if let twin = pinned.first(where: { $0.sha256 == entry.sha256 && LoRAExpert.overlap($0.expert, choice.expert) }) {
+                let same = twin.name == entry.name ? "is given twice" : "is the same file as LoRA \(twin.name)"
+                throw .unusableLoRA(
+                    name: label, reason: "\(same); give each LoRA once (or once per expert, as high_noise and low_noise)")
+            }
+            for expert in applies { ranks[expert, default: 0] += entry.rank }
+            pinned.append(TaskLoRA(name: entry.name, scale: choice.scale, sha256: entry.sha256, expert: choice.expert))
         }
-        // The worker holds a job's LoRAs together in one adapter of the limit's rank.
-        guard ranks <= limits.maxLoRARank else { throw .loraRanksAboveLimit(total: ranks, limit: limits.maxLoRARank) }
+        // The worker holds a job's LoRAs together in one adapter of the limit's rank, one per transformer.
+        for expert in LoRAExpert.allCases {
+            guard let total = ranks[expert], total > limits.maxLoRARank else { continue }
+            throw .loraRanksAboveLimit(total: total, limit: limits.maxLoRARank, expert: model.experts < 2 ? nil : expert)
+        }
         return pinned
     }
 

@@ -69,7 +69,7 @@ package enum SubmitRequest {
         let seed = reader.optionalInteger("seed", in: 0...2_147_483_647)
         let negative = reader.string("negative_prompt", minLength: 0, maxLength: 500, default: defaultNegativePrompt)
         let webhook = reader.webhook()
-        let loras = reader.loras(available: available, urls: loraURLs)
+        let loras = reader.loras(available: available, urls: loraURLs, model: facts)
         guard reader.issues.isEmpty, let imageURL, let prompt, let model, let size, let numFrames, let guidance, let steps, let negative,
             let loras
         else {

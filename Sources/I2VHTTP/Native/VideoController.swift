@@ -105,8 +105,9 @@ package struct VideoController: Sendable {
             return APIError(.badRequest, "LoRA \(name) \(reason)")
         case .unusableLoRAURL(let url, let failure):
             return APIError(.badRequest, "LoRA \(url) \(failure.reason)")
-        case .loraRanksAboveLimit(let total, let limit):
-            return APIError(.badRequest, "loras: their ranks add up to \(total), above the limit of \(limit) (I2V_LORA_MAX_RANK)")
+        case .loraRanksAboveLimit(let total, let limit, let expert):
+            let whose = expert.map { "the ranks of those on the \($0.rawValue) expert (its own and those for both)" } ?? "their ranks"
+            return APIError(.badRequest, "loras: \(whose) add up to \(total), above the limit of \(limit) (I2V_LORA_MAX_RANK)")
         }
     }
 

@@ -118,8 +118,8 @@ package enum VideoCreateRequest {
     }
 
     /// A form's `loras`: one field holding the JSON list, or the list as the SDKs flatten a list of objects in
-    /// a form (`loras[][name]`, `loras[][scale]`, …, or numbered `loras[0][name]`), put back together so it is
-    /// checked like the JSON field and never dropped. nil when the form names none.
+    /// a form (`loras[][name]`, `loras[][scale]`, `loras[][expert]`, …, or numbered `loras[0][name]`), put back
+    /// together so it is checked like the JSON field and never dropped. nil when the form names none.
     package static func loras(in form: VideoForm) throws(OpenAIError) -> JSONValue? {
         if let text = form.fields["loras"] {
             guard form.loraFields.isEmpty else {
@@ -140,14 +140,15 @@ package enum VideoCreateRequest {
         var ordered: [[String: JSONValue]] = []
         var seen: [String: Int] = [:]
         for field in form.loraFields {
-            // loras[<index or nothing>][name|url|scale]
+            // loras[<index or nothing>][name|url|scale|expert]
             let parts = field.name.dropFirst("loras[".count).split(separator: "]", omittingEmptySubsequences: false)
             guard parts.count == 3, parts[2].isEmpty, parts[1].hasPrefix("["), case let key = String(parts[1].dropFirst()),
-                key == "name" || key == "url" || key == "scale",
+                ["name", "url", "scale", "expert"].contains(key),
                 parts[0].isEmpty || Int(parts[0]).map({ (0..<100).contains($0) }) == true
             else {
                 throw OpenAIError(
-                    .badRequest, "unknown form field \(field.name): a LoRA is loras[][name] (or loras[][url]) and loras[][scale]", param: "loras",
+                    .badRequest, "unknown form field \(field.name): a LoRA is loras[][name] (or loras[][url]), loras[][scale] and loras[][expert]",
+                    param: "loras",
                     code: "invalid_value"
                 )
             }
@@ -156,8 +157,8 @@ package enum VideoCreateRequest {
                 numbered[index, default: [:]][key] = value
             } else {
                 // The n-th `loras[][name]` is the n-th LoRA's, whether the fields come LoRA by LoRA or, as the
-                // OpenAI SDK sends them, key by key. A LoRA left without a scale is thus only safe last. A name
-                // and a url each start a LoRA, so they count as one key.
+                // OpenAI SDK sends them, key by key. A LoRA left without a scale (or an expert: `both` says it)
+                // is thus only safe last. A name and a url each start a LoRA, so they count as one key.
                 let counted = key == "url" ? "name" : key
                 let index = seen[counted, default: 0]
                 seen[counted] = index + 1
@@ -254,7 +255,7 @@ package enum VideoCreateRequest {
             frames = 81
         }
         let webhook = reader.webhook()
-        let loras = reader.loras(available: models.loras, urls: models.loraURLs)
+        let loras = reader.loras(available: models.loras, urls: models.loraURLs, model: facts)
         guard reader.issues.isEmpty, let prompt, let model, let size, let frames, let guidance, let steps, let negative, let loras else {
             throw OpenAIError.invalidRequest(reader.issues)
         }

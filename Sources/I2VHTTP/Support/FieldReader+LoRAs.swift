@@ -18,9 +18,12 @@ extension FieldReader {
     /// `loras`: a list of `{"name": …, "scale": …}`, each naming a LoRA of the catalog (`available`) once, with a
     /// scale from 0 to 2 (1 when left out). With `urls` (`I2V_LORA_URLS`) an item may give an http(s) `url`
     /// instead of a `name` (exactly one of them); without, a `url` is an issue at its place. Absent, `null` and
-    /// `[]` are no LoRAs. Each problem is an issue at its place in the list (`loras`, `loras[1].scale`), as
-    /// pydantic reports nested fields.
-    package mutating func loras(available: Set<String>, urls: Bool = false) -> [LoRAChoice]? {
+    /// `[]` are no LoRAs. An item's `expert` (`high_noise`, `low_noise`, or `both`, the same as leaving it out)
+    /// puts it on one transformer of a model with two (`model`'s `experts`; not checked where the model is not
+    /// known here); the
+    /// same LoRA twice is then fine on the two single experts. Each problem is an issue at its place in the list
+    /// (`loras`, `loras[1].scale`), as pydantic reports nested fields.
+    package mutating func loras(available: Set<String>, urls: Bool = false, model: ServedModel? = nil) -> [LoRAChoice]? {
         let name = "loras"
         guard let value = fields[name], value != .null else { return [] }
         guard case .array(let items) = value else {
@@ -44,6 +47,7 @@ extension FieldReader {
                 continue
             }
             var reader = FieldReader(fields: fields)
+            let expert = reader.loraExpert(model: model)
             var source: LoRAChoice.Source?
             var loraName: String?
             if let url = fields["url"], url != .null {
@@ -56,9 +60,11 @@ extension FieldReader {
                 } else if fields["name"] != nil {
                     reader.issues.append(ValidationIssue("value_error", field: "url", "Give a LoRA either a name or a url, not both", input: url))
                 } else if let url = reader.url("url") {
-                    if choices.contains(where: { $0.source == .url(url) }) {
+                    if choices.contains(where: { $0.source == .url(url) && LoRAExpert.overlap($0.expert, expert ?? nil) }) {
                         reader.issues.append(
-                            ValidationIssue("value_error", field: "url", "LoRA url '\(url)' is given twice; give each LoRA once", input: .string(url)))
+                            ValidationIssue(
+                                "value_error", field: "url",
+                                "LoRA url '\(url)' is given twice; give each LoRA once, or once per expert (high_noise and low_noise)", input: .string(url)))
                     }
                     source = .url(url)
                 }
@@ -70,9 +76,11 @@ extension FieldReader {
             if let loraName, !available.contains(loraName) {
                 let listed = available.isEmpty ? "the LoRA catalog is empty" : "GET /loras lists the catalog"
                 reader.issues.append(ValidationIssue("value_error", field: "name", "Unknown LoRA '\(loraName)': \(listed)", input: .string(loraName)))
-            } else if let loraName, choices.contains(where: { $0.name == loraName }) {
+            } else if let loraName, choices.contains(where: { $0.name == loraName && LoRAExpert.overlap($0.expert, expert ?? nil) }) {
                 reader.issues.append(
-                    ValidationIssue("value_error", field: "name", "LoRA '\(loraName)' is named twice; give each LoRA once", input: .string(loraName)))
+                    ValidationIssue(
+                        "value_error", field: "name", "LoRA '\(loraName)' is named twice; give each LoRA once, or once per expert (high_noise and low_noise)",
+                        input: .string(loraName)))
             }
             // The item's own issues, placed under its index.
             let under: [ValidationIssue.LocationPart] = [.key("body")] + place
@@ -81,13 +89,34 @@ extension FieldReader {
                 nested.loc = under + Array(issue.loc.dropFirst())
                 return nested
             }
-            guard reader.issues.isEmpty, let source, let scale else {
+            guard reader.issues.isEmpty, let source, let scale, let expert else {
                 valid = false
                 continue
             }
-            choices.append(LoRAChoice(source: source, scale: scale))
+            choices.append(LoRAChoice(source: source, scale: scale, expert: expert))
         }
         return valid ? choices : nil
+    }
+}
+
+extension FieldReader {
+    /// An item's `expert`: `.some(nil)` for both (absent, `null` or `both`), nil after an issue. Naming one
+    /// expert on a model with one transformer is an issue, as `guidance_scale_2` is.
+    fileprivate mutating func loraExpert(model: ServedModel?) -> LoRAExpert?? {
+        guard let value = fields["expert"], value != .null else { return .some(nil) }
+        guard case .string(let text) = value, LoRAExpert.names.contains(text) else {
+            issues.append(ValidationIssue("literal_error", field: "expert", "Input should be 'high_noise', 'low_noise' or 'both'", input: value))
+            return nil
+        }
+        let expert = LoRAExpert(rawValue: text)
+        if expert != nil, let model, model.experts < 2 {
+            issues.append(
+                ValidationIssue(
+                    "value_error", field: "expert", "\(model.id) has one transformer; a LoRA's expert is for a model with two experts", input: value
+                ))
+            return nil
+        }
+        return .some(expert)
     }
 }
 

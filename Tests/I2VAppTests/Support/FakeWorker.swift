@@ -76,7 +76,7 @@ actor FakeWorker: InferenceWorker {
             protocol: 1,
             model: WorkerModelInfo(
                 id: model.id, nativeArea: model.nativeArea, sizeMultiple: model.sizeMultiple, fps: model.fps, sizes: model.sizes,
-                maxFrames: model.maxFrames, lastImage: model.lastImage
+                maxFrames: model.maxFrames, lastImage: model.lastImage, experts: model.experts
             ),
             device: "cpu",
             dtype: "float32",

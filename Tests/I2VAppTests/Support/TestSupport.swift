@@ -190,9 +190,10 @@ extension TestResponse {
 
 /// Builds the app with a fake worker and the given settings.
 func makeTestApp(
-    dataDir: URL, worker: FakeWorker, role: NodeRole = .serve, model: String = "test-model", _ values: [String: ConfigValue] = [:]
+    dataDir: URL, worker: FakeWorker, role: NodeRole = .serve, model: String = "test-model", experts: Int = 1,
+    _ values: [String: ConfigValue] = [:]
 ) async throws -> some ApplicationProtocol {
-    let served = ServedModel(id: model, nativeArea: 15_360)
+    let served = ServedModel(id: model, nativeArea: 15_360, experts: experts)
     await worker.setModel(served)
     return try await buildApplication(
         configuration: testConfiguration(dataDir: dataDir, values),
