@@ -161,7 +161,10 @@ public actor Dispatcher: Service {
 
     private func dispatch(into group: inout DiscardingTaskGroup) async {
         // The worker is chosen before the claim, so a task leaves the queue only when a worker has room for it.
-        while accepting, let member = await pool.reserve() {
+        // A worker whose claim was narrowed to one LoRA set and found none is passed over for this round, so
+        // the others still get to claim what it left.
+        var passed: Set<Int> = []
+        while accepting, let member = await pool.reserve(passing: passed) {
             let claimed: TaskRecord?
             let started = ContinuousClock.now
             // A worker's running jobs share its adapters: while it is busy, its free slots take its own set.
@@ -179,7 +182,9 @@ public actor Dispatcher: Service {
             }
             guard let task = claimed else {
                 await pool.release(member)
-                break
+                guard set != nil else { break }  // nothing queued for this node at all
+                passed.insert(member.index)
+                continue
             }
             if running[task.id] != nil {
                 // Ours already: taken back while this node could not reach the store, and claimed again

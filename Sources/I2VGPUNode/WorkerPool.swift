@@ -12,6 +12,9 @@ public actor WorkerPool {
         public let worker: any InferenceWorker
         /// The most jobs it runs at once.
         public let slots: Int
+        /// Several devices making one video (`cuda:0+cuda:1`). A group takes no LoRAs: its ranks would
+        /// have to switch adapters in step.
+        public var isGroup: Bool { device.contains("+") }
 
         public init(index: Int, device: String, worker: any InferenceWorker, slots: Int) {
             self.index = index
@@ -83,15 +86,15 @@ public actor WorkerPool {
         return min(capacity, total)
     }
 
-    /// Reserves a slot on the least busy ready worker with one free (ties go to the lowest index); nil when
-    /// the node is at its total or no ready worker has room.
-    package func reserve() async -> Member? {
+    /// Reserves a slot on the least busy ready worker with one free (ties go to the lowest index), leaving out
+    /// the workers in `passed`; nil when the node is at its total or no other ready worker has room.
+    package func reserve(passing passed: Set<Int> = []) async -> Member? {
         guard running.reduce(0, +) < capacity else { return nil }
         var reported: [Int?] = []
         for member in members { reported.append(await member.worker.readiness()?.slots) }
         // No suspension from here on: the choice and the reservation see the same counts.
         var chosen: Member?
-        for member in members {
+        for member in members where !passed.contains(member.index) {
             guard let workerSlots = reported[member.index] else { continue }
             let busy = running[member.index]
             guard busy < min(member.slots, workerSlots) else { continue }
@@ -108,7 +111,12 @@ public actor WorkerPool {
     /// they end; keeping a busy worker to its set lets it switch sets only when idle. After `hold` of one set
     /// it takes the oldest task again (which may be of its set still), so no set waits longer than that
     /// behind a worker that is never idle.
+    ///
+    /// A group claims only tasks without LoRAs while the node has a worker that is not a group: LoRA tasks
+    /// are left to that one. On a node of groups alone a group claims them too, and refuses them, so they
+    /// fail with the reason rather than wait for a worker that never comes.
     package func claimSet(for member: Member, hold: Duration, now: ContinuousClock.Instant = .now) -> String? {
+        if member.isGroup, members.contains(where: { !$0.isGroup }) { return "" }
         guard !tasks[member.index].isEmpty, let held = heldSets[member.index], now - held.since < hold else { return nil }
         return held.set
     }

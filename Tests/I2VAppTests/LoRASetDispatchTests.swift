@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import HummingbirdTesting
 import I2VTestSupport
+import Logging
 import Metrics
 import Testing
 
@@ -91,5 +92,70 @@ import Testing
         await pool.release(member, taskID: "a")
         await pool.release(member, taskID: "b")
         #expect(await pool.claimSet(for: member, hold: .seconds(10), now: start + .seconds(12)) == nil, "idle again")
+    }
+}
+
+/// A group (several devices making one video) takes no LoRAs. On a node with a plain worker beside it, the
+/// LoRA tasks go to that worker and the group takes the others; on a node of groups alone the group still
+/// claims them (and refuses them), so they never wait for a worker that does not exist.
+@Suite struct GroupLoRADispatchTests {
+    static func member(_ index: Int, _ device: String, _ worker: FakeWorker) -> WorkerPool.Member {
+        .init(index: index, device: device, worker: worker, slots: 1)
+    }
+
+    @Test func aGroupClaimsOnlyTasksWithoutLoRAsWhenAPlainWorkerIsBesideIt() async throws {
+        let metrics = ServiceMetrics(factory: NOOPMetricsHandler.instance)
+        let mixed = WorkerPool(
+            members: [Self.member(0, "cpu+cpu", FakeWorker()), Self.member(1, "cpu", FakeWorker())], capacity: 2, metrics: metrics
+        )
+        #expect(await mixed.claimSet(for: mixed.members[0], hold: .seconds(60)) == "", "the group: tasks without LoRAs only")
+        #expect(await mixed.claimSet(for: mixed.members[1], hold: .seconds(60)) == nil, "the plain worker: any task")
+        let groups = WorkerPool(members: [Self.member(0, "cpu+cpu", FakeWorker())], capacity: 1, metrics: metrics)
+        #expect(await groups.claimSet(for: groups.members[0], hold: .seconds(60)) == nil, "groups alone: any task")
+    }
+
+    /// Through the dispatcher: tasks with and without LoRAs alternate in the queue, the group is the worker
+    /// the pool offers first, and yet every LoRA task runs on the plain worker and every task runs.
+    @Test func theDispatcherSendsLoRATasksPastTheGroup() async throws {
+        let directory = try TemporaryDirectory()
+        let catalog = directory.url.appending(path: "loras")
+        try FileManager.default.createDirectory(at: catalog, withIntermediateDirectories: true)
+        try LoRAFiles.lora().write(to: catalog.appending(path: "style.safetensors"))
+        let loras = LoRADirectory(directory: catalog, logger: Logger(label: "test"))
+        let style = try #require(await loras.entry(named: "style"))
+        let media = MediaStore(inputsDirectory: directory.url.appending(path: "inputs"), videosDirectory: directory.url.appending(path: "videos"))
+        let queue = InMemoryTaskQueue()
+        let group = FakeWorker(stepDuration: .milliseconds(2))
+        let plain = FakeWorker(stepDuration: .milliseconds(2))
+        let metrics = ServiceMetrics(factory: NOOPMetricsHandler.instance)
+        let pool = WorkerPool(members: [Self.member(0, "cpu+cpu", group), Self.member(1, "cpu", plain)], capacity: 2, metrics: metrics)
+        var withLoRAs: Set<String> = []
+        var all: [String] = []
+        for index in 0..<6 {
+            var record = TaskStoreTests.record("task\(index)", model: "test-model")
+            if index % 2 == 0 {
+                record.loras = [TaskLoRA(name: "style", scale: 1, sha256: style.sha256)]
+                withLoRAs.insert(record.id)
+            }
+            try await queue.enqueue(record, maxQueued: 10)
+            all.append(record.id)
+        }
+        let signal = DispatchSignal()
+        let dispatcher = Dispatcher(
+            store: queue, media: media, loras: loras, pool: pool, signal: signal,
+            configuration: .init(node: "node", lease: .seconds(30), maxAttempts: 3, cancelGrace: .seconds(5), shutdownGrace: .seconds(5)),
+            metrics: metrics, logger: Logger(label: "test")
+        )
+        let running = Task { try await dispatcher.run() }
+        defer { running.cancel() }
+        let done = await eventually("every task run", timeout: .seconds(120)) {
+            Set(await group.started).union(await plain.started) == Set(all)
+        }
+        let byGroup = await group.started
+        let byPlain = await plain.started
+        #expect(done, "group ran \(byGroup), plain ran \(byPlain)")
+        #expect(Set(byGroup).isDisjoint(with: withLoRAs), "the group ran a LoRA task: \(byGroup)")
+        #expect(withLoRAs.isSubset(of: Set(byPlain)))
+        #expect(!byGroup.isEmpty, "the group took none of the tasks without LoRAs")
     }
 }
