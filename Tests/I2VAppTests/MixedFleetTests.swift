@@ -23,7 +23,10 @@ import Testing
                     ["i2v.databaseUrl": .init(stringLiteral: url), "i2v.nodeId": .init(stringLiteral: id), "i2v.maxQueued": 50]
                 )
             }
-            let slow = FakeWorker(stepDuration: .milliseconds(60))
+            // The slow model's jobs park after their last step until released, so its queue cannot drain
+            // before the fast model's jobs are done, however busy the machine is.
+            let slow = FakeWorker(stepDuration: .milliseconds(20))
+            await slow.setHoldsAfterLastStep(true)
             let fast = FakeWorker()
             let api = try await node("front", .api, FakeWorker(), model: "unused")
             let slowNode = try await node("gpu-slow", .worker, slow, model: Self.slowModel)
@@ -57,7 +60,10 @@ import Testing
                             // The fast model's jobs were done while the slow model's queue was still draining.
                             var slowStatuses: [String] = []
                             for id in slowIDs { slowStatuses.append(try await client.status(id)["status"] as? String ?? "") }
-                            #expect(slowStatuses.contains { $0 != "Succeed" }, "the slow queue had drained first: \(slowStatuses)")
+                            #expect(slowStatuses.allSatisfy { $0 != "Succeed" }, "a held slow job finished: \(slowStatuses)")
+                            #expect(slowStatuses.contains("InQueue"), "the slow model's queue is still waiting: \(slowStatuses)")
+                            await slow.setHoldsAfterLastStep(false)
+                            await slow.releaseHeldJobs()
                             for id in slowIDs {
                                 #expect(try await client.waitFor(id, status: "Succeed", timeout: .seconds(300))["status"] as? String == "Succeed")
                             }
