@@ -309,7 +309,7 @@ public actor Dispatcher: Service {
                 var resolved: [WorkerLoRA] = []
                 for lora in task.loras {
                     let entry = try await loras.resolve(lora)
-                    resolved.append(WorkerLoRA(name: lora.name, path: entry.path, scale: lora.scale, sha256: lora.sha256))
+                    resolved.append(WorkerLoRA(name: lora.name, path: entry.path, scale: lora.scale, sha256: lora.sha256, expert: lora.expert))
                 }
                 job.loras = resolved
             }

@@ -227,12 +227,15 @@ public struct WorkerLoRA: Codable, Sendable, Equatable {
     public var path: String?
     public var scale: Double
     public var sha256: String
+    /// The one transformer of a two-expert model it loads into; absent (nil): both, as before experts.
+    public var expert: LoRAExpert?
 
-    package init(name: String, path: String? = nil, scale: Double, sha256: String) {
+    package init(name: String, path: String? = nil, scale: Double, sha256: String, expert: LoRAExpert? = nil) {
         self.name = name
         self.path = path
         self.scale = scale
         self.sha256 = sha256
+        self.expert = expert
     }
 }
 

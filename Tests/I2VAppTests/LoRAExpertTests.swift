@@ -91,6 +91,8 @@ import Testing
                 #expect(Self.reported(video["loras"]) == ["style@1:high_noise", "big@0.5:low_noise", "soft@1:both"], "\(video)")
                 let job = try #require(await worker.jobs.first { $0.taskID == pair })
                 #expect(job.loras?.map(\.name) == ["style", "big", "soft"])
+                // The run message carries each single expert, and nothing for both.
+                #expect(job.loras?.map(\.expert) == [.highNoise, .lowNoise, nil])
                 #expect(job.loras?.first?.path == loras.appending(path: "style.safetensors").path)
 
                 // One file on each single expert, at its own scale, through the OpenAI-style API.
