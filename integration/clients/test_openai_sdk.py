@@ -268,6 +268,19 @@ def test_loras_through_extra_body_are_listed_applied_and_reported(
     # The same job and seed with LoRAs makes another video.
     assert a14b_client.videos.download_content(plain.id).read() != a14b_client.videos.download_content(styled.id).read()
 
+    # On the A14B a LoRA may be for one expert: the high-noise one only makes a video of its own.
+    high = a14b_client.videos.create(
+        prompt=PROMPT, extra_body={**common, "loras": [{"name": "sdk-ink", "expert": "high_noise"}]}
+    )
+    both = a14b_client.videos.create(prompt=PROMPT, extra_body={**common, "loras": [{"name": "sdk-ink"}]})
+    high_done = a14b_client.videos.poll(high.id, poll_interval_ms=100)
+    both_done = a14b_client.videos.poll(both.id, poll_interval_ms=100)
+    assert (high_done.status, both_done.status) == ("completed", "completed"), (high_done, both_done)
+    assert [entry.get("expert") for entry in high_done.to_dict()["loras"]] == ["high_noise"], high_done
+    assert "expert" not in both_done.to_dict()["loras"][0], both_done
+    videos = {a14b_client.videos.download_content(job.id).read() for job in (plain, high, both)}
+    assert len(videos) == 3, "the high-noise LoRA alone made the plain or the both-experts video"
+
     # A name the catalog does not hold is the SDK's own BadRequestError, naming the field.
     with pytest.raises(openai.BadRequestError) as refused:
         a14b_client.videos.create(prompt=PROMPT, extra_body={**common, "loras": [{"name": "no-such-lora"}]})
