@@ -132,7 +132,7 @@ public func buildNode(
         pool = node.pool
         let workerPool = node.pool
         let served = ModelCatalogSource.workers(
-            { await workerPool.snapshot().compactMap { $0.ready.map { ServedModel($0.model) } } },
+            { await workerPool.snapshot().compactMap(\.served) },
             configured: node.catalog
         )
         catalog = served

@@ -300,10 +300,10 @@ public struct WorkerDone: Codable, Sendable, Equatable {
 
 extension ServedModel {
     /// What a ready worker says it serves, as the rest of the service checks jobs against it.
-    package init(_ info: WorkerModelInfo) {
+    package init(_ info: WorkerModelInfo, takesLoRAs: Bool = true) {
         self.init(
             id: info.id, nativeArea: info.nativeArea, sizeMultiple: info.sizeMultiple, fps: info.fps, sizes: info.sizes,
-            maxFrames: info.maxFrames, lastImage: info.lastImage, experts: info.experts
+            maxFrames: info.maxFrames, lastImage: info.lastImage, experts: info.experts, takesLoRAs: takesLoRAs
         )
     }
 }

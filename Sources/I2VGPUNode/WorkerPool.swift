@@ -33,6 +33,13 @@ public actor WorkerPool {
         public var tasks: [String]
         public var ready: WorkerReady?
 
+        /// A group of devices, as configured (`Member.isGroup`) or as the worker says (`ranks`): it takes no
+        /// LoRAs.
+        public var isGroup: Bool { device.contains("+") || (ready?.ranks ?? 1) > 1 }
+
+        /// What it serves once ready, as the node announces it.
+        package var served: ServedModel? { ready.map { ServedModel($0.model, takesLoRAs: !isGroup) } }
+
         package init(index: Int, device: String, status: WorkerStatus, running: Int, tasks: [String], ready: WorkerReady? = nil) {
             self.index = index
             self.device = device

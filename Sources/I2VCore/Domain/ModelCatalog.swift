@@ -20,6 +20,10 @@ public struct ServedModel: Codable, Sendable, Equatable {
     /// Transformers that share the denoising (Wan2.2 A14B: 2, a high-noise and a low-noise expert, each with
     /// its own guidance); 1 where not said.
     public var experts: Int
+    /// Whether a job for it may give LoRAs: false where every worker serving it is a group of devices
+    /// (`cuda:0+cuda:1`), which takes none. Rows and files from before it was said read true, as such
+    /// workers took LoRAs then.
+    public var takesLoRAs: Bool
 
     package enum CodingKeys: String, CodingKey {
         case id
@@ -29,6 +33,7 @@ public struct ServedModel: Codable, Sendable, Equatable {
         case maxFrames = "max_frames"
         case lastImage = "last_image"
         case experts
+        case takesLoRAs = "loras"
     }
 
     /// Wan2.1's frame rate.
@@ -36,7 +41,7 @@ public struct ServedModel: Codable, Sendable, Equatable {
 
     public init(
         id: String, nativeArea: Int, sizeMultiple: Int = 16, fps: Int = defaultFPS, sizes: [String] = [], maxFrames: Int? = nil,
-        lastImage: LastImageSupport = .none, experts: Int = 1
+        lastImage: LastImageSupport = .none, experts: Int = 1, takesLoRAs: Bool = true
     ) {
         self.id = id
         self.nativeArea = nativeArea
@@ -46,6 +51,7 @@ public struct ServedModel: Codable, Sendable, Equatable {
         self.maxFrames = maxFrames
         self.lastImage = lastImage
         self.experts = experts
+        self.takesLoRAs = takesLoRAs
     }
 
     /// Rows and files from before the model table carry only the first four fields.
@@ -59,6 +65,21 @@ public struct ServedModel: Codable, Sendable, Equatable {
         maxFrames = try container.decodeIfPresent(Int.self, forKey: .maxFrames)
         lastImage = try container.decodeIfPresent(LastImageSupport.self, forKey: .lastImage) ?? .none
         experts = try container.decodeIfPresent(Int.self, forKey: .experts) ?? 1
+        takesLoRAs = try container.decodeIfPresent(Bool.self, forKey: .takesLoRAs) ?? true
+    }
+
+    /// Each model once, in the order first given, with the first one's facts: the models that several workers
+    /// or nodes announce. It takes LoRAs where any of them takes them, since a LoRA task can wait for that one.
+    public static func merging(_ models: [ServedModel]) -> [ServedModel] {
+        var merged: [ServedModel] = []
+        for model in models {
+            if let index = merged.firstIndex(where: { $0.id == model.id }) {
+                merged[index].takesLoRAs = merged[index].takesLoRAs || model.takesLoRAs
+            } else {
+                merged.append(model)
+            }
+        }
+        return merged
     }
 
     /// The `(width, height)` of each of `sizes`.

@@ -41,8 +41,7 @@ package final class ModelCatalogSource: Sendable {
         case .fixed(let catalog):
             return catalog
         case .workers(let ready, let configured):
-            var models: [ServedModel] = []
-            for model in await ready() where !models.contains(where: { $0.id == model.id }) { models.append(model) }
+            let models = ServedModel.merging(await ready())
             return models.isEmpty ? configured : ModelCatalog(models: models)
         case .registry(let nodes):
             let registered = try await nodes.registered()
@@ -51,12 +50,10 @@ package final class ModelCatalogSource: Sendable {
         }
     }
 
-    /// The models these nodes serve, each once, in the order the nodes come.
+    /// The models these nodes serve, each once, in the order the nodes come; one takes LoRAs where any node's
+    /// does.
     package static func union(_ nodes: [WorkerNode]) -> ModelCatalog? {
-        var models: [ServedModel] = []
-        for model in nodes.flatMap(\.models) where !models.contains(where: { $0.id == model.id }) {
-            models.append(model)
-        }
+        let models = ServedModel.merging(nodes.flatMap(\.models))
         return models.isEmpty ? nil : ModelCatalog(models: models)
     }
 }

@@ -31,8 +31,14 @@ package enum SubmitFailure: Error, Sendable, Equatable {
     /// The job's LoRAs together are more than the worker's one adapter holds: their ranks add up past
     /// `I2V_LORA_MAX_RANK`. On a two-expert model the sum is each expert's (its own LoRAs and those for both).
     case loraRanksAboveLimit(total: Int, limit: Int, expert: LoRAExpert?)
+    /// A job with LoRAs for a model that only groups of devices serve, which take none (`ServedModel.takesLoRAs`).
+    case loRAsNotTaken(model: String)
 
     package static let noWorkerNodeReason = "no worker node has registered with the task queue yet: start an `i2v-server worker` on the same database"
+
+    package static func loRAsNotTakenReason(_ model: String) -> String {
+        "loras: the workers serving \(model) are groups of devices (I2V_DEVICES with +), which take no LoRAs"
+    }
 
     package static func noWorkerForModelReason(_ model: String) -> String {
         "no live worker serves model \(model): start a worker node with I2V_MODEL=\(model) on the same queue, or ask for a model that is served (GET /models)"
@@ -265,6 +271,8 @@ package struct SubmitTask: Sendable {
     /// is downloaded into the catalog first (before the image: a refused LoRA costs no image download), and
     /// then pinned like any other.
     private func pinLoRAs(_ choices: [LoRAChoice], model: ServedModel, logger: Logger) async throws(SubmitFailure) -> [TaskLoRA] {
+        // Refused before any LoRA URL is downloaded: a group would claim the task and fail it.
+        if !choices.isEmpty, !model.takesLoRAs { throw .loRAsNotTaken(model: model.id) }
         var pinned: [TaskLoRA] = []
         // Per expert: a two-expert model holds an adapter of the limit's rank in each of its transformers.
         var ranks: [LoRAExpert: Int] = [:]

@@ -108,6 +108,8 @@ package struct VideoController: Sendable {
         case .loraRanksAboveLimit(let total, let limit, let expert):
             let whose = expert.map { "the ranks of those on the \($0.rawValue) expert (its own and those for both)" } ?? "their ranks"
             return APIError(.badRequest, "loras: \(whose) add up to \(total), above the limit of \(limit) (I2V_LORA_MAX_RANK)")
+        case .loRAsNotTaken(let model):
+            return APIError(.badRequest, SubmitFailure.loRAsNotTakenReason(model))
         }
     }
 

@@ -141,7 +141,7 @@ package struct OpenAIVideosController: Sendable {
                 return OpenAIError(.serviceUnavailable, reason, code: "no_worker_node", headers: [.retryAfter: "10"])
             case .unusableWebhook:
                 return OpenAIError(.badRequest, reason, param: "webhook_url", code: "invalid_webhook_url")
-            case .unusableLoRA, .unusableLoRAURL, .loraRanksAboveLimit:
+            case .unusableLoRA, .unusableLoRAURL, .loraRanksAboveLimit, .loRAsNotTaken:
                 return OpenAIError(.badRequest, reason, param: "loras", code: "unusable_lora")
             }
         case let failure as VideoFormFailure:

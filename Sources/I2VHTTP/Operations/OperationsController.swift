@@ -136,7 +136,8 @@ package struct OperationsController: Sendable {
         let models = served.map {
             ModelBody(
                 id: $0.id, default: $0.id == defaultID, nativeArea: $0.nativeArea, sizeMultiple: $0.sizeMultiple, fps: $0.fps,
-                sizes: $0.sizes, maxFrames: $0.maxFrames, lastImage: $0.lastImage, experts: $0.experts, speed: speed
+                sizes: $0.sizes, maxFrames: $0.maxFrames, lastImage: $0.lastImage, experts: $0.experts, takesLoRAs: $0.takesLoRAs,
+                speed: speed
             )
         }
         return JSONBody.response(status: .ok, value: ["models": models])
@@ -250,6 +251,8 @@ package struct OperationsController: Sendable {
         package var lastImage: LastImageSupport
         /// 2 for a model whose denoising two experts share, each with its own guidance (`guidance_scale_2`).
         package var experts: Int
+        /// Whether a job may give LoRAs: false where only groups of devices serve it.
+        package var takesLoRAs: Bool
         /// The speed preset it is served with, as a ready worker reports it; left out while none is ready.
         package var speed: WorkerSpeed?
         package enum CodingKeys: String, CodingKey {
@@ -260,6 +263,7 @@ package struct OperationsController: Sendable {
             case maxFrames = "max_frames"
             case lastImage = "last_image"
             case experts
+            case takesLoRAs = "loras"
             case speed
         }
 
@@ -274,6 +278,7 @@ package struct OperationsController: Sendable {
             try container.encode(maxFrames, forKey: .maxFrames)
             try container.encode(lastImage, forKey: .lastImage)
             try container.encode(experts, forKey: .experts)
+            try container.encode(takesLoRAs, forKey: .takesLoRAs)
             try container.encodeIfPresent(speed, forKey: .speed)
         }
     }

@@ -138,6 +138,12 @@ extension PlaygroundPage {
           async function loadLoras() {
             // Only the latest listing is shown: a slower answer for an older key or model must not replace it.
             const ticket = ++loraTicket;
+            // Only groups of devices serve it, and they take no LoRAs: the server would refuse any.
+            const served = models.find((candidate) => candidate.id === modelSelect.value);
+            if (!modelSelect.disabled && served?.loras === false) {
+              loraChoices.clear();
+              return showLoraHint(`${served.id} is served by groups of devices, which take no LoRAs.`);
+            }
             const key = keyInput.value.trim();
             if (!key) return showLoraHint("Enter the API key to see the LoRAs for this model.");
             let listed;

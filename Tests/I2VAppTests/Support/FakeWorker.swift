@@ -42,6 +42,8 @@ actor FakeWorker: InferenceWorker {
 
     /// The model it says it serves once ready.
     private(set) var model: ServedModel
+    /// What a group's readiness says: how many processes make each video (nil: one, not a group).
+    private(set) var ranks: Int?
 
     init(stepDuration: Duration = .milliseconds(5), ready: Bool = true, model: ServedModel = ServedModel(id: "test-model", nativeArea: 15_360)) {
         self.stepDuration = stepDuration
@@ -50,6 +52,7 @@ actor FakeWorker: InferenceWorker {
     }
 
     func setModel(_ model: ServedModel) { self.model = model }
+    func setRanks(_ ranks: Int?) { self.ranks = ranks }
 
     func attach(_ signal: DispatchSignal) { self.signal = signal }
 
@@ -81,7 +84,8 @@ actor FakeWorker: InferenceWorker {
             device: "cpu",
             dtype: "float32",
             slots: 2,
-            memory: memory
+            memory: memory,
+            ranks: ranks
         )
     }
 
