@@ -142,6 +142,12 @@ public func buildNode(
         // name before the first worker was ready (a checkpoint whose own name differs) is still this node's.
         let configuredIDs = node.catalog.models.map(\.id)
         dispatcher.models = { ((try? await served.current()?.models.map(\.id)) ?? []) + configuredIDs }
+        let nodeID = configuration.nodeID
+        dispatcher.loRAsTakenElsewhere = {
+            guard let live = try? await nodes.live() else { return false }
+            let own = Set(((try? await served.current()?.models.map(\.id)) ?? []) + configuredIDs)
+            return live.contains { node in node.id != nodeID && node.models.contains { $0.takesLoRAs && own.contains($0.id) } }
+        }
         dispatchServices = [
             Dispatcher(
                 store: store,

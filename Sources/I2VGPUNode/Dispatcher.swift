@@ -29,6 +29,9 @@ public actor Dispatcher: Service {
         /// How long a busy worker's free slots keep to the LoRA set it runs before they take the oldest task
         /// of any set again (`WorkerPool.claimSet`): the longest another set waits for a busy worker.
         public var loraSetHold: Duration
+        /// Whether another live node takes LoRAs for this node's models: a node of groups alone then leaves LoRA
+        /// tasks to it (`WorkerPool.claimSet`) instead of claiming and failing them.
+        public var loRAsTakenElsewhere: @Sendable () async -> Bool = { false }
 
         public init(
             node: String,
@@ -168,7 +171,8 @@ public actor Dispatcher: Service {
             let claimed: TaskRecord?
             let started = ContinuousClock.now
             // A worker's running jobs share its adapters: while it is busy, its free slots take its own set.
-            let set = await pool.claimSet(for: member, hold: configuration.loraSetHold)
+            let elsewhere = member.isGroup ? await configuration.loRAsTakenElsewhere() : false
+            let set = await pool.claimSet(for: member, hold: configuration.loraSetHold, loRAsElsewhere: elsewhere)
             do {
                 claimed = try await store.claimNext(
                     node: configuration.node, lease: configuration.lease, models: await configuration.models(), loraSet: set

@@ -119,11 +119,12 @@ public actor WorkerPool {
     /// it takes the oldest task again (which may be of its set still), so no set waits longer than that
     /// behind a worker that is never idle.
     ///
-    /// A group claims only tasks without LoRAs while the node has a worker that is not a group: LoRA tasks
-    /// are left to that one. On a node of groups alone a group claims them too, and refuses them, so they
-    /// fail with the reason rather than wait for a worker that never comes.
-    package func claimSet(for member: Member, hold: Duration, now: ContinuousClock.Instant = .now) -> String? {
-        if member.isGroup, members.contains(where: { !$0.isGroup }) { return "" }
+    /// A group claims only tasks without LoRAs while the node has a worker that is not a group, or another
+    /// live node takes LoRAs for its models (`loRAsElsewhere`): LoRA tasks are left to those. Otherwise a
+    /// group claims them too, and refuses them, so they fail with the reason rather than wait for a worker
+    /// that never comes (submits refuse them already; these were queued before).
+    package func claimSet(for member: Member, hold: Duration, loRAsElsewhere: Bool = false, now: ContinuousClock.Instant = .now) -> String? {
+        if member.isGroup, loRAsElsewhere || members.contains(where: { !$0.isGroup }) { return "" }
         guard !tasks[member.index].isEmpty, let held = heldSets[member.index], now - held.since < hold else { return nil }
         return held.set
     }

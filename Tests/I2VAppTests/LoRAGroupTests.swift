@@ -2,6 +2,7 @@ import Configuration
 import Foundation
 import Hummingbird
 import HummingbirdTesting
+import Metrics
 import NIOCore
 import Synchronization
 import Testing
@@ -55,6 +56,16 @@ import Testing
         #expect(snapshot("cpu+cpu", ready).served?.takesLoRAs == false)
         #expect(snapshot("cpu", ranked).served?.takesLoRAs == false)
         #expect(snapshot("cpu", nil).served == nil)
+    }
+
+    /// A node of groups alone leaves LoRA tasks to another live node that takes them, and claims them itself
+    /// only where none does.
+    @Test func groupsAloneLeaveLoRATasksToANodeThatTakesThem() async {
+        let pool = WorkerPool(
+            members: [WorkerPool.Member(index: 0, device: "cpu+cpu", worker: FakeWorker(), slots: 1)], capacity: 1,
+            metrics: ServiceMetrics(factory: NOOPMetricsHandler.instance))
+        #expect(await pool.claimSet(for: pool.members[0], hold: .seconds(60), loRAsElsewhere: true) == "")
+        #expect(await pool.claimSet(for: pool.members[0], hold: .seconds(60), loRAsElsewhere: false) == nil)
     }
 }
 
@@ -234,6 +245,52 @@ import Testing
                     }
                     let accepted = try await client.post("/video/submit", json: body)
                     #expect(accepted.status == .accepted, "\(String(buffer: accepted.body))")
+                }
+            }
+        }
+    }
+
+    /// The queue is the fleet's: a LoRA task accepted because another node takes LoRAs is not claimed (and
+    /// failed) by a node of groups alone, which still runs the tasks without LoRAs queued after it; once no
+    /// live node takes LoRAs, the group claims it.
+    @Test func aNodeOfGroupsAloneLeavesLoRATasksToANodeThatTakesThem() async throws {
+        try await withFreshPostgresDatabase { endpoint in
+            let url = try TestCluster.url(database: endpoint.database)
+            let directory = try TemporaryDirectory()
+            let catalog = directory.url.appending(path: "catalog")
+            try FileManager.default.createDirectory(at: catalog, withIntermediateDirectories: true)
+            try LoRAFiles.lora().write(to: catalog.appending(path: "style.safetensors"))
+            // A node with a plain worker for the model, heard from but running no dispatcher here.
+            try await withPostgresStore(endpoint) { try await $0.recordHeartbeat(Self.node("gpu-plain", takesLoRAs: true)) }
+            let shared: [String: ConfigValue] = ["i2v.databaseUrl": .init(stringLiteral: url), "i2v.loraDir": .init(stringLiteral: catalog.path)]
+            let group = FakeWorker()
+            await group.setModel(ServedModel(id: Self.model, nativeArea: 15_360))
+            let groups = try await buildApplication(
+                configuration: testConfiguration(
+                    dataDir: directory.url.appending(path: "groups"),
+                    shared.merging(["i2v.devices": "cpu+cpu", "i2v.nodeId": "gpu-groups"]) { _, own in own }),
+                role: .worker,
+                overrides: AppOverrides(workers: [group], catalog: ModelCatalog(models: [ServedModel(id: Self.model, nativeArea: 15_360)]))
+            )
+            let api = try await makeTestApp(
+                dataDir: directory.url.appending(path: "api"), worker: FakeWorker(), role: .api,
+                shared.merging(["i2v.nodeId": "front-1"]) { _, own in own }
+            )
+            try await withImageServer { base in
+                try await groups.test(.live) { _ in
+                    try await api.test(.live) { client in
+                        let withLoRAs = try await client.submit(
+                            imageURL: "\(base)/image.png", extra: #","model":"\#(Self.model)","loras":[{"name":"style"}]"#)
+                        let without = try await client.submit(imageURL: "\(base)/image.png", extra: #","model":"\#(Self.model)""#)
+                        #expect(try await client.waitFor(without, status: "Succeed")["status"] as? String == "Succeed")
+                        #expect(try await client.status(withLoRAs)["status"] as? String == "InQueue")
+                        #expect(!(await group.started.contains(withLoRAs)), "the group claimed the LoRA task")
+
+                        try await withPostgresStore(endpoint) { try await $0.removeWorkerNode(id: "gpu-plain") }
+                        await eventually("the group claims the LoRA task once no live node takes LoRAs") {
+                            await group.started.contains(withLoRAs)
+                        }
+                    }
                 }
             }
         }
