@@ -359,3 +359,38 @@ def test_a_job_made_with_a_lora_sends_it_and_reports_it(page: Page, service: Ser
     digest = hashlib.sha256((lora_catalog / f"{name}.safetensors").read_bytes()).hexdigest()
     results = body["results"]
     assert isinstance(results, dict) and results.get("loras") == [{"name": name, "scale": 1.5, "sha256": digest}], body
+
+
+def test_a_lora_for_one_expert_of_a_two_expert_model(browser: Browser, a14b_service: Service) -> None:
+    """The A14B's LoRAs come one file per expert: each row offers the expert, sent only when not both."""
+    name = "pg-high-noise"
+    write_demo_loras(a14b_service, [name])
+    with _open(browser, a14b_service) as page:
+        record_sent_forms(page)
+        page.get_by_label("API key", exact=True).fill(a14b_service.api_key)
+        expect(page.get_by_label("Model", exact=True)).to_have_value("wan2.2-i2v-a14b-demo")
+        expert = page.get_by_label(f"Expert of {name}")
+        expect(expert).to_be_disabled()
+        page.get_by_label(name, exact=True).check()
+        expect(expert).to_have_value("both")
+        expert.select_option("high_noise")
+        page.get_by_label("Image file").set_input_files(
+            {"name": "first.png", "mimeType": "image/png", "buffer": png_bytes()}
+        )
+        page.get_by_label("Prompt", exact=True).fill(PROMPT)
+        page.get_by_label("Frames").fill("24")
+        page.get_by_text("More options").click()
+        page.get_by_label("Steps").fill("20")
+        page.get_by_role("button", name="Generate video").click()
+        job = page.get_by_role("article", name="Job 1", exact=True)
+        expect(job.get_by_text("Finished", exact=True)).to_be_visible(timeout=JOB_TIMEOUT_MS)
+        expect(job.locator(".job-facts")).to_contain_text(f"LoRA {name} at 1 on the high-noise expert")
+        sent = page.evaluate("window.sent")
+        assert len(sent) == 1, sent
+        assert json.loads(dict(sent[0])["loras"]) == [{"name": name, "scale": 1, "expert": "high_noise"}], sent
+
+
+def test_a_model_with_one_transformer_offers_no_expert(page: Page, service: Service, lora_catalog: Path) -> None:
+    page.get_by_label("API key", exact=True).fill(service.api_key)
+    expect(page.locator("#lora-list").get_by_role("checkbox")).to_have_count(len(LORAS))
+    expect(page.locator("#lora-list select")).to_have_count(0)

@@ -125,6 +125,8 @@ extension PlaygroundPage {
           // model changes. Choices are kept by name (name -> scale text) so that listing again (a new key, a file
           // added to the catalog) keeps what is still listed; a failed listing forgets nothing.
           const loraChoices = new Map();
+          // On a model with two experts each LoRA may go to one of them (name -> "both", "high_noise", "low_noise").
+          const loraExperts = new Map();
           let loraTicket = 0;
           let loraKeyTimer = null;
 
@@ -170,7 +172,8 @@ extension PlaygroundPage {
             const names = new Set(fitting.map((lora) => lora.name));
             for (const name of loraChoices.keys()) if (!names.has(name)) loraChoices.delete(name);
             loraHint.textContent = `Up to ${MAX_LORAS} per job, each at a scale from 0 to 2 (1 is as trained).`;
-            loraList.replaceChildren(...fitting.map(loraItem));
+            const twoExperts = served?.experts === 2;
+            loraList.replaceChildren(...fitting.map((lora, index) => loraItem(lora, index, twoExperts)));
             loraList.hidden = false;
             showLoraCount(false);
           }
@@ -182,7 +185,7 @@ extension PlaygroundPage {
             return `${(bytes / 1e9).toFixed(2)} GB`;
           }
 
-          function loraItem(lora, index) {
+          function loraItem(lora, index, twoExperts) {
             const id = `lora-${index}`;
             const item = document.createElement("li");
             item.className = "lora";
@@ -223,11 +226,32 @@ extension PlaygroundPage {
             scale.value = loraChoices.get(lora.name) ?? "1";
             scaleField.append(scaleLabel, scale);
 
+            // Two experts (the Wan2.2 A14B): its LoRAs are often published one file per expert.
+            let expert = null;
+            if (twoExperts) {
+              const expertLabel = document.createElement("label");
+              expertLabel.htmlFor = `${id}-expert`;
+              const whoseExpert = document.createElement("span");
+              whoseExpert.className = "visually-hidden";
+              whoseExpert.textContent = ` of ${lora.name}`;
+              expertLabel.append("Expert", whoseExpert);
+              expert = document.createElement("select");
+              expert.id = `${id}-expert`;
+              for (const [value, text] of [["both", "both"], ["high_noise", "high-noise"], ["low_noise", "low-noise"]]) {
+                expert.append(new Option(text, value));
+              }
+              expert.value = loraExperts.get(lora.name) ?? "both";
+              expert.addEventListener("change", () => loraExperts.set(lora.name, expert.value));
+              scaleField.append(expertLabel, expert);
+            }
+
             // Unchosen, the scale is disabled, so the browser's checks (0 to 2, steps of 0.05) apply only to what is sent.
             box.checked = loraChoices.has(lora.name);
             scale.disabled = !box.checked;
+            if (expert) expert.disabled = !box.checked;
             box.addEventListener("change", () => {
               scale.disabled = !box.checked;
+              if (expert) expert.disabled = !box.checked;
               if (box.checked) loraChoices.set(lora.name, scale.value);
               else loraChoices.delete(lora.name);
               showLoraCount(true);
@@ -258,7 +282,10 @@ extension PlaygroundPage {
           function chosenLoras() {
             return chosenLoraBoxes().map((box) => {
               const scale = $(`${box.id}-scale`).value.trim();
-              return { name: box.value, scale: scale === "" ? 1 : Number(scale) };
+              const chosen = { name: box.value, scale: scale === "" ? 1 : Number(scale) };
+              const expert = $(`${box.id}-expert`)?.value;
+              if (expert && expert !== "both") chosen.expert = expert;
+              return chosen;
             });
           }
 
@@ -399,7 +426,8 @@ extension PlaygroundPage {
             download.download = `${job.requestId}.mp4`;
             const facts = [`${results.width}×${results.height}`, `${results.num_frames} frames at ${results.fps} fps`, `seed ${results.seed}`];
             if (results.loras?.length) {
-              const used = results.loras.map((lora) => `${lora.name} at ${lora.scale}`).join(", ");
+              const expertOf = (lora) => (lora.expert ? ` on the ${lora.expert.replace("_", "-")} expert` : "");
+              const used = results.loras.map((lora) => `${lora.name} at ${lora.scale}${expertOf(lora)}`).join(", ");
               facts.push(`${results.loras.length === 1 ? "LoRA" : "LoRAs"} ${used}`);
             }
             if (results.timings?.inference != null) facts.push(`made in ${results.timings.inference.toFixed(1)} s`);
