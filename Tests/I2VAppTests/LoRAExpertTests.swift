@@ -56,12 +56,8 @@ import Testing
         _ body: @Sendable (_ client: any TestClientProtocol, _ loras: URL) async throws -> Void
     ) async throws {
         let directory = try TemporaryDirectory()
-        let loras = directory.url.appending(path: "catalog")
-        try FileManager.default.createDirectory(at: loras, withIntermediateDirectories: true)
-        try LoRAFiles.lora().write(to: loras.appending(path: "style.safetensors"))
-        try LoRAFiles.lora().write(to: loras.appending(path: "twin.safetensors"))
-        try LoRAFiles.lora(rank: 2).write(to: loras.appending(path: "soft.safetensors"))
-        try LoRAFiles.lora(rank: 6).write(to: loras.appending(path: "big.safetensors"))
+        let loras = try LoRAFiles.catalog(
+            in: directory.url, [("style", LoRAFiles.lora()), ("twin", LoRAFiles.lora()), ("soft", LoRAFiles.lora(rank: 2)), ("big", LoRAFiles.lora(rank: 6))])
         let app = try await makeTestApp(
             dataDir: directory.url, worker: worker, model: model, experts: 2,
             ["i2v.loraDir": .init(stringLiteral: loras.path), "i2v.loraMaxRank": 8]
@@ -146,12 +142,7 @@ import Testing
         }
     }
 
-    struct Case: CustomTestStringConvertible, Sendable {
-        var loras: String
-        var type: String
-        var loc: [String]
-        var testDescription: String { "\(loras) → \(type) at \(loc)" }
-    }
+    typealias Case = LoRAAPITests.Case
 
     static let invalid: [Case] = [
         Case(loras: #"[{"name":"style","expert":"middle"}]"#, type: "literal_error", loc: ["loras", "0", "expert"]),

@@ -87,9 +87,7 @@ import Testing
         _ body: @Sendable (_ client: any TestClientProtocol, _ catalog: URL) async throws -> Void
     ) async throws {
         let directory = try TemporaryDirectory()
-        let catalog = directory.url.appending(path: "catalog")
-        try FileManager.default.createDirectory(at: catalog, withIntermediateDirectories: true)
-        try LoRAFiles.lora().write(to: catalog.appending(path: "style.safetensors"))
+        let catalog = try LoRAFiles.catalog(in: directory.url, [("style", LoRAFiles.lora())])
         let served = ServedModel(id: model, nativeArea: 15_360)
         for worker in workers { await worker.setModel(served) }
         let app = try await buildApplication(
@@ -215,9 +213,7 @@ import Testing
         try await withFreshPostgresDatabase { endpoint in
             let url = try TestCluster.url(database: endpoint.database)
             let directory = try TemporaryDirectory()
-            let catalog = directory.url.appending(path: "catalog")
-            try FileManager.default.createDirectory(at: catalog, withIntermediateDirectories: true)
-            try LoRAFiles.lora().write(to: catalog.appending(path: "style.safetensors"))
+            let catalog = try LoRAFiles.catalog(in: directory.url, [("style", LoRAFiles.lora())])
             try await withPostgresStore(endpoint) { try await $0.recordHeartbeat(Self.node("gpu-groups", takesLoRAs: false)) }
             let api = try await makeTestApp(
                 dataDir: directory.url, worker: FakeWorker(), role: .api,
@@ -257,9 +253,7 @@ import Testing
         try await withFreshPostgresDatabase { endpoint in
             let url = try TestCluster.url(database: endpoint.database)
             let directory = try TemporaryDirectory()
-            let catalog = directory.url.appending(path: "catalog")
-            try FileManager.default.createDirectory(at: catalog, withIntermediateDirectories: true)
-            try LoRAFiles.lora().write(to: catalog.appending(path: "style.safetensors"))
+            let catalog = try LoRAFiles.catalog(in: directory.url, [("style", LoRAFiles.lora())])
             // A node with a plain worker for the model, heard from but running no dispatcher here.
             try await withPostgresStore(endpoint) { try await $0.recordHeartbeat(Self.node("gpu-plain", takesLoRAs: true)) }
             let shared: [String: ConfigValue] = ["i2v.databaseUrl": .init(stringLiteral: url), "i2v.loraDir": .init(stringLiteral: catalog.path)]

@@ -20,10 +20,7 @@ import Testing
         _ body: @Sendable (_ client: any TestClientProtocol, _ base: String) async throws -> Void
     ) async throws {
         let directory = try TemporaryDirectory()
-        let loras = directory.url.appending(path: "catalog")
-        try FileManager.default.createDirectory(at: loras, withIntermediateDirectories: true)
-        try LoRAFiles.lora().write(to: loras.appending(path: "style.safetensors"))
-        try LoRAFiles.lora(rank: 2).write(to: loras.appending(path: "soft.safetensors"))
+        let loras = try LoRAFiles.catalog(in: directory.url, [("style", LoRAFiles.lora()), ("soft", LoRAFiles.lora(rank: 2))])
         let app = try await makeTestApp(
             dataDir: directory.url, worker: worker, model: model,
             ["i2v.loraDir": .init(stringLiteral: loras.path), "i2v.loraSetHoldSeconds": .init(floatLiteral: hold)]
@@ -118,9 +115,7 @@ import Testing
     /// the pool offers first, and yet every LoRA task runs on the plain worker and every task runs.
     @Test func theDispatcherSendsLoRATasksPastTheGroup() async throws {
         let directory = try TemporaryDirectory()
-        let catalog = directory.url.appending(path: "loras")
-        try FileManager.default.createDirectory(at: catalog, withIntermediateDirectories: true)
-        try LoRAFiles.lora().write(to: catalog.appending(path: "style.safetensors"))
+        let catalog = try LoRAFiles.catalog(in: directory.url, named: "loras", [("style", LoRAFiles.lora())])
         let loras = LoRADirectory(directory: catalog, logger: Logger(label: "test"))
         let style = try #require(await loras.entry(named: "style"))
         let media = MediaStore(inputsDirectory: directory.url.appending(path: "inputs"), videosDirectory: directory.url.appending(path: "videos"))

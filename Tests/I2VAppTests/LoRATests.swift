@@ -13,6 +13,14 @@ import Testing
 
 /// Safetensors files made in the test: tensors of the given dtypes and shapes, their data laid end to end.
 enum LoRAFiles {
+    /// A LoRA catalog directory `named` inside `directory`, holding `files` (name without `.safetensors`, bytes).
+    static func catalog(in directory: URL, named: String = "catalog", _ files: [(String, Data)]) throws -> URL {
+        let catalog = directory.appending(path: named)
+        try FileManager.default.createDirectory(at: catalog, withIntermediateDirectories: true)
+        for (name, data) in files { try data.write(to: catalog.appending(path: "\(name).safetensors")) }
+        return catalog
+    }
+
     static func safetensors(_ tensors: [(name: String, dtype: String, shape: [Int])]) -> Data {
         var header: [String: Any] = ["__metadata__": ["format": "pt"]]
         var offset = 0
@@ -191,12 +199,12 @@ enum LoRAFiles {
         _ body: @Sendable (_ client: any TestClientProtocol, _ loras: URL, _ dataDir: URL) async throws -> Void
     ) async throws {
         let directory = try TemporaryDirectory()
-        let loras = directory.url.appending(path: "catalog")
-        try FileManager.default.createDirectory(at: loras, withIntermediateDirectories: true)
-        try LoRAFiles.lora().write(to: loras.appending(path: "style.safetensors"))
-        try LoRAFiles.lora(rank: 16).write(to: loras.appending(path: "deep.safetensors"))
-        try LoRAFiles.lora(rank: 2).write(to: loras.appending(path: "soft.safetensors"))
-        try LoRAFiles.lora(dim: 5120, ffn: 8, dtype: "BF16").write(to: loras.appending(path: "wide.safetensors"))
+        let loras = try LoRAFiles.catalog(
+            in: directory.url,
+            [
+                ("style", LoRAFiles.lora()), ("deep", LoRAFiles.lora(rank: 16)), ("soft", LoRAFiles.lora(rank: 2)),
+                ("wide", LoRAFiles.lora(dim: 5120, ffn: 8, dtype: "BF16")),
+            ])
         try Data("not a lora".utf8).write(to: loras.appending(path: "junk.safetensors"))
         let app = try await makeTestApp(
             dataDir: directory.url, worker: worker, model: model, ["i2v.loraDir": .init(stringLiteral: loras.path), "i2v.loraMaxRank": 8]

@@ -30,10 +30,7 @@ import Testing
         _ body: @Sendable (_ client: any TestClientProtocol, _ catalog: URL) async throws -> Void
     ) async throws {
         let directory = try TemporaryDirectory()
-        let catalog = directory.url.appending(path: "catalog")
-        try FileManager.default.createDirectory(at: catalog, withIntermediateDirectories: true)
-        try LoRAFiles.lora(rank: 4).write(to: catalog.appending(path: "style.safetensors"))
-        try LoRAFiles.lora(rank: 2).write(to: catalog.appending(path: "soft.safetensors"))
+        let catalog = try LoRAFiles.catalog(in: directory.url, [("style", LoRAFiles.lora(rank: 4)), ("soft", LoRAFiles.lora(rank: 2))])
         var settings: [String: ConfigValue] = [
             "i2v.loraDir": .init(stringLiteral: catalog.path), "i2v.loraMaxRank": 8, "i2v.loraUrls": true,
             "i2v.loraUrlMaxBytes": .init(integerLiteral: maxBytes),

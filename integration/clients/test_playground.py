@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, Service, png_bytes, write_demo_loras
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
 PROMPT = "A dancing cat in the style of Van Gogh"
@@ -81,6 +81,22 @@ def record_sent_forms(page: Page) -> None:
             };
         }"""
     )
+
+
+def generate_smallest_job(page: Page, image_name: str = "picture.png") -> Locator:
+    """Fills the image and prompt and the smallest job the service takes (24 frames, 20 steps), generates it and
+    waits for it to finish; the job's article."""
+    page.get_by_label("Image file").set_input_files(
+        {"name": image_name, "mimeType": "image/png", "buffer": png_bytes()}
+    )
+    page.get_by_label("Prompt", exact=True).fill(PROMPT)
+    page.get_by_label("Frames").fill("24")
+    page.get_by_text("More options").click()
+    page.get_by_label("Steps").fill("20")
+    page.get_by_role("button", name="Generate video").click()
+    job = page.get_by_role("article", name="Job 1", exact=True)
+    expect(job.get_by_text("Finished", exact=True)).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    return job
 
 
 def keep_screenshot(page: Page, tmp_path: Path) -> Path:
@@ -263,17 +279,8 @@ def test_a_last_frame_is_sent_for_a_model_that_takes_one(browser: Browser, a14b_
         last = page.get_by_label("Last frame")
         expect(last).to_be_visible()
         expect(page.locator("#last-image-hint")).to_contain_text("Optional")
-        page.get_by_label("Image file").set_input_files(
-            {"name": "first.png", "mimeType": "image/png", "buffer": png_bytes()}
-        )
         last.set_input_files({"name": "last.png", "mimeType": "image/png", "buffer": png_bytes(200, 120)})
-        page.get_by_label("Prompt", exact=True).fill(PROMPT)
-        page.get_by_label("Frames").fill("24")
-        page.get_by_text("More options").click()
-        page.get_by_label("Steps").fill("20")
-        page.get_by_role("button", name="Generate video").click()
-        job = page.get_by_role("article", name="Job 1", exact=True)
-        expect(job.get_by_text("Finished", exact=True)).to_be_visible(timeout=JOB_TIMEOUT_MS)
+        generate_smallest_job(page, "first.png")
         # The form carried the model and the last frame as its own file part.
         sent = page.evaluate("window.sent")
         assert len(sent) == 1, sent
@@ -336,17 +343,7 @@ def test_a_job_made_with_a_lora_sends_it_and_reports_it(page: Page, service: Ser
     page.get_by_label("API key", exact=True).fill(service.api_key)
     page.get_by_label(name, exact=True).check()
     page.get_by_label(f"Scale of {name}").fill("1.5")
-    page.get_by_label("Image file").set_input_files(
-        {"name": "picture.png", "mimeType": "image/png", "buffer": png_bytes()}
-    )
-    page.get_by_label("Prompt", exact=True).fill(PROMPT)
-    page.get_by_label("Frames").fill("24")
-    page.get_by_text("More options").click()
-    page.get_by_label("Steps").fill("20")
-    page.get_by_role("button", name="Generate video").click()
-
-    job = page.get_by_role("article", name="Job 1", exact=True)
-    expect(job.get_by_text("Finished", exact=True)).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    job = generate_smallest_job(page)
     expect(job.locator(".job-facts")).to_contain_text(f"LoRA {name} at 1.5")
     sent = page.evaluate("window.sent")
     assert len(sent) == 1, sent
@@ -374,16 +371,7 @@ def test_a_lora_for_one_expert_of_a_two_expert_model(browser: Browser, a14b_serv
         page.get_by_label(name, exact=True).check()
         expect(expert).to_have_value("both")
         expert.select_option("high_noise")
-        page.get_by_label("Image file").set_input_files(
-            {"name": "first.png", "mimeType": "image/png", "buffer": png_bytes()}
-        )
-        page.get_by_label("Prompt", exact=True).fill(PROMPT)
-        page.get_by_label("Frames").fill("24")
-        page.get_by_text("More options").click()
-        page.get_by_label("Steps").fill("20")
-        page.get_by_role("button", name="Generate video").click()
-        job = page.get_by_role("article", name="Job 1", exact=True)
-        expect(job.get_by_text("Finished", exact=True)).to_be_visible(timeout=JOB_TIMEOUT_MS)
+        job = generate_smallest_job(page, "first.png")
         expect(job.locator(".job-facts")).to_contain_text(f"LoRA {name} at 1 on the high-noise expert")
         sent = page.evaluate("window.sent")
         assert len(sent) == 1, sent
