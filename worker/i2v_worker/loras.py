@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 MAX_LORAS = 4
 MIN_SCALE, MAX_SCALE = 0.0, 2.0
@@ -48,6 +48,7 @@ class LoraError(ValueError):
 class LoraRequest:
     """One LoRA a job asks for: the server resolved `name` in its catalog to the absolute `path`."""
 
+    omit_none: ClassVar[frozenset[str]] = frozenset({"expert"})  # a LoRA for every transformer reads as before
     name: str
     path: str
     scale: float
@@ -68,10 +69,11 @@ class LoraRequest:
 class LoraUsed:
     """A LoRA a finished job ran with (`done.loras`)."""
 
+    omit_none: ClassVar[frozenset[str]] = frozenset({"expert"})
     name: str
     scale: float
     sha256: str
-    expert: str | None = None  # left out of `done` when None
+    expert: str | None = None  # None: every transformer
 
 
 @dataclass(frozen=True, kw_only=True)

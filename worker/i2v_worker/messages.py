@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar, Literal, cast, get_args
 
 from .loras import LoraError, LoraRequest, LoraUsed, parse_loras
@@ -418,21 +418,27 @@ def parse_line(line: str | bytes) -> Message:
 
 
 def _plain(value: Any) -> Any:
-    """JSON's shapes: tuples (`ready.model.sizes`) as lists; a LoRA's `expert` left out when None (every
-    transformer), so a LoRA without one reads as before the field."""
+    """JSON's shapes, at any depth: a dataclass as an object without its `omit_none` fields that are None, tuples
+    (`ready.model.sizes`) as lists."""
+    if is_dataclass(value) and not isinstance(value, type):
+        omit: frozenset[str] = getattr(value, "omit_none", frozenset())
+        return {
+            item.name: _plain(getattr(value, item.name))
+            for item in fields(value)
+            if not (getattr(value, item.name) is None and item.name in omit)
+        }
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items() if not (key == "expert" and item is None)}
+        return {key: _plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
     return value
 
 
 def to_object(message: Message) -> dict[str, Any]:
-    """The message as a JSON object. Optional fields that do not apply (`omit_none`) are left out rather than
-    sent as null, so a message that does not use a newer field reads exactly as it did before that field."""
-    omit: frozenset[str] = getattr(message, "omit_none", frozenset())
-    fields = {key: value for key, value in asdict(message).items() if not (value is None and key in omit)}
-    return {"type": message.type, **_plain(fields)}
+    """The message as a JSON object. Optional fields that do not apply (`omit_none`, on the message and on the
+    objects in it) are left out rather than sent as null, so a message that does not use a newer field reads
+    exactly as it did before that field."""
+    return {"type": message.type, **_plain(message)}
 
 
 def dumps(message: Message) -> str:
