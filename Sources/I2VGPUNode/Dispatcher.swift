@@ -164,8 +164,10 @@ public actor Dispatcher: Service {
 
     private func dispatch(into group: inout DiscardingTaskGroup) async {
         // The worker is chosen before the claim, so a task leaves the queue only when a worker has room for it.
-        // A worker whose claim was narrowed to one LoRA set and found none is passed over for this round, so
-        // the others still get to claim what it left.
+        // A group's claim is narrowed to tasks without LoRAs; when it finds none, the group is passed over for
+        // this round so that the node's other workers still claim the LoRA tasks it left. Any other empty
+        // claim ends the round: the next wake-up starts again from the least busy worker, so a task queued
+        // meanwhile still goes where the placement rule puts it.
         var passed: Set<Int> = []
         while accepting, let member = await pool.reserve(passing: passed) {
             let claimed: TaskRecord?
@@ -186,7 +188,7 @@ public actor Dispatcher: Service {
             }
             guard let task = claimed else {
                 await pool.release(member)
-                guard set != nil else { break }  // nothing queued for this node at all
+                guard set != nil, member.isGroup else { break }
                 passed.insert(member.index)
                 continue
             }
