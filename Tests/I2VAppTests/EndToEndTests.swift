@@ -25,8 +25,8 @@ import Testing
         "needs the worker's Python environment (make python-env) and ffprobe"))
 struct EndToEndTests {
     @Test func submitSucceedsAndTheVideoIsARealMP4() async throws {
-        try await EndToEnd.withService { client, _ in
-            let id = try await client.submit(imageURL: "\(EndToEnd.imageBase)/image.png", extra: #","seed":7"#, frames: 24)
+        try await EndToEnd.withService { client, _, imageBase in
+            let id = try await client.submit(imageURL: "\(imageBase)/image.png", extra: #","seed":7"#, frames: 24)
             let done = try await client.waitFor(id, status: "Succeed", timeout: .seconds(120))
             #expect(done["status"] as? String == "Succeed", "\(done)")
             let results = try #require(done["results"] as? [String: Any])
@@ -54,9 +54,9 @@ struct EndToEndTests {
     }
 
     @Test func twoJobsRunAtTheSameTime() async throws {
-        try await EndToEnd.withService(["i2v.maxConcurrent": 2]) { client, _ in
-            let a = try await client.submit(imageURL: "\(EndToEnd.imageBase)/image.png", extra: #","infer_steps":60"#, frames: 48)
-            let b = try await client.submit(imageURL: "\(EndToEnd.imageBase)/image.png", extra: #","infer_steps":60"#, frames: 48)
+        try await EndToEnd.withService(["i2v.maxConcurrent": 2]) { client, _, imageBase in
+            let a = try await client.submit(imageURL: "\(imageBase)/image.png", extra: #","infer_steps":60"#, frames: 48)
+            let b = try await client.submit(imageURL: "\(imageBase)/image.png", extra: #","infer_steps":60"#, frames: 48)
             var together = false
             let deadline = ContinuousClock.now + .seconds(120)
             while ContinuousClock.now < deadline {
@@ -74,9 +74,9 @@ struct EndToEndTests {
     }
 
     @Test func cancellingARunningJobStopsItAndFreesTheSlot() async throws {
-        try await EndToEnd.withService(["i2v.maxConcurrent": 1]) { client, _ in
-            let long = try await client.submit(imageURL: "\(EndToEnd.imageBase)/image.png", extra: #","infer_steps":100"#, frames: 120)
-            let next = try await client.submit(imageURL: "\(EndToEnd.imageBase)/image.png")
+        try await EndToEnd.withService(["i2v.maxConcurrent": 1]) { client, _, imageBase in
+            let long = try await client.submit(imageURL: "\(imageBase)/image.png", extra: #","infer_steps":100"#, frames: 120)
+            let next = try await client.submit(imageURL: "\(imageBase)/image.png")
             try await EndToEnd.waitForStep(client, long, atLeast: 2)
             #expect(try await client.post("/video/cancel", json: #"{"requestId":"\#(long)"}"#).status == .ok)
             let cancelled = try await client.waitFor(long, status: "Cancelled", timeout: .seconds(30))
@@ -88,8 +88,8 @@ struct EndToEndTests {
     }
 
     @Test func killingTheWorkerMidJobRequeuesTheTaskAndTheServiceGoesOn() async throws {
-        try await EndToEnd.withService(["i2v.maxConcurrent": 1, "i2v.maxAttempts": 2]) { client, _ in
-            let victim = try await client.submit(imageURL: "\(EndToEnd.imageBase)/image.png", extra: #","infer_steps":40"#, frames: 64)
+        try await EndToEnd.withService(["i2v.maxConcurrent": 1, "i2v.maxAttempts": 2]) { client, _, imageBase in
+            let victim = try await client.submit(imageURL: "\(imageBase)/image.png", extra: #","infer_steps":40"#, frames: 64)
             try await EndToEnd.waitForStep(client, victim, atLeast: 2)
             let ready = try await client.execute(uri: "/ready", method: .get)
             let pid = try #require(try ready.jsonObject()["worker_pid"] as? Int)
@@ -102,13 +102,13 @@ struct EndToEndTests {
             let again = try await client.execute(uri: "/ready", method: .get)
             #expect(again.status == .ok)
             #expect(try again.jsonObject()["worker_pid"] as? Int != pid)
-            let next = try await client.submit(imageURL: "\(EndToEnd.imageBase)/image.png")
+            let next = try await client.submit(imageURL: "\(imageBase)/image.png")
             #expect(try await client.waitFor(next, status: "Succeed", timeout: .seconds(120))["status"] as? String == "Succeed")
         }
     }
 
     @Test func twoCPUWorkersRunAJobEachAndKillingOneRequeuesOnlyItsJob() async throws {
-        try await EndToEnd.withService(["i2v.devices": "cpu,cpu", "i2v.maxConcurrent": 2, "i2v.maxAttempts": 2]) { client, dataDir in
+        try await EndToEnd.withService(["i2v.devices": "cpu,cpu", "i2v.maxConcurrent": 2, "i2v.maxAttempts": 2]) { client, dataDir, imageBase in
             var pids: [Int] = []
             try #require(
                 await eventually("both workers ready") {
@@ -118,8 +118,8 @@ struct EndToEndTests {
                 })
             #expect(Set(pids).count == 2, "each worker is its own process: \(pids)")
             // The first goes to worker 0; the second to worker 1, the one without a job.
-            let first = try await client.submit(imageURL: "\(EndToEnd.imageBase)/image.png", extra: #","infer_steps":40"#, frames: 64)
-            let second = try await client.submit(imageURL: "\(EndToEnd.imageBase)/image.png", extra: #","infer_steps":40"#, frames: 64)
+            let first = try await client.submit(imageURL: "\(imageBase)/image.png", extra: #","infer_steps":40"#, frames: 64)
+            let second = try await client.submit(imageURL: "\(imageBase)/image.png", extra: #","infer_steps":40"#, frames: 64)
             try #require(
                 await eventually("both jobs in progress at once") {
                     let a = try await client.status(first), b = try await client.status(second)
@@ -159,9 +159,6 @@ enum EndToEnd {
         return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
     }()
 
-    /// Filled in by `withService` with the loopback image server's address.
-    nonisolated(unsafe) static var imageBase = ""
-
     /// One demo checkpoint for the whole suite, built by the worker's own builder.
     static func checkpoint(python: String) async throws -> String {
         let directory = FileManager.default.temporaryDirectory.appending(path: "i2v-e2e-demo-checkpoint")
@@ -178,7 +175,7 @@ enum EndToEnd {
 
     static func withService(
         _ values: [String: ConfigValue] = [:],
-        _ body: @Sendable (any TestClientProtocol, URL) async throws -> Void
+        _ body: @Sendable (_ client: any TestClientProtocol, _ dataDir: URL, _ imageBase: String) async throws -> Void
     ) async throws {
         let python = try #require(python, "the worker's Python environment or ffprobe is missing (make python-env)")
         let directory = try TemporaryDirectory()
@@ -192,10 +189,9 @@ enum EndToEnd {
         let app = try await buildApplication(configuration: testConfiguration(dataDir: directory.url, settings))
         let dataDir = directory.url
         try await withImageServer { base in
-            imageBase = base
             try await app.test(.live) { client in
                 try await waitUntilReady(client)
-                try await body(client, dataDir)
+                try await body(client, dataDir, base)
             }
         }
     }

@@ -448,12 +448,12 @@ struct LoRAEndToEndTests {
         )
         try #require(status == 0, "writing the demo LoRA exited with \(status)")
         let sha256 = LoRAFiles.sha256(try Data(contentsOf: file))
-        try await EndToEnd.withService(["i2v.loraDir": .init(stringLiteral: catalog.url.path), "i2v.maxConcurrent": 2]) { client, dataDir in
+        try await EndToEnd.withService(["i2v.loraDir": .init(stringLiteral: catalog.url.path), "i2v.maxConcurrent": 2]) { client, dataDir, imageBase in
             let listed = try await client.v1(.get, "/loras").jsonObject()["loras"] as? [[String: Any]]
             #expect(listed?.map { $0["name"] as? String } == ["style"], "\(String(describing: listed))")
             #expect(listed?.first?["sha256"] as? String == sha256)
 
-            let image = "\(EndToEnd.imageBase)/image.png"
+            let image = "\(imageBase)/image.png"
             let styled = try await client.submit(imageURL: image, extra: #","seed":11,"loras":[{"name":"style","scale":1.5}]"#, frames: 24)
             let plain = try await client.submit(imageURL: image, extra: #","seed":11"#, frames: 24)
             var videos: [Data] = []
