@@ -111,9 +111,8 @@ import Testing
             worker: FakeWorker(ready: false),
             ["i2v.imageMaxBytes": 100_000, "i2v.imageTimeoutSeconds": 1]
         )
-        let closed = try await RawServer.start(response: nil)
+        let closed = try ReservedPort()
         let closedPort = closed.port
-        closed.close()
         let lyingHead = try await RawServer.start(
             response: IntakeAPI.rawResponse(headers: [("Content-Type", "image/png"), ("Content-Length", "100000000")], body: []),
             closeAfterResponse: false
@@ -143,6 +142,7 @@ import Testing
                 }
                 return causes
             }
+            closed.release()
             let causes = strictCauses.merging(openCauses) { first, _ in first }
             #expect(causes.count == 10)
             for (cause, reason) in causes.sorted(by: { $0.key < $1.key }) {
@@ -359,10 +359,9 @@ import Testing
     @Test func dnsFailureAndRefusedConnectionsAre400() async throws {
         let directory = try TemporaryDirectory()
         let app = try await makeTestApp(dataDir: directory.url, worker: FakeWorker(ready: false), ["i2v.allowPrivateImageHosts": false])
-        // A port that was just free: nothing listens there.
-        let closed = try await RawServer.start(response: nil)
+        // A port held without a listener: nothing listens there, and no other test's server can take it.
+        let closed = try ReservedPort()
         let closedPort = closed.port
-        closed.close()
         let allowing = try TemporaryDirectory()
         let allowingApp = try await makeTestApp(dataDir: allowing.url, worker: FakeWorker(ready: false), ["i2v.allowPrivateImageHosts": true])
         try await app.test(.router) { client in
@@ -381,6 +380,7 @@ import Testing
             )
             #expect(try await IntakeAPI.imageFailures(client) == ["connectionRefused": 1])
         }
+        closed.release()
     }
 
     // MARK: - resolution

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import I2VTestSupport
 import NIOCore
 import NIOHTTP1
 import Testing
@@ -291,21 +292,11 @@ private final class Cluster: @unchecked Sendable {
     }
 }
 
+/// A port that was free just now, for a node process to bind.
 private func freePort() throws -> Int {
-    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(descriptor) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-            bind(descriptor, pointer, length) == 0 && getsockname(descriptor, pointer, &length) == 0
-        }
-    }
-    guard bound else { throw POSIXError(.EADDRINUSE) }
-    return Int(UInt16(bigEndian: address.sin_port))
+    let reserved = try ReservedPort()
+    reserved.release()
+    return reserved.port
 }
 
 extension Array {

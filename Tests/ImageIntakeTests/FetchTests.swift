@@ -427,17 +427,16 @@ extension IntakeSuites {
                 await expectFailure(.dnsFailure, "image download failed: DNS lookup failed for host.invalid") {
                     try await intake.prepare(url: "http://host.invalid/a.png", size: .auto, planner: p480)
                 }
-                // A port that was just free: nothing listens there.
-                let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-                    .bind(host: "127.0.0.1", port: 0).get()
-                let port = channel.localAddress?.port ?? 1
-                try await channel.close()
+                // A port held without a listener: nothing listens there, and no other test's server can take it.
+                let closed = try ReservedPort()
+                let port = closed.port
                 await expectFailure(.connectionRefused, "image download failed: connection refused") {
                     try await intake.prepare(url: "http://127.0.0.1:\(port)/a.png", size: .auto, planner: p480)
                 }
                 await expectFailure(.credentialsInURL, "image URL must not contain a user name or password") {
                     try await intake.prepare(url: "http://user:secret@127.0.0.1:\(port)/a.png", size: .auto, planner: p480)
                 }
+                closed.release()
             }
         }
     }
