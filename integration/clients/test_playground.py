@@ -197,7 +197,18 @@ def test_a_job_made_from_an_uploaded_file_plays_and_a_second_is_cancelled(
     page.get_by_label("Frames").fill("120")
     page.get_by_label("Steps").fill("100")
     page.get_by_role("button", name="Generate video").click()
+    expect(page.get_by_role("article", name="Job 2", exact=True)).to_be_visible()
+
+    # A reload brings both back: the finished job with its video, the running one followed again (and
+    # cancelled from the reloaded page).
+    page.reload()
+    expect(page.get_by_role("article")).to_have_count(2)
+    first = page.get_by_role("article", name="Job 1", exact=True)
+    expect(first.get_by_text("Finished", exact=True)).to_be_visible()
+    expect(first.get_by_label("Job 1 video")).to_have_attribute("src", source)
+    expect(first.get_by_role("button", name="Cancel job 1")).to_be_hidden()
     second = page.get_by_role("article", name="Job 2", exact=True)
+    expect(second.locator(".job-state")).to_have_text(re.compile(r"^(In queue|Generating)"))
     cancel = second.get_by_role("button", name="Cancel job 2")
     cancel.click()
     expect(second.get_by_text("Cancelled", exact=True)).to_be_visible(timeout=JOB_TIMEOUT_MS)
@@ -216,6 +227,22 @@ def test_a_job_made_from_an_uploaded_file_plays_and_a_second_is_cancelled(
     print(f"stream requests: {len(streamed)}, status polls: {len(polls)}")
     # Live status comes from the event stream; the page polls only a server that has no stream route.
     assert streamed and not polls, (streamed, polls)
+
+
+def test_a_saved_job_the_server_no_longer_has_is_shown_once_then_dropped(page: Page, service: Service) -> None:
+    gone = "0" * 32
+    page.evaluate(
+        """([key, id]) => sessionStorage.setItem(
+            "i2v-playground-jobs", JSON.stringify([{ id: `video_${id}`, key, prompt: "gone", number: 3 }]))""",
+        [service.api_key, gone],
+    )
+    page.reload()
+    job = page.get_by_role("article", name="Job 3", exact=True)
+    expect(job.locator(".job-error")).to_have_text(f"task {gone} not found")
+    assert page.evaluate("""() => sessionStorage.getItem("i2v-playground-jobs")""") == "[]"
+    page.reload()
+    expect(page.get_by_role("article")).to_have_count(0)
+    expect(page.get_by_text("No jobs yet.")).to_be_visible()
 
 
 def test_every_control_is_reached_by_tab_in_order(page: Page) -> None:

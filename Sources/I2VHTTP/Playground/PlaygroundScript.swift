@@ -27,6 +27,10 @@ extension PlaygroundPage {
           const loraList = $("lora-list");
           const loraCount = $("lora-count");
           const KEY_NAME = "i2v-api-key";
+          // This tab's jobs, oldest first, so a reload shows them again and follows those still running. They sit
+          // in sessionStorage beside the key (each with the key it was submitted with) and end with the tab.
+          const JOBS_NAME = "i2v-playground-jobs";
+          const MAX_SAVED_JOBS = 20;
           // What the API takes per job; a 5th choice would only be refused on submit.
           const MAX_LORAS = 4;
           const TERMINAL = new Set(["Succeed", "Failed", "Cancelled"]);
@@ -344,6 +348,8 @@ extension PlaygroundPage {
               const body = await readJSON(response);
               if (!response.ok) throw new Error(errorMessage(body, response));
               const job = addJob(body.id, key, prompt);
+              saveJobs([...savedJobs(), { id: body.id, key, prompt, number: job.number }]);
+              update(job, { status: "InQueue" });
               announce(`${job.name} submitted: in queue.`);
               follow(job);
             } catch (error) {
@@ -355,11 +361,31 @@ extension PlaygroundPage {
             }
           });
 
-          function addJob(videoId, key, prompt) {
-            jobCount += 1;
+          function savedJobs() {
+            try {
+              const list = JSON.parse(sessionStorage.getItem(JOBS_NAME) || "[]");
+              return Array.isArray(list) ? list.filter((saved) => typeof saved?.id === "string") : [];
+            } catch {
+              return [];
+            }
+          }
+
+          function saveJobs(list) {
+            sessionStorage.setItem(JOBS_NAME, JSON.stringify(list.slice(-MAX_SAVED_JOBS)));
+          }
+
+          // A job the server no longer knows (deleted, or past its retention) is not shown again.
+          function forget(job) {
+            saveJobs(savedJobs().filter((saved) => saved.id !== job.videoId));
+          }
+
+          function addJob(videoId, key, prompt, number = jobCount + 1) {
+            jobCount = Math.max(jobCount, number);
             const item = $("job-template").content.firstElementChild.cloneNode(true);
             const job = {
-              name: `Job ${jobCount}`,
+              number,
+              name: `Job ${number}`,
+              videoId,
               requestId: videoId.replace(/^video_/, ""),
               key,
               status: null,
@@ -367,7 +393,7 @@ extension PlaygroundPage {
               item,
               part: (name) => item.querySelector(`.job-${name}`),
             };
-            const titleId = `job-${jobCount}-title`;
+            const titleId = `job-${number}-title`;
             item.querySelector("article").setAttribute("aria-labelledby", titleId);
             job.part("title").id = titleId;
             job.part("title").textContent = job.name;
@@ -380,9 +406,9 @@ extension PlaygroundPage {
             cancelButton.addEventListener("click", () => cancel(job));
             noJobs.hidden = true;
             jobList.prepend(item);
-            update(job, { status: "InQueue" });
             return job;
           }
+
 
           function update(job, body) {
             if (job.done) return;
@@ -410,7 +436,8 @@ extension PlaygroundPage {
               showVideo(job, body.results);
             }
             if (TERMINAL.has(body.status)) finish(job);
-            if (changed) announce(`${job.name}: ${line}${reason ? ` (${reason})` : ""}.`);
+            if (changed && !job.quiet) announce(`${job.name}: ${line}${reason ? ` (${reason})` : ""}.`);
+            job.quiet = false;
           }
 
           function showVideo(job, results) {
@@ -525,7 +552,10 @@ extension PlaygroundPage {
                 });
                 const body = await readJSON(response);
                 if (response.ok) update(job, body);
-                else if (response.status < 500 && response.status !== 429) return fail(job, errorMessage(body, response));
+                else if (response.status < 500 && response.status !== 429) {
+                  if (response.status === 404) forget(job);
+                  return fail(job, errorMessage(body, response));
+                }
               } catch (error) {
                 // Not reachable just now: ask again below.
               }
@@ -554,6 +584,15 @@ extension PlaygroundPage {
               if (!job.done) button.removeAttribute("aria-disabled");
               fail(job, `Could not cancel: ${error.message}`);
             }
+          }
+
+          // Restored quietly: the user saw these jobs before the reload, so only what changes from now on is announced.
+          for (const saved of savedJobs()) {
+            const number = Number.isInteger(saved.number) && saved.number > 0 ? saved.number : jobCount + 1;
+            const job = addJob(saved.id, String(saved.key ?? ""), String(saved.prompt ?? ""), number);
+            job.quiet = true;
+            job.part("state").textContent = "Checking…";
+            follow(job);
           }
         })();
         """#
