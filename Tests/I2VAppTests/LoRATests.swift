@@ -249,11 +249,13 @@ enum LoRAFiles {
         var loras: String
         var type: String
         var loc: [String]
+        /// The issue's message, where the case checks it.
+        var message: String? = nil
         var testDescription: String { "\(loras) → \(type) at \(loc)" }
     }
 
     static let invalid: [Case] = [
-        Case(loras: #"[{"name":"nope"}]"#, type: "value_error", loc: ["loras", "0", "name"]),
+        Case(loras: #"[{"name":"nope"}]"#, type: "value_error", loc: ["loras", "0", "name"], message: "Unknown LoRA 'nope': GET /loras lists the catalog"),
         Case(loras: #"[{"name":"style"},{"name":"style","scale":0.5}]"#, type: "value_error", loc: ["loras", "1", "name"]),
         Case(loras: #"[{"name":"style","scale":2.5}]"#, type: "less_than_equal", loc: ["loras", "0", "scale"]),
         Case(loras: #"[{"name":"soft"},{"name":"style","scale":-0.1}]"#, type: "greater_than_equal", loc: ["loras", "1", "scale"]),
@@ -280,6 +282,7 @@ enum LoRAFiles {
             let issue = try #require(native.validationIssues.first)
             #expect(issue["type"] as? String == bad.type, "\(issue)")
             #expect((issue["loc"] as? [Any])?.map { "\($0)" } == ["body"] + bad.loc, "\(issue)")
+            if let message = bad.message { #expect(issue["msg"] as? String == message, "\(issue)") }
 
             let json = try JSONSerialization.jsonObject(with: Data(bad.loras.utf8), options: .fragmentsAllowed)
             let openAI = try await client.createVideo(json: [

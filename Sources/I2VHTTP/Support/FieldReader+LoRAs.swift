@@ -74,8 +74,9 @@ extension FieldReader {
             }
             let scale = reader.number("scale", in: Self.loraScales, default: 1.0)
             if let loraName, !available.contains(loraName) {
-                let listed = available.isEmpty ? "the LoRA catalog is empty" : "GET /loras lists the catalog"
-                reader.issues.append(ValidationIssue("value_error", field: "name", "Unknown LoRA '\(loraName)': \(listed)", input: .string(loraName)))
+                // `available` holds only the names this request mentions, so it cannot tell whether the catalog is empty.
+                reader.issues.append(
+                    ValidationIssue("value_error", field: "name", "Unknown LoRA '\(loraName)': GET /loras lists the catalog", input: .string(loraName)))
             } else if let loraName, choices.contains(where: { $0.name == loraName && LoRAExpert.overlap($0.expert, expert ?? nil) }) {
                 reader.issues.append(
                     ValidationIssue(
