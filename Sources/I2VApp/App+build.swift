@@ -196,7 +196,8 @@ public func buildNode(
         if configuration.loraURLs {
             LoRAURLDownloads.removeStalePartials(in: configuration.loraDirectory, olderThan: .seconds(86_400), logger: logger)
             loraURLs = LoRAURLDownloads(
-                catalog: loras, intake: intake, maxBytes: configuration.loraURLMaxBytes, timeout: configuration.loraURLTimeout
+                catalog: loras, intake: intake, maxBytes: configuration.loraURLMaxBytes, timeout: configuration.loraURLTimeout,
+                reuse: configuration.loraURLReuse
             )
         }
         let useCases = TaskUseCases(

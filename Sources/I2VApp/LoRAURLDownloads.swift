@@ -22,25 +22,44 @@ import Darwin
 /// LoRA's own byte cap and deadline. It streams into a hidden file in the catalog directory (same file
 /// system: storing it is a link, not a copy), hashed on the way; the file is checked with the catalog's
 /// own header rules and only then given its name. Whatever fails, the hidden file is removed.
+///
+/// A URL stored within `reuse` is not downloaded again while its file is still in the catalog, unchanged: a
+/// client sending the same LoRA URL with every job pays for one download. Only the URL's SHA-256 is kept (a
+/// signed URL's query can hold a secret), in this node's memory.
 package struct LoRAURLDownloads: LoRAURLStore {
     package let catalog: LoRADirectory
     package let intake: ImageIntake
     package let limits: FileDownload
+    package let reuse: Duration
+    private let recent = RecentLoRAURLs()
 
     /// Hidden files of downloads, which the listing skips.
     static let partialPrefix = ".url-"
     static let partialSuffix = ".partial"
 
-    package init(catalog: LoRADirectory, intake: ImageIntake, maxBytes: Int, timeout: Duration) {
+    package init(catalog: LoRADirectory, intake: ImageIntake, maxBytes: Int, timeout: Duration, reuse: Duration) {
         self.catalog = catalog
         self.intake = intake
         self.limits = FileDownload(noun: "LoRA", accept: "application/octet-stream, */*", maxBytes: maxBytes, timeout: timeout)
+        self.reuse = reuse
     }
 
     /// The name a LoRA of this SHA-256 has in the catalog.
     package static func name(sha256: String) -> String { "url-" + sha256.prefix(16) }
 
     package func store(url: String, vet: @Sendable (LoRAEntry) -> String?, logger: Logger) async throws(LoRAURLFailure) -> LoRAEntry {
+        let key = Hex.encode(SHA256.hash(data: Data(url.utf8)))
+        if let stored = recent.stored(key, within: reuse), let entry = await catalog.entry(named: stored.name), entry.sha256 == stored.sha256 {
+            if let problem = vet(entry) { throw LoRAURLFailure(.unusable, problem) }
+            logger.debug("LoRA URL given again: its stored file is used", metadata: ["name": "\(entry.name)"])
+            return entry
+        }
+        let entry = try await download(url: url, vet: vet, logger: logger)
+        recent.remember(key, name: entry.name, sha256: entry.sha256, for: reuse)
+        return entry
+    }
+
+    private func download(url: String, vet: @Sendable (LoRAEntry) -> String?, logger: Logger) async throws(LoRAURLFailure) -> LoRAEntry {
         let partial = catalog.directory.appending(path: Self.partialPrefix + RandomIdentifier.hex128() + Self.partialSuffix)
         defer { try? FileManager.default.removeItem(at: partial) }
         let sink: HashingFileSink
@@ -116,6 +135,40 @@ package struct LoRAURLDownloads: LoRAURLStore {
             guard let modified = (try? FileManager.default.attributesOfItem(atPath: path))?[.modificationDate] as? Date, modified < cutoff else { continue }
             try? FileManager.default.removeItem(atPath: path)
             logger.info("removed a LoRA download left unfinished", metadata: ["path": "\(path)"])
+        }
+    }
+}
+
+/// The URLs this node stored lately, by their SHA-256, with the catalog name and digest each gave, until when.
+final class RecentLoRAURLs: Sendable {
+    private struct Stored {
+        var name: String
+        var sha256: String
+        var until: ContinuousClock.Instant
+    }
+
+    /// Bounds the memory a client sending endless distinct URLs can take; the oldest go first.
+    private static let capacity = 4096
+    private let entries = Mutex<[String: Stored]>([:])
+
+    func stored(_ key: String, within reuse: Duration) -> (name: String, sha256: String)? {
+        guard reuse > .zero else { return nil }
+        return entries.withLock { entries in
+            guard let stored = entries[key], stored.until > .now else { return nil }
+            return (stored.name, stored.sha256)
+        }
+    }
+
+    func remember(_ key: String, name: String, sha256: String, for reuse: Duration) {
+        guard reuse > .zero else { return }
+        let now = ContinuousClock.now
+        entries.withLock { entries in
+            entries[key] = Stored(name: name, sha256: sha256, until: now + reuse)
+            guard entries.count > Self.capacity else { return }
+            entries = entries.filter { $0.value.until > now }
+            while entries.count > Self.capacity, let oldest = entries.min(by: { $0.value.until < $1.value.until })?.key {
+                entries.removeValue(forKey: oldest)
+            }
         }
     }
 }

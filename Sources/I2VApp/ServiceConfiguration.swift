@@ -93,6 +93,8 @@ public struct ServiceConfiguration: Sendable {
     public var loraURLMaxBytes: Int
     /// Bounds one LoRA download, from the lookup to the last byte (`I2V_LORA_URL_TIMEOUT_SECONDS`).
     public var loraURLTimeout: Duration
+    /// How long a URL once stored is used again without a download (`I2V_LORA_URL_CACHE_SECONDS`); zero: never.
+    public var loraURLReuse: Duration
     public var docsAssetsDirectory: URL
     public var logLevel: String
     /// Webhook signing and delivery (`I2V_WEBHOOK_*`).
@@ -176,6 +178,7 @@ public struct ServiceConfiguration: Sendable {
         self.loraURLs = config.bool(forKey: "loraUrls", default: false)
         self.loraURLMaxBytes = max(1, config.int(forKey: "loraUrlMaxBytes", default: 2 << 30))
         self.loraURLTimeout = .seconds(max(0.1, config.seconds(forKey: "loraUrlTimeoutSeconds", default: 600)))
+        self.loraURLReuse = .seconds(max(0, config.seconds(forKey: "loraUrlCacheSeconds", default: 3600)))
         self.docsAssetsDirectory =
             URL(
                 fileURLWithPath: config.string(forKey: "docsAssetsDir", default: ".swagger-ui"),

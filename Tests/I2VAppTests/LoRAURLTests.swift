@@ -4,6 +4,7 @@ import Hummingbird
 import HummingbirdTesting
 import I2VTestSupport
 import NIOCore
+import Synchronization
 import Testing
 
 @testable import I2VApp
@@ -93,6 +94,8 @@ import Testing
         #expect(configuration.loraURLMaxBytes == 2 << 30)
         let on = testConfiguration(dataDir: directory.url, ["i2v.loraUrls": true, "i2v.loraUrlMaxBytes": 1000, "i2v.loraUrlTimeoutSeconds": 5])
         #expect(on.loraURLs && on.loraURLMaxBytes == 1000 && on.loraURLTimeout == .seconds(5))
+        #expect(configuration.loraURLReuse == .seconds(3600))
+        #expect(testConfiguration(dataDir: directory.url, ["i2v.loraUrlCacheSeconds": 0]).loraURLReuse == .zero)
     }
 
     /// Off, a `url` is refused by both APIs at its place, and nothing is fetched.
@@ -163,6 +166,46 @@ import Testing
                 // And by its name, with no download.
                 let named = try await client.submit(imageURL: "\(base)/image.png", extra: #","loras":[{"name":"\#(Self.storedName)"}]"#)
                 #expect(try await client.waitFor(named, status: "Succeed")["status"] as? String == "Succeed")
+            }
+        }
+    }
+
+    /// Counts the requests a route of the loopback server answered.
+    final class Hits: Sendable {
+        private let count = Mutex(0)
+        var value: Int { count.withLock { $0 } }
+        func add() { count.withLock { $0 += 1 } }
+    }
+
+    /// The same URL again within `I2V_LORA_URL_CACHE_SECONDS` is not downloaded again while its file is in the
+    /// catalog; another URL, a removed file, or a cache time of 0 is downloaded again.
+    @Test func aURLGivenAgainIsDownloadedOnceWhileItsFileIsKept() async throws {
+        let downloads = Hits()
+        let routes: @Sendable (Router<BasicRequestContext>) -> Void = { router in
+            router.get("counted/good.safetensors") { _, _ in
+                downloads.add()
+                return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(bytes: Self.good)))
+            }
+        }
+        try await withImageServer(routes) { base in
+            let url = "\(base)/counted/good.safetensors"
+            let loras = #","loras":[{"url":"\#(url)"}]"#
+            try await Self.withService { client, catalog in
+                for _ in 0..<3 { _ = try await client.submit(imageURL: "\(base)/image.png", extra: loras) }
+                #expect(downloads.value == 1)
+                // Another URL, though it serves the same file.
+                _ = try await client.submit(imageURL: "\(base)/image.png", extra: #","loras":[{"url":"\#(url)?v=2"}]"#)
+                #expect(downloads.value == 2)
+                // The stored file is gone: downloaded and stored again.
+                let file = catalog.appending(path: Self.storedName + ".safetensors")
+                try FileManager.default.removeItem(at: file)
+                _ = try await client.submit(imageURL: "\(base)/image.png", extra: loras)
+                #expect(downloads.value == 3)
+                #expect(try Data(contentsOf: file) == Self.good)
+            }
+            try await Self.withService(["i2v.loraUrlCacheSeconds": 0]) { client, _ in
+                for _ in 0..<2 { _ = try await client.submit(imageURL: "\(base)/image.png", extra: loras) }
+                #expect(downloads.value == 5)
             }
         }
     }
