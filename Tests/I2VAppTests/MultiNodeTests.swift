@@ -1,6 +1,5 @@
 import AsyncHTTPClient
 import Foundation
-import I2VTestSupport
 import NIOCore
 import NIOHTTP1
 import Testing
@@ -137,13 +136,14 @@ private final class Cluster: @unchecked Sendable {
     // MARK: Processes
 
     func start(_ name: String, role: String) throws {
-        let port = try freePort()
         let process = Process()
         process.executableURL = binary
         process.arguments = [role]
         process.environment = ProcessInfo.processInfo.environment.merging([
             "I2V_HOST": "127.0.0.1",
-            "I2V_PORT": String(port),
+            // Port 0: the node takes a free port itself and logs it (`port(_:)` reads it there). A port chosen here
+            // could be taken by a connection of a test running beside this one before the node binds it.
+            "I2V_PORT": "0",
             "I2V_NODE_ID": name,
             "I2V_DATA_DIR": dataDir.path,
             "I2V_DATABASE_URL": databaseURL,
@@ -156,7 +156,6 @@ private final class Cluster: @unchecked Sendable {
             "I2V_MAX_CONCURRENT": "1",
             "I2V_ALLOW_PRIVATE_IMAGE_HOSTS": "true",
             "I2V_IMAGE_TIMEOUT_SECONDS": "60",
-            "I2V_PUBLIC_URL": "http://127.0.0.1:\(port)",
             // Short enough that the kill -9 case ends soon; the heartbeat renews three times a lease.
             "I2V_LEASE_SECONDS": "10",
             // On SIGTERM running jobs go straight back to the queue.
@@ -172,7 +171,7 @@ private final class Cluster: @unchecked Sendable {
         try process.run()
         lock.withLock {
             processes[name] = process
-            ports[name] = port
+            ports[name] = nil
         }
     }
 
@@ -195,7 +194,17 @@ private final class Cluster: @unchecked Sendable {
         }
     }
 
-    private func port(_ name: String) -> Int { lock.withLock { ports[name] ?? 0 } }
+    /// The port the node listens on, from its log once it says so; 0 (which no connection reaches) until then.
+    private func port(_ name: String) -> Int {
+        if let known = lock.withLock({ ports[name] }) { return known }
+        let marker = "Server started and listening on 127.0.0.1:"
+        let text = (try? String(contentsOf: dataDir.appending(path: "\(name).log"), encoding: .utf8)) ?? ""
+        guard let line = text.split(separator: "\n").last(where: { $0.contains(marker) }),
+            let port = Int(line.split(separator: marker).last?.prefix { $0.isNumber } ?? "")
+        else { return 0 }
+        lock.withLock { ports[name] = port }
+        return port
+    }
 
     private func logTail(_ name: String) -> String {
         let text = (try? String(contentsOf: dataDir.appending(path: "\(name).log"), encoding: .utf8)) ?? ""
@@ -290,13 +299,6 @@ private final class Cluster: @unchecked Sendable {
         }
         return 0
     }
-}
-
-/// A port that was free just now, for a node process to bind.
-private func freePort() throws -> Int {
-    let reserved = try ReservedPort()
-    reserved.release()
-    return reserved.port
 }
 
 extension Array {
