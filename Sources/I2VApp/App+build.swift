@@ -224,7 +224,7 @@ public func buildNode(
             video: VideoController(useCases: useCases, metrics: metrics, configuration: configuration.api),
             openAI: OpenAIVideosController(useCases: useCases, metrics: metrics, configuration: configuration.api, logger: logger),
             operations: operations,
-            loras: LoRAsController(catalog: loras),
+            loras: LoRAsController(catalog: loras, acceptsURLs: configuration.loraURLs),
             keyring: keyring,
             logger: logger
         )

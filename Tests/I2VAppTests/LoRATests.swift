@@ -226,11 +226,13 @@ enum LoRAFiles {
             #expect(style["sha256"] as? String == LoRAFiles.sha256(bytes))
             #expect(style["models"] as? [String] == LoRACatalogTests.demoModels)
             #expect(style["id"] == nil)
+            #expect(try native.jsonObject()["urls"] as? Bool == false)
 
             let openAI = try await client.v1(.get, "/v1/loras")
             #expect(openAI.status == .ok)
             let page = try openAI.jsonObject()
             #expect(page["object"] as? String == "list")
+            #expect(page["urls"] as? Bool == false)
             let data = try #require(page["data"] as? [[String: Any]])
             #expect(data.map { $0["id"] as? String } == ["deep", "soft", "style", "wide"])
             #expect(data.allSatisfy { $0["object"] as? String == "lora" && $0["name"] as? String == $0["id"] as? String })

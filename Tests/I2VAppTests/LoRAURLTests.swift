@@ -147,7 +147,9 @@ import Testing
                 let job = try #require(await worker.jobs.first { $0.taskID == id })
                 #expect(job.loras?.first == WorkerLoRA(name: Self.storedName, path: file.path, scale: 0.5, sha256: sha256))
 
-                let listed = try await client.v1(.get, "/loras").jsonObject()["loras"] as? [[String: Any]]
+                let listing = try await client.v1(.get, "/loras").jsonObject()
+                #expect(listing["urls"] as? Bool == true, "\(listing)")
+                let listed = listing["loras"] as? [[String: Any]]
                 let stored = try #require(listed?.first { $0["name"] as? String == Self.storedName }, "\(String(describing: listed))")
                 #expect(stored["sha256"] as? String == sha256 && stored["rank"] as? Int == 3)
 

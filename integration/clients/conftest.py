@@ -104,6 +104,8 @@ def _serve(
         "I2V_WORKER_DIR": str(REPO / "worker"),
         "I2V_DEVICES": "cpu",
         "I2V_ALLOW_PRIVATE_IMAGE_HOSTS": "true",
+        # LoRAs by URL, from the tests' loopback servers (private hosts are allowed just above).
+        "I2V_LORA_URLS": "true",
         "I2V_SUBMITS_PER_MINUTE": "0",
         "I2V_LOG_LEVEL": "info",
         "I2V_WEBHOOK_SECRET": WEBHOOK_SECRET,

@@ -8,10 +8,13 @@ small demo job takes from seconds to about a minute.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import json
 import re
 import shutil
+import threading
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -395,6 +398,9 @@ def test_a_lora_for_one_expert_of_a_two_expert_model(browser: Browser, a14b_serv
         expect(page.get_by_label("Model", exact=True)).to_have_value("wan2.2-i2v-a14b-demo")
         expert = page.get_by_label(f"Expert of {name}")
         expect(expert).to_be_disabled()
+        # The URL field offers the expert too, usable once a URL is entered (none is here).
+        expect(page.get_by_label("Expert of the LoRA URL")).to_be_visible()
+        expect(page.get_by_label("Expert of the LoRA URL")).to_be_disabled()
         page.get_by_label(name, exact=True).check()
         expect(expert).to_have_value("both")
         expert.select_option("high_noise")
@@ -409,3 +415,53 @@ def test_a_model_with_one_transformer_offers_no_expert(page: Page, service: Serv
     page.get_by_label("API key", exact=True).fill(service.api_key)
     expect(page.locator("#lora-list").get_by_role("checkbox")).to_have_count(len(LORAS))
     expect(page.locator("#lora-list select")).to_have_count(0)
+
+
+@contextmanager
+def _serve_directory(directory: Path) -> Iterator[str]:
+    handler = functools.partial(_QuietFiles, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the standard library's name
+        pass
+
+
+# Last in the file: the LoRA it downloads joins the session server's catalog, which the tests above count.
+def test_a_lora_given_by_its_url_is_sent_downloaded_and_reported(page: Page, service: Service, tmp_path: Path) -> None:
+    catalog = write_demo_loras(service, ["pg-by-url"])
+    served = tmp_path / "by-url.safetensors"
+    shutil.move(catalog / "pg-by-url.safetensors", served)
+    stored = catalog / f"url-{hashlib.sha256(served.read_bytes()).hexdigest()[:16]}.safetensors"
+    try:
+        with _serve_directory(tmp_path) as base:
+            url = f"{base}/by-url.safetensors"
+            record_sent_forms(page)
+            expect(page.get_by_label("LoRA URL", exact=True)).to_be_hidden()
+            page.get_by_label("API key", exact=True).fill(service.api_key)
+            field = page.get_by_label("LoRA URL", exact=True)
+            expect(field).to_be_visible()
+            scale = page.get_by_label("Scale of the LoRA URL")
+            expect(scale).to_be_disabled()
+            field.fill(url)
+            expect(scale).to_be_enabled()
+            scale.fill("0.8")
+            expect(page.locator("#lora-count")).to_have_text("1 of 4 chosen.")
+            # A one-transformer model: no expert to choose.
+            expect(page.get_by_label("Expert of the LoRA URL")).to_be_hidden()
+            job = generate_smallest_job(page)
+            expect(job.locator(".job-facts")).to_contain_text(f"LoRA {stored.stem} at 0.8")
+            sent = page.evaluate("window.sent")
+            assert len(sent) == 1, sent
+            assert json.loads(dict(sent[0])["loras"]) == [{"url": url, "scale": 0.8}], sent
+            assert stored.read_bytes() == served.read_bytes()
+    finally:
+        stored.unlink(missing_ok=True)

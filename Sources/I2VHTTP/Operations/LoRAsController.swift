@@ -5,9 +5,13 @@ import I2VCore
 /// behind the API key, as the submits that use them are.
 package struct LoRAsController: Sendable {
     package let catalog: any LoRACatalog
+    /// Whether a submit's `loras` may give a `url` (`I2V_LORA_URLS`), said beside the list so a client (the
+    /// playground) offers a URL only where the server takes one.
+    package let acceptsURLs: Bool
 
-    package init(catalog: any LoRACatalog) {
+    package init(catalog: any LoRACatalog, acceptsURLs: Bool = false) {
         self.catalog = catalog
+        self.acceptsURLs = acceptsURLs
     }
 
     package func addRoutes(native: RouterGroup<AppRequestContext>, openAI: RouterGroup<AppRequestContext>) {
@@ -16,11 +20,11 @@ package struct LoRAsController: Sendable {
     }
 
     @Sendable package func list(request: Request, context: AppRequestContext) async throws -> Response {
-        JSONBody.response(status: .ok, value: ["loras": await catalog.entries().map { LoRABody($0, openAI: false) }])
+        JSONBody.response(status: .ok, value: LoRAs(loras: await catalog.entries().map { LoRABody($0, openAI: false) }, urls: acceptsURLs))
     }
 
     @Sendable package func openAIList(request: Request, context: AppRequestContext) async throws -> Response {
-        JSONBody.response(status: .ok, value: LoRAList(data: await catalog.entries().map { LoRABody($0, openAI: true) }))
+        JSONBody.response(status: .ok, value: LoRAList(data: await catalog.entries().map { LoRABody($0, openAI: true) }, urls: acceptsURLs))
     }
 
     /// One LoRA of the catalog. On `/v1` it carries OpenAI's `id` and `object` beside the same fields.
@@ -51,8 +55,14 @@ package struct LoRAsController: Sendable {
         }
     }
 
+    package struct LoRAs: Encodable {
+        package var loras: [LoRABody]
+        package var urls: Bool
+    }
+
     package struct LoRAList: Encodable {
         package var object = "list"
         package var data: [LoRABody]
+        package var urls: Bool
     }
 }

@@ -93,6 +93,25 @@ package enum PlaygroundPage {
                 <legend>LoRAs</legend>
                 <p id="lora-hint" class="hint">Enter the API key to see the LoRAs for this model.</p>
                 <ul id="lora-list" class="loras" hidden></ul>
+                <div id="lora-url-field" class="lora" hidden>
+                  <div>
+                    <label for="lora-url">LoRA URL</label>
+                    <input id="lora-url" type="url" inputmode="url" placeholder="https://…/style.safetensors" disabled aria-describedby="lora-url-hint lora-count">
+                    <p id="lora-url-hint" class="hint">A .safetensors LoRA the server downloads and keeps in its catalog.</p>
+                  </div>
+                  <div class="lora-scale">
+                    <label for="lora-url-scale">Scale<span class="visually-hidden"> of the LoRA URL</span></label>
+                    <input id="lora-url-scale" type="number" inputmode="decimal" min="0" max="2" step="0.05" value="1" disabled>
+                    <div id="lora-url-expert-field" hidden>
+                      <label for="lora-url-expert">Expert<span class="visually-hidden"> of the LoRA URL</span></label>
+                      <select id="lora-url-expert" disabled>
+                        <option value="both">both</option>
+                        <option value="high_noise">high-noise</option>
+                        <option value="low_noise">low-noise</option>
+                      </select>
+                    </div>
+                  </div>
+                </div>
                 <p id="lora-count" class="hint" hidden></p>
               </fieldset>
 

@@ -26,6 +26,11 @@ extension PlaygroundPage {
           const loraHint = $("lora-hint");
           const loraList = $("lora-list");
           const loraCount = $("lora-count");
+          const loraUrlField = $("lora-url-field");
+          const loraUrl = $("lora-url");
+          const loraUrlScale = $("lora-url-scale");
+          const loraUrlExpertField = $("lora-url-expert-field");
+          const loraUrlExpert = $("lora-url-expert");
           const KEY_NAME = "i2v-api-key";
           // This tab's jobs, oldest first, so a reload shows them again and follows those still running. They sit
           // in sessionStorage beside the key (each with the key it was submitted with) and end with the tab.
@@ -133,12 +138,25 @@ extension PlaygroundPage {
           const loraExperts = new Map();
           let loraTicket = 0;
           let loraKeyTimer = null;
+          let urlsAccepted = false;
 
           function showLoraHint(text) {
             loraHint.textContent = text;
             loraList.hidden = true;
             loraList.replaceChildren();
             showLoraCount(false);
+          }
+
+          // Offered only where the server takes LoRAs by URL (the listing's `urls`); hidden, it is disabled too, so
+          // the browser's URL check never blocks a submit over a field the user cannot see.
+          function showLoraUrl(accepted, twoExperts) {
+            loraUrlField.hidden = !accepted;
+            loraUrlExpertField.hidden = !twoExperts;
+            showLoraCount(false);
+          }
+
+          function loraUrlChosen() {
+            return !loraUrlField.hidden && loraUrl.value.trim() !== "";
           }
 
           async function loadLoras() {
@@ -148,30 +166,39 @@ extension PlaygroundPage {
             const served = models.find((candidate) => candidate.id === modelSelect.value);
             if (!modelSelect.disabled && served?.loras === false) {
               loraChoices.clear();
+              showLoraUrl(false, false);
               return showLoraHint(`${served.id} is served by groups of devices, which take no LoRAs.`);
             }
             const key = keyInput.value.trim();
-            if (!key) return showLoraHint("Enter the API key to see the LoRAs for this model.");
+            if (!key) {
+              showLoraUrl(false, false);
+              return showLoraHint("Enter the API key to see the LoRAs for this model.");
+            }
             let listed;
             try {
               const response = await fetch("/loras", { headers: { Authorization: `Bearer ${key}` }, cache: "no-store" });
               const body = await readJSON(response);
               if (!response.ok) throw new Error(errorMessage(body, response));
               listed = Array.isArray(body?.loras) ? body.loras : [];
+              urlsAccepted = body?.urls === true;
             } catch (error) {
-              if (ticket === loraTicket) showLoraHint(`Could not list the LoRAs: ${error.message}`);
+              if (ticket !== loraTicket) return;
+              showLoraUrl(false, false);
+              showLoraHint(`Could not list the LoRAs: ${error.message}`);
               return;
             }
             if (ticket !== loraTicket) return;
+            showLoraUrl(urlsAccepted, served?.experts === 2);
             // No model listed (no worker ready): which one the server uses is not known here, so every LoRA is shown
             // and the server refuses one that does not fit.
             const model = modelSelect.disabled ? null : modelSelect.value;
             const fitting = model ? listed.filter((lora) => Array.isArray(lora.models) && lora.models.includes(model)) : listed;
             if (fitting.length === 0) {
               loraChoices.clear();
+              const byUrl = urlsAccepted ? " A LoRA can be given by its URL below." : "";
               return showLoraHint(listed.length === 0
-                ? "This server's LoRA catalog is empty."
-                : `None of this server's LoRAs fits ${model}.`);
+                ? `This server's LoRA catalog is empty.${byUrl}`
+                : `None of this server's LoRAs fits ${model}.${byUrl}`);
             }
             const names = new Set(fitting.map((lora) => lora.name));
             for (const name of loraChoices.keys()) if (!names.has(name)) loraChoices.delete(name);
@@ -273,9 +300,12 @@ extension PlaygroundPage {
 
           // At the limit the other boxes are disabled rather than refused after the fact, and the count says why.
           function showLoraCount(byUser) {
-            const count = chosenLoraBoxes().length;
+            const count = chosenLoraBoxes().length + (loraUrlChosen() ? 1 : 0);
             const full = count >= MAX_LORAS;
             for (const box of loraList.querySelectorAll('input[type="checkbox"]')) box.disabled = full && !box.checked;
+            loraUrl.disabled = loraUrlField.hidden || (full && !loraUrlChosen());
+            loraUrlScale.disabled = !loraUrlChosen();
+            loraUrlExpert.disabled = !loraUrlChosen();
             loraCount.hidden = count === 0;
             loraCount.textContent = full
               ? `${count} of ${MAX_LORAS} chosen, the most a job takes: clear one to choose another.`
@@ -283,15 +313,20 @@ extension PlaygroundPage {
             if (byUser && full) announce(loraCount.textContent);
           }
 
-          function chosenLoras() {
-            return chosenLoraBoxes().map((box) => {
-              const scale = $(`${box.id}-scale`).value.trim();
-              const chosen = { name: box.value, scale: scale === "" ? 1 : Number(scale) };
-              const expert = $(`${box.id}-expert`)?.value;
-              if (expert && expert !== "both") chosen.expert = expert;
-              return chosen;
-            });
+          function loraChoice(source, scaleInput, expertSelect) {
+            const scale = scaleInput.value.trim();
+            const chosen = { ...source, scale: scale === "" ? 1 : Number(scale) };
+            if (expertSelect && !expertSelect.closest("[hidden]") && expertSelect.value !== "both") chosen.expert = expertSelect.value;
+            return chosen;
           }
+
+          function chosenLoras() {
+            const chosen = chosenLoraBoxes().map((box) => loraChoice({ name: box.value }, $(`${box.id}-scale`), $(`${box.id}-expert`)));
+            if (loraUrlChosen()) chosen.push(loraChoice({ url: loraUrl.value.trim() }, loraUrlScale, loraUrlExpert));
+            return chosen;
+          }
+
+          loraUrl.addEventListener("input", () => showLoraCount(true));
 
           keyInput.addEventListener("input", () => {
             clearTimeout(loraKeyTimer);

@@ -46,6 +46,7 @@ extension PlaygroundPage {
         .lora .check label { overflow-wrap: anywhere; }
         .lora-scale label { font-weight: normal; margin: 0 0 .25rem; }
         .lora-scale select { margin-top: .25rem; width: 100%; }
+        #lora-url-field { margin-top: .75rem; }
         input:disabled, input:disabled + label { opacity: .6; }
         details { border: 1px solid var(--border); border-radius: .5rem; margin: 1rem 0; padding: 0 1rem; }
         details[open] { padding-bottom: 1rem; }
