@@ -20,7 +20,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,11 +172,25 @@ def image_server() -> Iterator[str]:
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the standard library's name
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with loopback_server(Handler) as base:
+        yield f"{base}/image.png"
+
+
+class QuietFiles(http.server.SimpleHTTPRequestHandler):
+    """Serves a directory's files (give it `directory=`), without logging each request."""
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the standard library's name
+        pass
+
+
+@contextmanager
+def loopback_server(handler: Callable[..., http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """An HTTP server on a free loopback port, in a thread, for as long as the block runs; its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/image.png"
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import http.server
 import json
 import re
 import shutil
-import threading
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Service, png_bytes, write_demo_loras
+from conftest import REPO, QuietFiles, Service, loopback_server, png_bytes, write_demo_loras
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -417,24 +415,6 @@ def test_a_model_with_one_transformer_offers_no_expert(page: Page, service: Serv
     expect(page.locator("#lora-list select")).to_have_count(0)
 
 
-@contextmanager
-def _serve_directory(directory: Path) -> Iterator[str]:
-    handler = functools.partial(_QuietFiles, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-class _QuietFiles(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the standard library's name
-        pass
-
-
 # Last in the file: the LoRA it downloads joins the session server's catalog, which the tests above count.
 def test_a_lora_given_by_its_url_is_sent_downloaded_and_reported(page: Page, service: Service, tmp_path: Path) -> None:
     catalog = write_demo_loras(service, ["pg-by-url"])
@@ -442,7 +422,7 @@ def test_a_lora_given_by_its_url_is_sent_downloaded_and_reported(page: Page, ser
     shutil.move(catalog / "pg-by-url.safetensors", served)
     stored = catalog / f"url-{hashlib.sha256(served.read_bytes()).hexdigest()[:16]}.safetensors"
     try:
-        with _serve_directory(tmp_path) as base:
+        with loopback_server(functools.partial(QuietFiles, directory=str(tmp_path))) as base:
             url = f"{base}/by-url.safetensors"
             record_sent_forms(page)
             expect(page.get_by_label("LoRA URL", exact=True)).to_be_hidden()

@@ -17,7 +17,7 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import Service, png_bytes
+from conftest import Service, loopback_server, png_bytes
 from openai import OpenAI
 from standardwebhooks import Webhook
 
@@ -86,15 +86,9 @@ def receiver(service: Service) -> Iterator[Receiver]:
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the standard library's name
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with loopback_server(Handler) as base:
+        state.url = base
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture(scope="module")
