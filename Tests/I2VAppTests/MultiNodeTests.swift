@@ -2,6 +2,8 @@ import AsyncHTTPClient
 import Foundation
 import NIOCore
 import NIOHTTP1
+import Subprocess
+import Synchronization
 import Testing
 
 @testable import I2VApp
@@ -11,6 +13,12 @@ import Testing
 @testable import I2VStorePostgres
 @testable import I2VStoreSQLite
 @testable import I2VWebhooks
+
+#if canImport(System)
+import System
+#else
+import SystemPackage
+#endif
 
 /// Several nodes as an operator runs them: two `i2v-server api` and two `i2v-server worker` processes (the
 /// built binary, the demo model on the CPU) on one PostgreSQL database and one data dir. The processes are
@@ -40,16 +48,31 @@ struct MultiNodeTests {
     }
 }
 
+/// One node process, started through swift-subprocess. (Foundation's `Process.run` over-reads a directory
+/// entry of /proc/self/fd on Linux and crashed this test process now and then, with many descriptors open.)
+private final class NodeProcess: Sendable {
+    let pid: pid_t
+    private let status = Mutex<Int32?>(nil)
+
+    init(pid: pid_t) { self.pid = pid }
+
+    /// The exit status (128 + the signal for a killed process) once it has exited; nil while it runs.
+    var exitStatus: Int32? { status.withLock { $0 } }
+    func exited(_ code: Int32) { status.withLock { $0 = code } }
+}
+
 /// The nodes of one test, and the cases run against them.
-private final class Cluster: @unchecked Sendable {
+private final class Cluster: Sendable {
     let binary: URL
     let dataDir: URL
     let databaseURL: String
     let checkpoint: String
     let python: String
-    private let lock = NSLock()
-    private var processes: [String: Process] = [:]
-    private var ports: [String: Int] = [:]
+    private struct Nodes {
+        var processes: [String: NodeProcess] = [:]
+        var ports: [String: Int] = [:]
+    }
+    private let nodes = Mutex(Nodes())
 
     init(binary: URL, dataDir: URL, databaseURL: String, checkpoint: String, python: String) {
         self.binary = binary
@@ -60,8 +83,8 @@ private final class Cluster: @unchecked Sendable {
     }
 
     func exercise(imageBase: String) async throws {
-        for name in ["api-1", "api-2"] { try start(name, role: "api") }
-        for name in ["worker-1", "worker-2"] { try start(name, role: "worker") }
+        for name in ["api-1", "api-2"] { try await start(name, role: "api") }
+        for name in ["worker-1", "worker-2"] { try await start(name, role: "worker") }
         for name in ["api-1", "api-2", "worker-1", "worker-2"] { try await waitUntilReady(name) }
 
         // The Python worker does not inherit its node's secrets (API keys, database URL), and runs this
@@ -105,7 +128,7 @@ private final class Cluster: @unchecked Sendable {
         #expect(exitStatus == 0, "\(draining) exited with \(exitStatus)")
         let afterDrain = try await waitForEnd(drained, through: "api-2")
         #expect(afterDrain["status"] as? String == "Succeed", "\(afterDrain)")
-        try start(draining, role: "worker")
+        try await start(draining, role: "worker")
         try await waitUntilReady(draining)
 
         // kill -9 of the worker node running a job: its lease runs out and the other node finishes the job.
@@ -135,11 +158,8 @@ private final class Cluster: @unchecked Sendable {
 
     // MARK: Processes
 
-    func start(_ name: String, role: String) throws {
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = [role]
-        process.environment = ProcessInfo.processInfo.environment.merging([
+    func start(_ name: String, role: String) async throws {
+        let settings: [String: String] = [
             "I2V_HOST": "127.0.0.1",
             // Port 0: the node takes a free port itself and logs it (`port(_:)` reads it there). A port chosen here
             // could be taken by a connection of a test running beside this one before the node binds it.
@@ -162,47 +182,78 @@ private final class Cluster: @unchecked Sendable {
             "I2V_SHUTDOWN_GRACE_SECONDS": "0",
             "I2V_DATABASE_TIMEOUT_SECONDS": "120",
             "I2V_LOG_LEVEL": "info",
-        ]) { _, new in new }
+        ]
         let log = dataDir.appending(path: "\(name).log")
         _ = FileManager.default.createFile(atPath: log.path, contents: nil)
         let handle = try FileHandle(forWritingTo: log)
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
-        lock.withLock {
-            processes[name] = process
-            ports[name] = nil
+        let output = FileDescriptor(rawValue: handle.fileDescriptor)
+        let binary = binary
+        let (spawned, spawn) = AsyncStream.makeStream(of: NodeProcess.self)
+        // Runs until the process has exited; the body only hands out its pid.
+        Task {
+            defer {
+                spawn.finish()
+                try? handle.close()
+            }
+            var node: NodeProcess?
+            var code: Int32 = -1
+            do {
+                let result = try await Subprocess.run(
+                    .path(FilePath(binary.path)),
+                    arguments: [role],
+                    environment: .inherit.updating(settings.reduce(into: [:]) { $0[.init(stringLiteral: $1.key)] = $1.value }),
+                    input: .none,
+                    output: .fileDescriptor(output, closeAfterSpawningProcess: false),
+                    error: .fileDescriptor(output, closeAfterSpawningProcess: false)
+                ) { execution in
+                    node = NodeProcess(pid: execution.processIdentifier.value)
+                    spawn.yield(node!)
+                }
+                switch result.terminationStatus {
+                case .exited(let status): code = status
+                case .signaled(let signal): code = 128 + signal
+                }
+            } catch {
+                Issue.record("\(name): \(error)")
+            }
+            node?.exited(code)
+        }
+        var started = spawned.makeAsyncIterator()
+        let node = try #require(await started.next(), "\(name) did not start")
+        nodes.withLock {
+            $0.processes[name] = node
+            $0.ports[name] = nil
         }
     }
 
     /// The node's exit status once it has exited (it is expected to, soon).
     func waitForExit(_ name: String) async throws -> Int32 {
-        let process = try #require(lock.withLock { processes[name] })
-        let exited = await eventually("\(name) exiting") { !process.isRunning }
+        let node = try #require(nodes.withLock { $0.processes[name] })
+        let exited = await eventually("\(name) exiting") { node.exitStatus != nil }
         try #require(exited, "\(name) log:\n\(logTail(name))")
-        return process.terminationStatus
+        return node.exitStatus ?? -1
     }
 
     func kill(_ name: String, signal: Int32) {
-        guard let process = lock.withLock({ processes[name] }) else { return }
-        Foundation.kill(process.processIdentifier, signal)
+        guard let node = nodes.withLock({ $0.processes[name] }), node.exitStatus == nil else { return }
+        Foundation.kill(node.pid, signal)
     }
 
     func stopAll() {
-        for process in lock.withLock({ Array(processes.values) }) where process.isRunning {
-            Foundation.kill(process.processIdentifier, SIGKILL)
+        for node in nodes.withLock({ Array($0.processes.values) }) where node.exitStatus == nil {
+            Foundation.kill(node.pid, SIGKILL)
         }
     }
 
     /// The port the node listens on, from its log once it says so; 0 (which no connection reaches) until then.
     private func port(_ name: String) -> Int {
-        if let known = lock.withLock({ ports[name] }) { return known }
+        if let known = nodes.withLock({ $0.ports[name] }) { return known }
         let marker = "Server started and listening on 127.0.0.1:"
         let text = (try? String(contentsOf: dataDir.appending(path: "\(name).log"), encoding: .utf8)) ?? ""
         guard let line = text.split(separator: "\n").last(where: { $0.contains(marker) }),
             let port = Int(line.split(separator: marker).last?.prefix { $0.isNumber } ?? "")
         else { return 0 }
-        lock.withLock { ports[name] = port }
+        nodes.withLock { $0.ports[name] = port }
         return port
     }
 
