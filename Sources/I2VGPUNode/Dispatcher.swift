@@ -173,7 +173,9 @@ public actor Dispatcher: Service {
             let claimed: TaskRecord?
             let started = ContinuousClock.now
             // A worker's running jobs share its adapters: while it is busy, its free slots take its own set.
-            let elsewhere = member.isGroup ? await configuration.loRAsTakenElsewhere() : false
+            // Asked of the store only where it decides something: a group on a node that has no plain worker.
+            let groupsOnly = member.isGroup && pool.members.allSatisfy(\.isGroup)
+            let elsewhere = groupsOnly ? await configuration.loRAsTakenElsewhere() : false
             let set = await pool.claimSet(for: member, hold: configuration.loraSetHold, loRAsElsewhere: elsewhere)
             do {
                 claimed = try await store.claimNext(
