@@ -209,10 +209,7 @@ private final class Cluster: Sendable {
                     node = NodeProcess(pid: execution.processIdentifier.value)
                     spawn.yield(node!)
                 }
-                switch result.terminationStatus {
-                case .exited(let status): code = status
-                case .signaled(let signal): code = 128 + signal
-                }
+                code = result.terminationStatus.shellCode
             } catch {
                 Issue.record("\(name): \(error)")
             }

@@ -213,10 +213,15 @@ func runTool(_ executable: String, _ arguments: [String], environment: [String: 
         output: .data(limit: 256 * 1024 * 1024),
         error: .discarded
     )
-    let status: Int32 =
-        switch result.terminationStatus {
+    return (result.standardOutput, result.terminationStatus.shellCode)
+}
+
+extension TerminationStatus {
+    /// As a shell reports it: the exit code, or 128 + the signal that ended the process.
+    var shellCode: Int32 {
+        switch self {
         case .exited(let code): code
         case .signaled(let signal): 128 + signal
         }
-    return (result.standardOutput, status)
+    }
 }
